@@ -1,0 +1,50 @@
+"""Database plumbing shared by every store: one MetaData, one engine factory.
+
+SQLite is the embedded default (WAL so readers never block the writer, foreign keys on, a busy
+timeout instead of instant "database is locked" errors); PostgreSQL is reached with a
+``postgresql+psycopg://`` URL through exactly the same SQLAlchemy Core code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.pool import NullPool
+
+#: Every table of the node registers itself here so ``create_all`` builds the whole schema.
+metadata = MetaData()
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """Create an engine with the pragmas and pool settings each backend needs."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if not path or path == ":memory:":
+            from sqlalchemy.pool import StaticPool
+
+            kwargs["poolclass"] = StaticPool
+        engine = create_engine(url, echo=echo, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA cache_size=-65536")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def make_test_engine(url: str) -> Engine:
+    """An engine without pooling, for short-lived tools and tests that drop schemas."""
+    return create_engine(url, poolclass=NullPool)
