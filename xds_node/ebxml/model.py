@@ -244,5 +244,6 @@ class StoredQuery:
     return_type: str = "LeafClass"  # or "ObjectRef"
     return_composed_objects: bool = True
     home: str | None = None
-    slots: dict[str, list[str]] = field(default_factory=dict)
+    #: slot name -> one list of raw Value texts per occurrence (repeated slots AND together)
+    slots: dict[str, list[list[str]]] = field(default_factory=dict)
     request_id: str | None = None

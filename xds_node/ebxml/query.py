@@ -1,0 +1,291 @@
+"""Stored-query parameters: the per-query parameter table and the ITI-18 value syntax.
+
+The table (:data:`QUERIES`) is the single statement of which parameters each of the 14 stored
+queries takes, which are required, which take several values, and which pairs are mutually
+exclusive; :func:`parse_query` checks a request against it and returns typed parameters, or the
+IHE errors (XDSUnknownStoredQuery, XDSStoredQueryMissingParam, XDSStoredQueryParamNumber, ...).
+
+Value syntax (ITI TF-2a 3.18.4.1.2.3.4): a Value is ``'text'``, a number, or a list ``('a','b')``;
+values within one Slot are ORed; repeating a Slot (only for the code-list parameters that allow
+it) ANDs the groups.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import RegistryError, StoredQuery
+
+Q = v.StoredQueryId
+
+
+class Kind(Enum):
+    STRING = "string"  # free text (ids, uuids, patient id)
+    CODE = "code"  # code^^scheme
+    TIME = "time"  # DTM
+    STATUS = "status"  # availabilityStatus (short or URN)
+    LIKE = "like"  # SQL LIKE pattern (author person)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: Kind = Kind.STRING
+    required: bool = False
+    multiple: bool = False
+    and_or: bool = False  # may repeat the Slot to AND value groups
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    name: str
+    params: tuple[Param, ...]
+    #: groups of parameters of which exactly one must be given
+    one_of: tuple[tuple[str, ...], ...] = ()
+    #: True when the query is keyed by patient id (XCA: no ``home`` needed)
+    patient_keyed: bool = False
+
+
+def _doc_filters(prefix: str = "$XDSDocumentEntry") -> tuple[Param, ...]:
+    return (
+        Param(f"{prefix}FormatCode", Kind.CODE, multiple=True),
+        Param(f"{prefix}ConfidentialityCode", Kind.CODE, multiple=True, and_or=True),
+        Param(f"{prefix}Type", Kind.STRING, multiple=True),
+    )
+
+
+_FIND_DOCUMENTS_PARAMS = (
+    Param("$XDSDocumentEntryPatientId", required=True),
+    Param("$XDSDocumentEntryClassCode", Kind.CODE, multiple=True),
+    Param("$XDSDocumentEntryTypeCode", Kind.CODE, multiple=True),
+    Param("$XDSDocumentEntryPracticeSettingCode", Kind.CODE, multiple=True),
+    Param("$XDSDocumentEntryCreationTimeFrom", Kind.TIME),
+    Param("$XDSDocumentEntryCreationTimeTo", Kind.TIME),
+    Param("$XDSDocumentEntryServiceStartTimeFrom", Kind.TIME),
+    Param("$XDSDocumentEntryServiceStartTimeTo", Kind.TIME),
+    Param("$XDSDocumentEntryServiceStopTimeFrom", Kind.TIME),
+    Param("$XDSDocumentEntryServiceStopTimeTo", Kind.TIME),
+    Param("$XDSDocumentEntryHealthcareFacilityTypeCode", Kind.CODE, multiple=True),
+    Param("$XDSDocumentEntryEventCodeList", Kind.CODE, multiple=True, and_or=True),
+    Param("$XDSDocumentEntryAuthorPerson", Kind.LIKE, multiple=True),
+    Param("$XDSDocumentEntryStatus", Kind.STATUS, required=True, multiple=True),
+    *_doc_filters(),
+)
+
+_DOC_ID = (Param("$XDSDocumentEntryEntryUUID", multiple=True), Param("$XDSDocumentEntryUniqueId", multiple=True))
+_DOC_ID_SINGLE = (Param("$XDSDocumentEntryEntryUUID"), Param("$XDSDocumentEntryUniqueId"))
+_HOME = Param("$homeCommunityId")
+_ONE_DOC = (("$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"),)
+
+QUERIES: dict[str, QuerySpec] = {
+    Q.FIND_DOCUMENTS: QuerySpec("FindDocuments", _FIND_DOCUMENTS_PARAMS, patient_keyed=True),
+    Q.FIND_DOCUMENTS_BY_REFERENCE_ID: QuerySpec(
+        "FindDocumentsByReferenceId",
+        (*_FIND_DOCUMENTS_PARAMS,
+         Param("$XDSDocumentEntryReferenceIdList", required=True, multiple=True, and_or=True)),
+        patient_keyed=True,
+    ),
+    Q.FIND_SUBMISSION_SETS: QuerySpec(
+        "FindSubmissionSets",
+        (
+            Param("$XDSSubmissionSetPatientId", required=True),
+            Param("$XDSSubmissionSetSourceId", multiple=True),
+            Param("$XDSSubmissionSetSubmissionTimeFrom", Kind.TIME),
+            Param("$XDSSubmissionSetSubmissionTimeTo", Kind.TIME),
+            Param("$XDSSubmissionSetAuthorPerson", Kind.LIKE),
+            Param("$XDSSubmissionSetContentType", Kind.CODE, multiple=True),
+            Param("$XDSSubmissionSetStatus", Kind.STATUS, required=True, multiple=True),
+        ),
+        patient_keyed=True,
+    ),
+    Q.FIND_FOLDERS: QuerySpec(
+        "FindFolders",
+        (
+            Param("$XDSFolderPatientId", required=True),
+            Param("$XDSFolderLastUpdateTimeFrom", Kind.TIME),
+            Param("$XDSFolderLastUpdateTimeTo", Kind.TIME),
+            Param("$XDSFolderCodeList", Kind.CODE, multiple=True, and_or=True),
+            Param("$XDSFolderStatus", Kind.STATUS, required=True, multiple=True),
+        ),
+        patient_keyed=True,
+    ),
+    Q.GET_ALL: QuerySpec(
+        "GetAll",
+        (
+            Param("$patientId", required=True),
+            Param("$XDSDocumentEntryStatus", Kind.STATUS, required=True, multiple=True),
+            Param("$XDSSubmissionSetStatus", Kind.STATUS, required=True, multiple=True),
+            Param("$XDSFolderStatus", Kind.STATUS, required=True, multiple=True),
+            *_doc_filters(),
+        ),
+        patient_keyed=True,
+    ),
+    Q.GET_DOCUMENTS: QuerySpec("GetDocuments", (*_DOC_ID, _HOME), _ONE_DOC),
+    Q.GET_FOLDERS: QuerySpec(
+        "GetFolders",
+        (Param("$XDSFolderEntryUUID", multiple=True), Param("$XDSFolderUniqueId", multiple=True), _HOME),
+        (("$XDSFolderEntryUUID", "$XDSFolderUniqueId"),),
+    ),
+    Q.GET_ASSOCIATIONS: QuerySpec("GetAssociations", (Param("$uuid", required=True, multiple=True), _HOME)),
+    Q.GET_DOCUMENTS_AND_ASSOCIATIONS: QuerySpec("GetDocumentsAndAssociations", (*_DOC_ID, _HOME), _ONE_DOC),
+    Q.GET_SUBMISSION_SETS: QuerySpec("GetSubmissionSets", (Param("$uuid", required=True, multiple=True), _HOME)),
+    Q.GET_SUBMISSION_SET_AND_CONTENTS: QuerySpec(
+        "GetSubmissionSetAndContents",
+        (Param("$XDSSubmissionSetEntryUUID"), Param("$XDSSubmissionSetUniqueId"), *_doc_filters(), _HOME),
+        (("$XDSSubmissionSetEntryUUID", "$XDSSubmissionSetUniqueId"),),
+    ),
+    Q.GET_FOLDER_AND_CONTENTS: QuerySpec(
+        "GetFolderAndContents",
+        (Param("$XDSFolderEntryUUID"), Param("$XDSFolderUniqueId"), *_doc_filters(), _HOME),
+        (("$XDSFolderEntryUUID", "$XDSFolderUniqueId"),),
+    ),
+    Q.GET_FOLDERS_FOR_DOCUMENT: QuerySpec("GetFoldersForDocument", (*_DOC_ID_SINGLE, _HOME), _ONE_DOC),
+    Q.GET_RELATED_DOCUMENTS: QuerySpec(
+        "GetRelatedDocuments",
+        (*_DOC_ID_SINGLE, Param("$AssociationTypes", required=True, multiple=True),
+         Param("$XDSDocumentEntryType", multiple=True), _HOME),
+        _ONE_DOC,
+    ),
+}
+
+QUERY_NAMES = {spec.name: qid for qid, spec in QUERIES.items()}
+
+
+@dataclass
+class Params:
+    """Typed parameters of one stored query request.
+
+    ``values[name]`` is a list of OR-groups (one per Slot occurrence), each a list of strings;
+    a single-valued parameter is ``values[name][0][0]`` (see :meth:`one`).
+    """
+
+    spec: QuerySpec
+    query: StoredQuery
+    values: dict[str, list[list[str]]] = field(default_factory=dict)
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def one(self, name: str) -> str | None:
+        groups = self.values.get(name)
+        return groups[0][0] if groups else None
+
+    def flat(self, name: str) -> list[str]:
+        return [value for group in self.values.get(name, []) for value in group]
+
+    def groups(self, name: str) -> list[list[str]]:
+        return self.values.get(name, [])
+
+    @property
+    def leaf_class(self) -> bool:
+        return self.query.return_type != "ObjectRef"
+
+
+class QueryError(Exception):
+    def __init__(self, errors: list[RegistryError]):
+        super().__init__("; ".join(e.context for e in errors))
+        self.errors = errors
+
+
+_TIME = re.compile(r"^\d{4}(\d{2}){0,5}$")
+_CODE = re.compile(r"^[^^]+\^\^[^^]+$")
+
+
+def split_values(raw: str) -> list[str]:
+    """``'a'`` -> [a]; ``('a', 'b')`` -> [a, b]; ``123`` -> [123]; quotes doubled inside are unescaped."""
+    text = raw.strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]
+    items: list[str] = []
+    buf: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "'":
+            if quoted and i + 1 < len(text) and text[i + 1] == "'":
+                buf.append("'")
+                i += 2
+                continue
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            items.append("".join(buf).strip())
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    last = "".join(buf).strip()
+    if last or items:
+        items.append(last)
+    return [item for item in items if item != ""]
+
+
+def _err(code: str, context: str) -> RegistryError:
+    return RegistryError(code=code, context=context)
+
+
+def parse_query(query: StoredQuery) -> Params:
+    """Check ``query`` against its spec; raise QueryError listing every problem found."""
+    spec = QUERIES.get(query.query_id)
+    if spec is None:
+        raise QueryError([_err(v.ErrorCode.UNKNOWN_STORED_QUERY, f"Unknown stored query id {query.query_id!r}")])
+    errors: list[RegistryError] = []
+    params = Params(spec=spec, query=query)
+    by_name = {p.name: p for p in spec.params}
+    for name, occurrences in query.slots.items():
+        param = by_name.get(name)
+        if param is None:
+            continue  # ITI TF-2a: parameters a query does not define are ignored
+        groups = [[value for raw in values for value in split_values(raw)] for values in occurrences]
+        groups = [g for g in groups if g]
+        if not groups:
+            continue
+        if len(groups) > 1 and not param.and_or:
+            errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
+                               f"{spec.name}: parameter {name} may appear only once"))
+            continue
+        if not param.multiple and len(groups[0]) > 1:
+            errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
+                               f"{spec.name}: parameter {name} takes a single value, got {len(groups[0])}"))
+            continue
+        for group in groups:
+            for value in group:
+                problem = _check_value(param, value)
+                if problem:
+                    errors.append(_err(v.ErrorCode.REGISTRY_ERROR, f"{spec.name}: parameter {name}: {problem}"))
+        if param.kind is Kind.STATUS:
+            groups = [[v.normalize_status(x) for x in g] for g in groups]
+        params.values[name] = groups
+    for param in spec.params:
+        if param.required and param.name not in params.values and not any(
+            e.context.startswith(f"{spec.name}: parameter {param.name}") for e in errors
+        ):
+            errors.append(_err(v.ErrorCode.STORED_QUERY_MISSING_PARAM,
+                               f"{spec.name}: required parameter {param.name} is missing"))
+    for group in spec.one_of:
+        present = [name for name in group if name in params.values]
+        if not present:
+            errors.append(_err(v.ErrorCode.STORED_QUERY_MISSING_PARAM,
+                               f"{spec.name}: one of {', '.join(group)} is required"))
+        elif len(present) > 1:
+            errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
+                               f"{spec.name}: only one of {', '.join(group)} may be given"))
+    if errors:
+        raise QueryError(errors)
+    return params
+
+
+def _check_value(param: Param, value: str) -> str | None:
+    if param.kind is Kind.TIME and not _TIME.match(value):
+        return f"{value!r} is not an HL7 DTM time (YYYY[MM[DD[hh[mm[ss]]]]])"
+    if param.kind is Kind.CODE and not _CODE.match(value):
+        return f"{value!r} is not in code^^scheme form"
+    return None
+
+
+def pad_time(value: str, *, upper: bool = False) -> str:
+    """Bring a DTM to 14 digits so times of different precision compare as strings."""
+    return value.ljust(14, "9" if upper else "0")[:14]

@@ -1,0 +1,79 @@
+"""Composition root: builds the actors from settings and wires them to SOAP endpoints.
+
+This is the only module that knows every part of the node. Endpoint paths:
+
+==================  =====================================================
+``/xds/registry``   ITI-18 Registry Stored Query, ITI-42 Register Document Set-b
+==================  =====================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from xds_node.config import Settings, load_settings
+from xds_node.db import make_engine
+from xds_node.registry.service import Registry
+from xds_node.registry.store import RegistryStore
+from xds_node.soap.app import Endpoint, SoapApp
+from xds_node.transactions import iti18, iti42
+
+log = logging.getLogger("xds_node")
+
+REGISTRY_PATH = "/xds/registry"
+
+
+def wsdl_dir() -> Path:
+    """Where our published WSDLs live: ``XDS_WSDL_DIR`` or the ``wsdl/`` folder of the checkout."""
+    env = os.environ.get("XDS_WSDL_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "wsdl"
+
+
+class Node:
+    """All actors of one xds-node process, built from one Settings object."""
+
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or load_settings()
+        self.engine = make_engine(self.settings.db_url)
+        self.registry_store = RegistryStore(self.engine)
+        self.registry_store.create_schema()
+        self.registry = Registry(
+            self.registry_store,
+            require_known_patient=self.settings.require_known_patient,
+            max_query_results=self.settings.max_query_results,
+            home_community_id=self.settings.home_community_id,
+        )
+
+    def endpoints(self) -> list[Endpoint]:
+        wsdl = wsdl_dir()
+        return [
+            Endpoint(
+                REGISTRY_PATH,
+                {
+                    iti18.ACTION: iti18.make_handler(self.registry),
+                    iti42.ACTION: iti42.make_handler(self.registry),
+                },
+                wsdl=wsdl / "registry.wsdl",
+            ),
+        ]
+
+    def app(self) -> SoapApp:
+        return SoapApp(self.endpoints(), max_body_bytes=self.settings.max_body_bytes, on_error=_log_error)
+
+    def endpoint_urls(self) -> dict[str, str]:
+        base = self.settings.public_url
+        return {"registry (ITI-18, ITI-42)": base + REGISTRY_PATH}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _log_error(exc: BaseException, req) -> None:
+    log.error("internal error handling %s: %r", getattr(req, "action", "?"), exc, exc_info=exc)
+
+
+def create_app() -> SoapApp:
+    """ASGI factory for ``uvicorn --factory xds_node.node:create_app`` (settings from XDS_* env)."""
+    return Node().app()

@@ -1,0 +1,117 @@
+"""The Document Registry actor: validate-then-store registration, and stored queries.
+
+Transaction modules (ITI-18, ITI-42, ITI-38 ...) call this with domain objects; it knows nothing
+of SOAP. Profile differences (XDS vs XCA: ``home`` on results, error location) are passed in by
+the caller, not decided here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import RegistryError, RegistryResponse, StoredQuery, Submission
+from xds_node.ebxml.query import Params, QueryError, parse_query
+from xds_node.ebxml.validation import ValidationContext, assign_uuids, deprecations, validate_submission
+from xds_node.registry.store import DuplicateError, RegistryStore, Row
+from xds_node.registry.stored_queries import QueryRunner, TooManyResults
+
+log = logging.getLogger(__name__)
+
+
+def now_dtm() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+
+
+@dataclass
+class QueryOutcome:
+    status: str
+    rows: list[Row] = field(default_factory=list)
+    errors: list[RegistryError] = field(default_factory=list)
+    params: Params | None = None
+
+    @property
+    def leaf_class(self) -> bool:
+        return self.params is None or self.params.leaf_class
+
+
+class _Lookup:
+    """The store seen through the RegistryLookup protocol, with the patient check switchable."""
+
+    def __init__(self, store: RegistryStore, check_patients: bool):
+        self._store = store
+        self._check = check_patients
+
+    def existing_unique_ids(self, unique_ids):
+        return self._store.existing_unique_ids(unique_ids)
+
+    def existing_ids(self, uuids):
+        return self._store.existing_ids(uuids)
+
+    def document_status(self, uuids):
+        return self._store.document_status(uuids)
+
+    def known_patient(self, patient_id: str) -> bool | None:
+        return self._store.known_patient(patient_id) if self._check else None
+
+
+class Registry:
+    def __init__(self, store: RegistryStore, *, require_known_patient: bool = False,
+                 max_query_results: int = 5000, home_community_id: str | None = None):
+        self.store = store
+        self.lookup = _Lookup(store, require_known_patient)
+        self.runner = QueryRunner(store, max_results=max_query_results)
+        self.home_community_id = home_community_id
+
+    # --- ITI-42 ---------------------------------------------------------------------------------
+    def register(self, sub: Submission, *, transaction: str = "ITI-42") -> RegistryResponse:
+        """Validate ``sub`` completely, then store it atomically; every violation is reported."""
+        assign_uuids(sub)
+        ctx = ValidationContext(transaction=transaction, lookup=self.lookup,
+                                home_community_id=self.home_community_id)
+        errors = validate_submission(sub, ctx)
+        if any(e.is_error for e in errors):
+            return RegistryResponse.from_errors(errors)
+        now = now_dtm()
+        for obj in sub.objects():
+            obj.status = v.Status.APPROVED
+            obj.home = None
+        for folder in sub.folders:
+            folder.last_update_time = now
+        new_ids = {obj.id for obj in sub.objects()}
+        existing_folders = {
+            a.source for a in sub.associations
+            if a.association_type == v.AssociationType.HAS_MEMBER and a.source not in new_ids
+        }
+        existing_folders &= {k for k, val in self.store.document_status(existing_folders).items()
+                             if val[2] == "Folder"}
+        try:
+            self.store.register(sub, deprecate=deprecations(sub), touched_folders=sorted(existing_folders),
+                                now=now)
+        except DuplicateError as exc:
+            log.info("registration rejected by a unique index: %s", exc)
+            return RegistryResponse.from_errors([RegistryError(
+                code=v.ErrorCode.DUPLICATE_UNIQUE_ID,
+                context="A uniqueId or entryUUID in this submission is already registered")])
+        return RegistryResponse.from_errors(errors)  # warnings only -> Success
+
+    # --- ITI-18 ---------------------------------------------------------------------------------
+    def query(self, query: StoredQuery) -> QueryOutcome:
+        try:
+            params = parse_query(query)
+        except QueryError as exc:
+            return QueryOutcome(v.ResponseStatus.FAILURE, errors=exc.errors)
+        try:
+            rows = self.runner.run(params)
+        except TooManyResults as exc:
+            return QueryOutcome(v.ResponseStatus.FAILURE, params=params,
+                                errors=[RegistryError(code=v.ErrorCode.TOO_MANY_RESULTS, context=str(exc))])
+        if params.leaf_class:
+            patients = {r.patient_id for r in rows if r.patient_id}
+            if len(patients) > 1:
+                return QueryOutcome(v.ResponseStatus.FAILURE, params=params, errors=[RegistryError(
+                    code=v.ErrorCode.RESULT_NOT_SINGLE_PATIENT,
+                    context=f"{params.spec.name} would return objects of {len(patients)} different patients")])
+        return QueryOutcome(v.ResponseStatus.SUCCESS, rows=rows, params=params)

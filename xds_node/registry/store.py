@@ -1,0 +1,282 @@
+"""The registry's storage: atomic registration and the lookups validation and queries need.
+
+This is the narrow interface the rest of the node sees; SQLite and PostgreSQL differ only in the
+engine handed in. ``register`` writes a whole submission in one transaction: a validation failure
+happens before it starts, and anything that fails inside it (a unique index catching a concurrent
+duplicate, a crash) rolls everything back, so a registry is never half written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lxml import etree
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from xds_node.db import metadata
+from xds_node.ebxml import rim
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import Association, DocumentEntry, Folder, Submission, SubmissionSet
+from xds_node.ebxml.query import pad_time
+from xds_node.registry import tables as t
+
+_CHUNK = 500  # bound IN-lists (SQLite's variable limit, planner sanity)
+
+
+class DuplicateError(Exception):
+    """A unique index rejected the submission (a concurrent duplicate uniqueId or entryUUID)."""
+
+
+@dataclass(slots=True)
+class Row:
+    """One stored object as queries see it."""
+
+    kind: str  # "doc" | "ss" | "folder" | "assoc"
+    id: str
+    patient_id: str | None
+    rim: bytes
+    status: str
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _pad(value: str | None) -> str | None:
+    return pad_time(value) if value else None
+
+
+class RegistryStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    # --- RegistryLookup (what validation needs) -------------------------------------------------
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        ids = sorted(set(unique_ids))
+        found: dict[str, tuple[str, str | None]] = {}
+        if not ids:
+            return found
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for row in conn.execute(select(t.documents.c.unique_id, t.documents.c.id, t.documents.c.hash)
+                                        .where(t.documents.c.unique_id.in_(chunk))):
+                    found[row.unique_id] = (row.id, row.hash)
+                for table in (t.submission_sets, t.folders):
+                    for row in conn.execute(select(table.c.unique_id, table.c.id)
+                                            .where(table.c.unique_id.in_(chunk))):
+                        found[row.unique_id] = (row.id, None)
+        return found
+
+    def existing_ids(self, uuids: Iterable[str]) -> set[str]:
+        ids = sorted(set(uuids))
+        found: set[str] = set()
+        if not ids:
+            return found
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for table in (t.documents, t.submission_sets, t.folders, t.associations):
+                    found.update(conn.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
+        return found
+
+    def document_status(self, uuids: Iterable[str]) -> dict[str, tuple[str, str, str | None]]:
+        """entryUUID -> (status, patient id, kind) for registered documents, folders, submission sets."""
+        ids = sorted(set(uuids))
+        found: dict[str, tuple[str, str, str | None]] = {}
+        if not ids:
+            return found
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for kind, table in (("DocumentEntry", t.documents), ("Folder", t.folders),
+                                    ("SubmissionSet", t.submission_sets)):
+                    for row in conn.execute(select(table.c.id, table.c.status, table.c.patient_id)
+                                            .where(table.c.id.in_(chunk))):
+                        found[row.id] = (row.status, row.patient_id, kind)
+        return found
+
+    def known_patient(self, patient_id: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.scalar(select(t.patients.c.patient_id)
+                               .where(t.patients.c.patient_id == patient_id)) is not None
+
+    def add_patients(self, patient_ids: Iterable[str]) -> int:
+        """Patient identity feed: record ids the registry accepts. Returns how many were new."""
+        new = 0
+        with self.engine.begin() as conn:
+            for pid in set(patient_ids):
+                exists = conn.scalar(select(t.patients.c.patient_id).where(t.patients.c.patient_id == pid))
+                if exists is None:
+                    conn.execute(insert(t.patients).values(patient_id=pid))
+                    new += 1
+        return new
+
+    # --- registration ---------------------------------------------------------------------------
+    def register(self, sub: Submission, *, deprecate: Sequence[str] = (),
+                 touched_folders: Sequence[str] = (), now: str | None = None) -> None:
+        """Store a validated submission, deprecate replaced entries, bump folders; all or nothing."""
+        doc_rows, ss_rows, folder_rows, assoc_rows = [], [], [], []
+        code_rows, author_rows, refid_rows = [], [], []
+        for de in sub.documents:
+            doc_rows.append(_document_row(de))
+            code_rows.extend(_document_codes(de))
+            author_rows.extend({"obj_id": de.id, "person": a.person} for a in de.authors if a.person)
+            refid_rows.extend({"doc_id": de.id, "value": r} for r in de.reference_ids)
+        if sub.submission_set is not None:
+            ss = sub.submission_set
+            ss_rows.append(_submission_set_row(ss))
+            if ss.content_type_code is not None:
+                code_rows.append({"obj_id": ss.id, "scheme": v.SS_CONTENT_TYPE_CODE,
+                                  "key": ss.content_type_code.key()})
+            author_rows.extend({"obj_id": ss.id, "person": a.person} for a in ss.authors if a.person)
+        for fd in sub.folders:
+            folder_rows.append(_folder_row(fd))
+            code_rows.extend({"obj_id": fd.id, "scheme": v.FOLDER_CODE_LIST, "key": c.key()} for c in fd.codes)
+        for assoc in sub.associations:
+            assoc_rows.append(_association_row(assoc))
+        try:
+            with self.engine.begin() as conn:
+                for table, rows in ((t.documents, doc_rows), (t.submission_sets, ss_rows),
+                                    (t.folders, folder_rows), (t.associations, assoc_rows),
+                                    (t.codes, code_rows), (t.authors, author_rows),
+                                    (t.reference_ids, refid_rows)):
+                    if rows:
+                        conn.execute(insert(table), rows)
+                for doc_id in deprecate:
+                    self._set_status(conn, t.documents, doc_id, v.Status.DEPRECATED)
+                for folder_id in touched_folders:
+                    if now:
+                        self._touch_folder(conn, folder_id, now)
+        except IntegrityError as exc:
+            raise DuplicateError(str(exc.orig) if exc.orig else str(exc)) from exc
+
+    @staticmethod
+    def _set_status(conn, table, obj_id: str, status: str) -> None:
+        row = conn.execute(select(table.c.rim).where(table.c.id == obj_id)).first()
+        if row is None:
+            return
+        el = etree.fromstring(row.rim)
+        el.set("status", status)
+        conn.execute(update(table).where(table.c.id == obj_id).values(status=status, rim=rim.to_bytes(el)))
+
+    @staticmethod
+    def _touch_folder(conn, folder_id: str, now: str) -> None:
+        row = conn.execute(select(t.folders.c.rim).where(t.folders.c.id == folder_id)).first()
+        if row is None:
+            return
+        folder = rim.read_folder(etree.fromstring(row.rim))
+        folder.last_update_time = now
+        conn.execute(update(t.folders).where(t.folders.c.id == folder_id)
+                     .values(last_update_time=pad_time(now), rim=rim.to_bytes(rim.write_folder(folder))))
+
+    def set_document_status(self, doc_id: str, status: str) -> bool:
+        with self.engine.begin() as conn:
+            exists = conn.scalar(select(t.documents.c.id).where(t.documents.c.id == doc_id))
+            if exists is None:
+                return False
+            self._set_status(conn, t.documents, doc_id, status)
+        return True
+
+    def delete_all(self) -> None:
+        """Empty the registry (tests and ``xds-node demo --fresh``)."""
+        with self.engine.begin() as conn:
+            for table in (t.codes, t.authors, t.reference_ids, t.associations, t.documents,
+                          t.folders, t.submission_sets, t.patients):
+                conn.execute(delete(table))
+
+    # --- reads used by stored queries ------------------------------------------------------------
+    def fetch(self, kind: str, ids: Iterable[str]) -> list[Row]:
+        table = _TABLES[kind]
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, Row] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                cols = [table.c.id, table.c.rim, table.c.status]
+                cols.append(table.c.patient_id if kind != "assoc" else table.c.source)
+                for row in conn.execute(select(*cols).where(table.c.id.in_(chunk))):
+                    pid = row[3] if kind != "assoc" else None
+                    out[row.id] = Row(kind, row.id, pid, row.rim, row.status)
+        return [out[i] for i in ids if i in out]
+
+    def count(self, kind: str) -> int:
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(_TABLES[kind])) or 0
+
+
+_TABLES = {"doc": t.documents, "ss": t.submission_sets, "folder": t.folders, "assoc": t.associations}
+
+
+def _document_row(de: DocumentEntry) -> dict:
+    return {
+        "id": de.id,
+        "unique_id": de.unique_id or "",
+        "lid": de.lid,
+        "patient_id": de.patient_id or "",
+        "status": de.status or v.Status.APPROVED,
+        "object_type": de.object_type or v.STABLE_DOCUMENT_ENTRY,
+        "mime_type": de.mime_type,
+        "hash": de.hash.lower() if de.hash else None,
+        "size": de.size,
+        "repository_unique_id": de.repository_unique_id,
+        "creation_time": _pad(de.creation_time),
+        "service_start_time": _pad(de.service_start_time),
+        "service_stop_time": _pad(de.service_stop_time),
+        "rim": rim.to_bytes(rim.write_document_entry(de)),
+    }
+
+
+def _document_codes(de: DocumentEntry) -> list[dict]:
+    rows = []
+    for scheme, code in (
+        (v.DOC_CLASS_CODE, de.class_code),
+        (v.DOC_TYPE_CODE, de.type_code),
+        (v.DOC_FORMAT_CODE, de.format_code),
+        (v.DOC_HEALTHCARE_FACILITY_TYPE_CODE, de.healthcare_facility_type_code),
+        (v.DOC_PRACTICE_SETTING_CODE, de.practice_setting_code),
+    ):
+        if code is not None:
+            rows.append({"obj_id": de.id, "scheme": scheme, "key": code.key()})
+    rows.extend({"obj_id": de.id, "scheme": v.DOC_CONFIDENTIALITY_CODE, "key": c.key()}
+                for c in de.confidentiality_codes)
+    rows.extend({"obj_id": de.id, "scheme": v.DOC_EVENT_CODE, "key": c.key()} for c in de.event_codes)
+    return rows
+
+
+def _submission_set_row(ss: SubmissionSet) -> dict:
+    return {
+        "id": ss.id,
+        "unique_id": ss.unique_id or "",
+        "patient_id": ss.patient_id or "",
+        "status": ss.status or v.Status.APPROVED,
+        "source_id": ss.source_id,
+        "submission_time": _pad(ss.submission_time),
+        "rim": rim.to_bytes(rim.write_submission_set(ss)),
+    }
+
+
+def _folder_row(fd: Folder) -> dict:
+    return {
+        "id": fd.id,
+        "unique_id": fd.unique_id or "",
+        "patient_id": fd.patient_id or "",
+        "status": fd.status or v.Status.APPROVED,
+        "last_update_time": _pad(fd.last_update_time),
+        "rim": rim.to_bytes(rim.write_folder(fd)),
+    }
+
+
+def _association_row(assoc: Association) -> dict:
+    return {
+        "id": assoc.id,
+        "type": assoc.association_type,
+        "source": assoc.source,
+        "target": assoc.target,
+        "status": assoc.status or v.Status.APPROVED,
+        "rim": rim.to_bytes(rim.write_association(assoc)),
+    }
