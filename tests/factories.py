@@ -16,6 +16,7 @@ from xds_node.ebxml.model import (
     Submission,
     SubmissionSet,
 )
+from xds_node.ebxml.validation import assign_uuids
 
 _seq = itertools.count(1)
 OID_ROOT = "1.3.6.1.4.1.21367.2026.99"
@@ -94,7 +95,17 @@ def relation(kind: str, source: str, target: str) -> Association:
     return Association(id=f"Assoc-{next(_seq)}", association_type=kind, source=source, target=target)
 
 
-def submission(pid: str, n_docs: int = 1, *, with_folder: bool = False, **doc_overrides) -> Submission:
+def submission(pid: str, n_docs: int = 1, *, with_folder: bool = False, uuids: bool = True,
+               **doc_overrides) -> Submission:
+    """A valid submission; with ``uuids`` the ids are real UUIDs (as most sources send them),
+    so the test can refer to what it registered; otherwise they stay symbolic (Document01)."""
+    sub = _submission(pid, n_docs, with_folder=with_folder, **doc_overrides)
+    if uuids:
+        assign_uuids(sub)
+    return sub
+
+
+def _submission(pid: str, n_docs: int = 1, *, with_folder: bool = False, **doc_overrides) -> Submission:
     ss = submission_set(pid)
     docs = [document(pid, f"Document{i + 1:02d}", **doc_overrides) for i in range(n_docs)]
     assocs = [has_member(ss.id, d.id) for d in docs]

@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from xds_node import transactions
 from xds_node.config import Settings, load_settings
 from xds_node.db import make_engine
 from xds_node.registry.service import Registry
@@ -37,6 +38,7 @@ class Node:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
         self.engine = make_engine(self.settings.db_url)
+        transactions.INLINE_DB = self.engine.dialect.name == "sqlite"
         self.registry_store = RegistryStore(self.engine)
         self.registry_store.create_schema()
         self.registry = Registry(

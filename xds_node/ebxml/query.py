@@ -194,33 +194,22 @@ _TIME = re.compile(r"^\d{4}(\d{2}){0,5}$")
 _CODE = re.compile(r"^[^^]+\^\^[^^]+$")
 
 
+_ITEM = re.compile(r"\s*(?:'((?:[^']|'')*)'|([^,'()]+?))\s*(?:,|$)")
+
+
 def split_values(raw: str) -> list[str]:
     """``'a'`` -> [a]; ``('a', 'b')`` -> [a, b]; ``123`` -> [123]; quotes doubled inside are unescaped."""
     text = raw.strip()
     if text.startswith("(") and text.endswith(")"):
         text = text[1:-1]
-    items: list[str] = []
-    buf: list[str] = []
-    quoted = False
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "'":
-            if quoted and i + 1 < len(text) and text[i + 1] == "'":
-                buf.append("'")
-                i += 2
-                continue
-            quoted = not quoted
-        elif ch == "," and not quoted:
-            items.append("".join(buf).strip())
-            buf = []
-        else:
-            buf.append(ch)
-        i += 1
-    last = "".join(buf).strip()
-    if last or items:
-        items.append(last)
-    return [item for item in items if item != ""]
+    if len(text) > 1 and text[0] == "'" and text[-1] == "'" and "'" not in text[1:-1]:
+        return [text[1:-1]]  # the common case: one quoted value
+    out = []
+    for quoted, bare in _ITEM.findall(text):
+        value = quoted.replace("''", "'") if quoted else bare.strip()
+        if value:
+            out.append(value)
+    return out
 
 
 def _err(code: str, context: str) -> RegistryError:

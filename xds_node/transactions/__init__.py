@@ -19,8 +19,16 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+#: Run database work on the event loop itself. Right for embedded SQLite, where a query takes a
+#: fraction of a millisecond and a thread hand-off (GIL switching) costs more than it saves;
+#: the node turns it off for network databases so one slow query never stalls the others.
+INLINE_DB = False
+
+
 async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run database-bound actor code off the event loop so one slow call never stalls the others."""
+    """Run database-bound actor code, in a worker thread unless INLINE_DB says it is cheap."""
+    if INLINE_DB:
+        return fn(*args, **kwargs)
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 

@@ -1,0 +1,131 @@
+"""Registry benchmark: registration rate, then ITI-18 FindDocuments over HTTP under load.
+
+    python -m bench.bench_registry                    # 10k and 100k documents, 32 clients
+    python -m bench.bench_registry --docs 2000 --duration 5
+
+For each registry size it registers synthetic documents (10 per patient, one ITI-42-style
+submission per patient, through the same Registry.register the ITI-42 endpoint calls), starts
+``xds-node serve`` on 127.0.0.1 and drives FindDocuments (LeafClass, 10 documents per answer)
+with closed-loop concurrent clients. In the same run it measures the floor: bare lxml parse +
+serialize of the same request and response bytes, and prints the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from lxml import etree
+
+from bench.loadgen import http_post, run_load
+from tests import factories as f
+from xds_node.config import load_settings
+from xds_node.demo import find_documents_envelope
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS_PER_PATIENT = 10
+
+
+def seed(data_dir: Path, n_docs: int) -> tuple[float, int]:
+    """Register n_docs documents; returns (documents per second, number of patients)."""
+    from xds_node.node import Node
+
+    node = Node(load_settings(env={}, data_dir=data_dir))
+    patients = max(1, n_docs // DOCS_PER_PATIENT)
+    t0 = time.perf_counter()
+    for p in range(patients):
+        sub = f.submission(f.patient(p), DOCS_PER_PATIENT)
+        resp = node.registry.register(sub)
+        if resp.status.rsplit(":", 1)[1] != "Success":
+            raise SystemExit(f"seed failed: {resp.errors}")
+    rate = patients * DOCS_PER_PATIENT / (time.perf_counter() - t0)
+    node.close()
+    return rate, patients
+
+
+def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
+    env = {**os.environ, "XDS_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "serve", "--host", "127.0.0.1", "--port",
+                             str(port), "--workers", str(workers)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def request_bytes(port: int, patient_no: int) -> bytes:
+    url = f"http://127.0.0.1:{port}/xds/registry"
+    env = find_documents_envelope(url, f.patient(patient_no)).encode()
+    return http_post("127.0.0.1", port, "/xds/registry", env, "application/soap+xml; charset=UTF-8")
+
+
+def floor_us(request: bytes, response: bytes, rounds: int = 2000) -> float:
+    """Bare lxml parse + serialize of one request and one response, in microseconds."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        etree.tostring(etree.fromstring(request, parser), encoding="UTF-8")
+        etree.tostring(etree.fromstring(response, parser), encoding="UTF-8")
+    return (time.perf_counter() - t0) / rounds * 1e6
+
+
+def bench_size(n_docs: int, args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"xds-bench-{n_docs}-"))
+    try:
+        rate, patients = seed(work, n_docs)
+        print(f"\n== {n_docs} documents ({patients} patients) ==")
+        print(f"registration: {rate:8.1f} documents/s (ITI-42 Registry.register, 10 documents per submission)")
+        port = f.uid().__hash__() % 20000 + 30000
+        proc = start_server(work, port, args.workers)
+        try:
+            # one real answer for the floor measurement and a sanity check
+            env = find_documents_envelope(f"http://127.0.0.1:{port}/xds/registry", f.patient(0))
+            reply = httpx.post(f"http://127.0.0.1:{port}/xds/registry", content=env.encode(),
+                               headers={"Content-Type": "application/soap+xml"})
+            assert reply.status_code == 200 and reply.content.count(b"<rim:ExtrinsicObject") == DOCS_PER_PATIENT
+            requests = [request_bytes(port, i) for i in range(min(patients, 5000))]
+            result = asyncio.run(run_load("127.0.0.1", port, lambda rng: rng.choice(requests),
+                                          concurrency=args.concurrency, duration=args.duration))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        body = env.encode()
+        fl = floor_us(body, reply.content)
+        print(f"FindDocuments over HTTP, {args.concurrency} clients, {args.workers} workers: {result.summary()}")
+        print(f"floor (lxml parse+serialize of the same request and response): {fl:7.1f} us = "
+              f"{1e6 / fl:8.1f} ops/s per core; measured/floor = {result.rps / (1e6 / fl):.2f}")
+        return {"docs": n_docs, "rps": result.rps, "p50": result.pct(50), "p99": result.pct(99),
+                "register_rate": rate, "floor_us": fl}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", default="10000,100000")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    results = [bench_size(int(n), args) for n in args.docs.split(",")]
+    if len(results) > 1:
+        small, big = results[0], results[-1]
+        print(f"\nlatency growth {small['docs']} -> {big['docs']} documents: p50 x{big['p50'] / small['p50']:.2f}, "
+              f"p99 x{big['p99'] / small['p99']:.2f}; throughput x{big['rps'] / small['rps']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
