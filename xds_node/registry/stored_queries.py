@@ -354,13 +354,17 @@ class QueryRunner:
         with self.store.engine.connect() as conn:
             ends = {r.id: (r.source, r.target) for r in conn.execute(
                 select(a.c.id, a.c.source, a.c.target).where(a.c.id.in_([x.id for x in assocs])))}
-        related = {e for pair in ends.values() for e in pair}
+        # only document-to-document relationships count (a submission set's HasMember does not)
+        candidates = {e for pair in ends.values() for e in pair} | set(doc_ids)
         d = t.documents
-        stmt = _doc_type_filter(select(*_DOC_COLS).where(d.c.id.in_(related | set(doc_ids))), params) \
-            if params.has("$XDSDocumentEntryType") else select(*_DOC_COLS).where(d.c.id.in_(related | set(doc_ids)))
+        stmt = select(*_DOC_COLS).where(d.c.id.in_(candidates))
+        if params.has("$XDSDocumentEntryType"):
+            stmt = _doc_type_filter(stmt, params)
         docs = self._rows("doc", stmt)
         kept = {r.id for r in docs}
         assocs = [x for x in assocs if ends[x.id][0] in kept and ends[x.id][1] in kept]
+        if not assocs:
+            return []  # no related documents: the original is not returned on its own
         return [*docs, *assocs]
 
 

@@ -1,0 +1,1 @@
+"""Conformance tooling: replay third-party test suites (NIST XDS Toolkit testkits) against the node."""
