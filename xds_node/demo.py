@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import shlex
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +69,7 @@ FIND_DOCUMENTS_TEMPLATE = """<env:Envelope xmlns:env="http://www.w3.org/2003/05/
   xmlns:wsa="http://www.w3.org/2005/08/addressing">
  <env:Header>
   <wsa:Action env:mustUnderstand="1">urn:ihe:iti:2007:RegistryStoredQuery</wsa:Action>
-  <wsa:MessageID>urn:uuid:0b8a7c2e-2f4e-4c1e-9d7a-demo00000001</wsa:MessageID>
+  <wsa:MessageID>urn:uuid:{message_id}</wsa:MessageID>
   <wsa:To>{url}</wsa:To>
  </env:Header>
  <env:Body>
@@ -89,7 +89,7 @@ FIND_DOCUMENTS_TEMPLATE = """<env:Envelope xmlns:env="http://www.w3.org/2003/05/
 
 def find_documents_envelope(url: str, patient: str) -> str:
     xml_patient = patient.replace("&", "&amp;")
-    return FIND_DOCUMENTS_TEMPLATE.format(url=url, patient=xml_patient)
+    return FIND_DOCUMENTS_TEMPLATE.format(url=url, patient=xml_patient, message_id=uuid.uuid4())
 
 
 def print_banner(node, summary: LoadSummary) -> None:
@@ -105,8 +105,9 @@ def print_banner(node, summary: LoadSummary) -> None:
     if summary.patients:
         patient = summary.patients.most_common(1)[0][0]
         url = next(iter(urls.values()))
-        body = find_documents_envelope(url, patient)
-        print(f"\nTry a FindDocuments for patient {patient}:\n")
-        print(f"curl -s -H 'Content-Type: application/soap+xml; charset=UTF-8' \\\n  --data-binary "
-              f"{shlex.quote(body)} \\\n  {url}\n")
+        request = Path(node.settings.data_dir).resolve() / "find-documents.xml"
+        request.write_text(find_documents_envelope(url, patient), encoding="utf-8")
+        print(f"\nTry a FindDocuments (ITI-18) for patient {patient}:\n")
+        print(f"  curl -s -H 'Content-Type: application/soap+xml; charset=UTF-8' --data-binary @{request} {url}\n")
+        print("Other patients: " + ", ".join(p for p in sorted(summary.patients) if p != patient))
     print("Press Ctrl+C to stop.\n", flush=True)

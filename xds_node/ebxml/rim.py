@@ -462,283 +462,298 @@ def read_registry_response(el: _Element) -> RegistryResponse:
 # Writing
 # --------------------------------------------------------------------------------------------
 
+# Objects are written straight to text (values escaped here), not through lxml element building:
+# on registration this is the hot path, and building a tree element by element costs ~10x more.
+# Functions returning elements parse that text, which lxml does in C.
+
+_NS_DECL = f' xmlns:rim="{v.RIM}"'
+_ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;",
+                               "\r": "&#13;", "\t": "&#9;"})
+_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"})
+
+
+def _ea(value: object) -> str:
+    return str(value).translate(_ATTR_ESCAPES)
+
+
+def _et(value: str) -> str:
+    return value.translate(_TEXT_ESCAPES)
+
+
+def _open(p: list[str], local: str, attrs: Sequence[tuple[str, str | None]], *, root: bool = False,
+          empty: bool = False) -> None:
+    p.append("<rim:" + local)
+    if root:
+        p.append(_NS_DECL)
+    for key, value in attrs:
+        if value is not None:
+            p.append(f' {key}="{_ea(value)}"')
+    p.append("/>" if empty else ">")
+
+
+def _slot(p: list[str], name: str, values: Sequence[str], slot_type: str | None = None) -> None:
+    p.append(f'<rim:Slot name="{_ea(name)}"')
+    if slot_type:
+        p.append(f' slotType="{_ea(slot_type)}"')
+    p.append("><rim:ValueList>")
+    for value in values:
+        p.append(f"<rim:Value>{_et(value)}</rim:Value>")
+    p.append("</rim:ValueList></rim:Slot>")
+
+
+def _w_localized(p: list[str], local: str, strings: Sequence[LocalizedString]) -> None:
+    if not strings:
+        return
+    p.append(f"<rim:{local}>")
+    for ls in strings:
+        p.append("<rim:LocalizedString")
+        if ls.charset:
+            p.append(f' charset="{_ea(ls.charset)}"')
+        p.append(f' value="{_ea(ls.value)}"')
+        if ls.lang:
+            p.append(f' xml:lang="{_ea(ls.lang)}"')
+        p.append("/>")
+    p.append(f"</rim:{local}>")
+
+
+def _common_attrs(obj: RegistryObject) -> list[tuple[str, str | None]]:
+    return [("id", obj.id), ("home", obj.home), ("lid", obj.lid), ("objectType", obj.object_type),
+            ("status", obj.status)]
+
+
+def _names(p: list[str], obj: RegistryObject) -> None:
+    _w_localized(p, "Name", obj.title)
+    _w_localized(p, "Description", obj.comments)
+    if obj.version_name:
+        p.append(f'<rim:VersionInfo versionName="{_ea(obj.version_name)}"/>')
+
+
+def _code(p: list[str], scheme: str, owner: str, code: Code) -> None:
+    _open(p, "Classification", [("id", code.id or new_uuid()), ("classificationScheme", scheme),
+                                ("classifiedObject", owner), ("nodeRepresentation", code.code)])
+    _slot(p, "codingScheme", [code.scheme])
+    _w_localized(p, "Name", [LocalizedString(code.display if code.display is not None else code.code)])
+    p.append("</rim:Classification>")
+
+
+def _author(p: list[str], scheme: str, owner: str, author: Author) -> None:
+    _open(p, "Classification", [("id", author.id or new_uuid()), ("classificationScheme", scheme),
+                                ("classifiedObject", owner), ("nodeRepresentation", "")])
+    if author.person:
+        _slot(p, "authorPerson", [author.person])
+    for name, values in (("authorInstitution", author.institutions), ("authorRole", author.roles),
+                         ("authorSpecialty", author.specialties), ("authorTelecommunication", author.telecoms)):
+        if values:
+            _slot(p, name, values)
+    for s in author.extra_slots:
+        _slot(p, s.name, s.values, s.slot_type)
+    p.append("</rim:Classification>")
+
+
+def _classification(p: list[str], owner: str, cl: Classification) -> None:
+    _open(p, "Classification", [("id", cl.id or new_uuid()), ("classificationScheme", cl.scheme),
+                                ("classifiedObject", cl.classified_object or owner),
+                                ("classificationNode", cl.node), ("nodeRepresentation", cl.node_representation)])
+    for s in cl.slots:
+        _slot(p, s.name, s.values, s.slot_type)
+    _w_localized(p, "Name", cl.name)
+    p.append("</rim:Classification>")
+
+
+def _node_classification(p: list[str], owner: str, node: str, cl_id: str | None) -> None:
+    _open(p, "Classification", [("id", cl_id or new_uuid()), ("classifiedObject", owner),
+                                ("classificationNode", node)], empty=True)
+
+
+def _extid(p: list[str], owner: str, scheme: str, value: str, ident_id: str | None,
+           name: Sequence[LocalizedString] | None = None) -> None:
+    _open(p, "ExternalIdentifier", [("id", ident_id or new_uuid()), ("registryObject", owner),
+                                    ("identificationScheme", scheme), ("value", value)])
+    if name is None:
+        label = v.IDENTIFIER_NAMES.get(scheme)
+        name = [LocalizedString(label)] if label else []
+    _w_localized(p, "Name", name)
+    p.append("</rim:ExternalIdentifier>")
+
+
+def _extras(p: list[str], obj: RegistryObject) -> None:
+    for cl in obj.extra_classifications:
+        _classification(p, obj.id, cl)
+
+
+def _extra_ids(p: list[str], obj: RegistryObject) -> None:
+    for ei in obj.extra_identifiers:
+        _extid(p, ei.registry_object or obj.id, ei.scheme, ei.value, ei.id, ei.name)
+
+
+def _document_entry(p: list[str], de: DocumentEntry, root: bool) -> None:
+    _open(p, "ExtrinsicObject", [*_common_attrs(de), ("mimeType", de.mime_type)], root=root)
+    for slot_name, attr in _DE_SLOTS.items():
+        value = getattr(de, attr)
+        if value is not None:
+            _slot(p, slot_name, [str(value)])
+    for slot_name, attr in _DE_MULTI_SLOTS.items():
+        values = getattr(de, attr)
+        if values:
+            _slot(p, slot_name, values)
+    for s in de.extra_slots:
+        _slot(p, s.name, s.values, s.slot_type)
+    _names(p, de)
+    for author in de.authors:
+        _author(p, v.DOC_AUTHOR, de.id, author)
+    for scheme, attr in _DE_CODES.items():
+        code = getattr(de, attr)
+        if code is not None:
+            _code(p, scheme, de.id, code)
+    for scheme, attr in _DE_CODE_LISTS.items():
+        for code in getattr(de, attr):
+            _code(p, scheme, de.id, code)
+    _extras(p, de)
+    if de.patient_id is not None:
+        _extid(p, de.id, v.DOC_PATIENT_ID, de.patient_id, de.patient_id_ident_id)
+    if de.unique_id is not None:
+        _extid(p, de.id, v.DOC_UNIQUE_ID, de.unique_id, de.unique_id_ident_id)
+    _extra_ids(p, de)
+    p.append("</rim:ExtrinsicObject>")
+
+
+def _submission_set(p: list[str], ss: SubmissionSet, root: bool) -> None:
+    _open(p, "RegistryPackage", _common_attrs(ss), root=root)
+    if ss.submission_time is not None:
+        _slot(p, "submissionTime", [ss.submission_time])
+    if ss.intended_recipients:
+        _slot(p, "intendedRecipient", ss.intended_recipients)
+    for s in ss.extra_slots:
+        _slot(p, s.name, s.values, s.slot_type)
+    _names(p, ss)
+    for author in ss.authors:
+        _author(p, v.SS_AUTHOR, ss.id, author)
+    if ss.content_type_code is not None:
+        _code(p, v.SS_CONTENT_TYPE_CODE, ss.id, ss.content_type_code)
+    _node_classification(p, ss.id, v.SUBMISSION_SET_NODE, ss.node_classification_id)
+    _extras(p, ss)
+    for scheme, value, ident in ((v.SS_UNIQUE_ID, ss.unique_id, ss.unique_id_ident_id),
+                                 (v.SS_SOURCE_ID, ss.source_id, ss.source_id_ident_id),
+                                 (v.SS_PATIENT_ID, ss.patient_id, ss.patient_id_ident_id)):
+        if value is not None:
+            _extid(p, ss.id, scheme, value, ident)
+    _extra_ids(p, ss)
+    p.append("</rim:RegistryPackage>")
+
+
+def _folder(p: list[str], fd: Folder, root: bool) -> None:
+    _open(p, "RegistryPackage", _common_attrs(fd), root=root)
+    if fd.last_update_time is not None:
+        _slot(p, "lastUpdateTime", [fd.last_update_time])
+    for s in fd.extra_slots:
+        _slot(p, s.name, s.values, s.slot_type)
+    _names(p, fd)
+    for code in fd.codes:
+        _code(p, v.FOLDER_CODE_LIST, fd.id, code)
+    _node_classification(p, fd.id, v.FOLDER_NODE, fd.node_classification_id)
+    _extras(p, fd)
+    if fd.unique_id is not None:
+        _extid(p, fd.id, v.FOLDER_UNIQUE_ID, fd.unique_id, fd.unique_id_ident_id)
+    if fd.patient_id is not None:
+        _extid(p, fd.id, v.FOLDER_PATIENT_ID, fd.patient_id, fd.patient_id_ident_id)
+    _extra_ids(p, fd)
+    p.append("</rim:RegistryPackage>")
+
+
+def _association(p: list[str], assoc: Association, root: bool) -> None:
+    _open(p, "Association", [*_common_attrs(assoc), ("associationType", assoc.association_type),
+                             ("sourceObject", assoc.source), ("targetObject", assoc.target)], root=root)
+    for name, value in (("SubmissionSetStatus", assoc.submission_set_status),
+                        ("OriginalStatus", assoc.original_status), ("NewStatus", assoc.new_status)):
+        if value is not None:
+            _slot(p, name, [value])
+    for s in assoc.extra_slots:
+        _slot(p, s.name, s.values, s.slot_type)
+    _names(p, assoc)
+    _extras(p, assoc)
+    _extra_ids(p, assoc)
+    p.append("</rim:Association>")
+
+
+def _object_ref(p: list[str], ref: ObjectRef, root: bool) -> None:
+    _open(p, "ObjectRef", [("id", ref.id), ("home", ref.home)], root=root, empty=True)
+
+
+_RENDERERS = {DocumentEntry: _document_entry, SubmissionSet: _submission_set, Folder: _folder,
+              Association: _association, ObjectRef: _object_ref}
+
+
+def _render_into(p: list[str], obj, root: bool) -> None:
+    renderer = _RENDERERS.get(type(obj))
+    if renderer is None:
+        raise TypeError(f"cannot write {type(obj).__name__}")
+    renderer(p, obj, root)
+
+
+def render(obj) -> bytes:
+    """One registry object as a standalone ebRIM element (UTF-8, declares the rim namespace)."""
+    p: list[str] = []
+    _render_into(p, obj, True)
+    return "".join(p).encode("utf-8")
+
+
+def _object_list_text(sub: Submission, p: list[str], root: bool) -> None:
+    p.append("<rim:RegistryObjectList" + (_NS_DECL if root else "") + ">")
+    for ref in sub.object_refs:
+        _object_ref(p, ref, False)
+    if sub.submission_set is not None:
+        _submission_set(p, sub.submission_set, False)
+    for de in sub.documents:
+        _document_entry(p, de, False)
+    for fd in sub.folders:
+        _folder(p, fd, False)
+    for assoc in sub.associations:
+        _association(p, assoc, False)
+    for cl in sub.extra_objects:
+        _classification(p, cl.classified_object or "", cl)
+    p.append("</rim:RegistryObjectList>")
+
+
+def _element(text: str | bytes, parent: _Element | None) -> _Element:
+    el = etree.fromstring(text.encode("utf-8") if isinstance(text, str) else text)
+    if parent is not None:
+        parent.append(el)
+    return el
+
+
+def write_object(obj, parent: _Element | None = None) -> _Element:
+    return _element(render(obj), parent)
+
+
+write_document_entry = write_submission_set = write_folder = write_association = write_object_ref = write_object
+
+
+def write_object_list(sub: Submission, parent: _Element | None = None) -> _Element:
+    p: list[str] = []
+    _object_list_text(sub, p, True)
+    return _element("".join(p), parent)
+
+
+def submit_objects_request_bytes(sub: Submission) -> bytes:
+    p = [f'<lcm:SubmitObjectsRequest xmlns:lcm="{v.LCM}"{_NS_DECL}>']
+    _object_list_text(sub, p, False)
+    p.append("</lcm:SubmitObjectsRequest>")
+    return "".join(p).encode("utf-8")
+
+
+def write_submit_objects_request(sub: Submission) -> _Element:
+    return _element(submit_objects_request_bytes(sub), None)
+
+
 def _sub(parent: _Element, tag: str, attrib: dict[str, str] | None = None) -> _Element:
     return etree.SubElement(parent, tag, attrib or {})
 
 
-def _write_slot(parent: _Element, name: str, values: Sequence[str], slot_type: str | None = None) -> None:
+def _write_slot(parent: _Element, name: str, values: Sequence[str]) -> None:
     s = _sub(parent, T_SLOT, {"name": name})
-    if slot_type:
-        s.set("slotType", slot_type)
     vl = _sub(s, T_VALUELIST)
     for value in values:
         _sub(vl, T_VALUE).text = value
-
-
-def _write_localized(parent: _Element, tag: str, strings: Sequence[LocalizedString]) -> None:
-    if not strings:
-        return
-    el = _sub(parent, tag)
-    for ls in strings:
-        attrib = {}
-        if ls.charset:
-            attrib["charset"] = ls.charset
-        attrib["value"] = ls.value
-        if ls.lang:
-            attrib["{http://www.w3.org/XML/1998/namespace}lang"] = ls.lang
-        _sub(el, T_LOCALIZED, attrib)
-
-
-def _object_element(parent: _Element | None, tag: str, obj: RegistryObject, extra: dict[str, str]) -> _Element:
-    attrib = {"id": obj.id}
-    if obj.home:
-        attrib["home"] = obj.home
-    if obj.lid:
-        attrib["lid"] = obj.lid
-    if obj.object_type:
-        attrib["objectType"] = obj.object_type
-    if obj.status:
-        attrib["status"] = obj.status
-    attrib.update({k: val for k, val in extra.items() if val is not None})
-    if parent is None:
-        return etree.Element(tag, attrib, nsmap=RIM_NSMAP)
-    return _sub(parent, tag, attrib)
-
-
-def _write_names(el: _Element, obj: RegistryObject) -> None:
-    _write_localized(el, T_NAME, obj.title)
-    _write_localized(el, T_DESCRIPTION, obj.comments)
-    if obj.version_name:
-        _sub(el, T_VERSIONINFO, {"versionName": obj.version_name})
-
-
-def _write_code(el: _Element, scheme: str, owner: str, code: Code) -> None:
-    c = _sub(el, T_CLASSIFICATION, {
-        "id": code.id or new_uuid(),
-        "classificationScheme": scheme,
-        "classifiedObject": owner,
-        "nodeRepresentation": code.code,
-    })
-    _write_slot(c, "codingScheme", [code.scheme])
-    _write_localized(c, T_NAME, [LocalizedString(code.display if code.display is not None else code.code)])
-
-
-def _write_author(el: _Element, scheme: str, owner: str, author: Author) -> None:
-    c = _sub(el, T_CLASSIFICATION, {
-        "id": author.id or new_uuid(),
-        "classificationScheme": scheme,
-        "classifiedObject": owner,
-        "nodeRepresentation": "",
-    })
-    if author.person:
-        _write_slot(c, "authorPerson", [author.person])
-    for name, values in (
-        ("authorInstitution", author.institutions),
-        ("authorRole", author.roles),
-        ("authorSpecialty", author.specialties),
-        ("authorTelecommunication", author.telecoms),
-    ):
-        if values:
-            _write_slot(c, name, values)
-    for s in author.extra_slots:
-        _write_slot(c, s.name, s.values, s.slot_type)
-
-
-def _write_classification(el: _Element, owner: str, cl: Classification) -> None:
-    attrib = {"id": cl.id or new_uuid()}
-    if cl.scheme:
-        attrib["classificationScheme"] = cl.scheme
-    attrib["classifiedObject"] = cl.classified_object or owner
-    if cl.node:
-        attrib["classificationNode"] = cl.node
-    if cl.node_representation is not None:
-        attrib["nodeRepresentation"] = cl.node_representation
-    c = _sub(el, T_CLASSIFICATION, attrib)
-    for s in cl.slots:
-        _write_slot(c, s.name, s.values, s.slot_type)
-    _write_localized(c, T_NAME, cl.name)
-
-
-def _write_extid(el: _Element, owner: str, scheme: str, value: str, ident_id: str | None,
-                 name: str | None = None) -> None:
-    e = _sub(el, T_EXTID, {
-        "id": ident_id or new_uuid(),
-        "registryObject": owner,
-        "identificationScheme": scheme,
-        "value": value,
-    })
-    label = name or v.IDENTIFIER_NAMES.get(scheme)
-    if label:
-        _write_localized(e, T_NAME, [LocalizedString(label)])
-
-
-def _write_extras(el: _Element, obj: RegistryObject) -> None:
-    for cl in obj.extra_classifications:
-        _write_classification(el, obj.id, cl)
-
-
-def _write_extra_ids(el: _Element, obj: RegistryObject) -> None:
-    for ei in obj.extra_identifiers:
-        e = _sub(el, T_EXTID, {
-            "id": ei.id or new_uuid(),
-            "registryObject": ei.registry_object or obj.id,
-            "identificationScheme": ei.scheme,
-            "value": ei.value,
-        })
-        _write_localized(e, T_NAME, ei.name)
-
-
-def write_document_entry(de: DocumentEntry, parent: _Element | None = None) -> _Element:
-    el = _object_element(parent, T_EXTRINSIC, de, {"mimeType": de.mime_type})
-    for slot_name, attr in _DE_SLOTS.items():
-        value = getattr(de, attr)
-        if value is not None:
-            _write_slot(el, slot_name, [str(value)])
-    for slot_name, attr in _DE_MULTI_SLOTS.items():
-        values = getattr(de, attr)
-        if values:
-            _write_slot(el, slot_name, values)
-    for s in de.extra_slots:
-        _write_slot(el, s.name, s.values, s.slot_type)
-    _write_names(el, de)
-    for author in de.authors:
-        _write_author(el, v.DOC_AUTHOR, de.id, author)
-    for scheme, attr in _DE_CODES.items():
-        code = getattr(de, attr)
-        if code is not None:
-            _write_code(el, scheme, de.id, code)
-    for scheme, attr in _DE_CODE_LISTS.items():
-        for code in getattr(de, attr):
-            _write_code(el, scheme, de.id, code)
-    _write_extras(el, de)
-    if de.patient_id is not None:
-        _write_extid(el, de.id, v.DOC_PATIENT_ID, de.patient_id, de.patient_id_ident_id)
-    if de.unique_id is not None:
-        _write_extid(el, de.id, v.DOC_UNIQUE_ID, de.unique_id, de.unique_id_ident_id)
-    _write_extra_ids(el, de)
-    return el
-
-
-def write_submission_set(ss: SubmissionSet, parent: _Element | None = None) -> _Element:
-    el = _object_element(parent, T_PACKAGE, ss, {})
-    if ss.submission_time is not None:
-        _write_slot(el, "submissionTime", [ss.submission_time])
-    if ss.intended_recipients:
-        _write_slot(el, "intendedRecipient", ss.intended_recipients)
-    for s in ss.extra_slots:
-        _write_slot(el, s.name, s.values, s.slot_type)
-    _write_names(el, ss)
-    for author in ss.authors:
-        _write_author(el, v.SS_AUTHOR, ss.id, author)
-    if ss.content_type_code is not None:
-        _write_code(el, v.SS_CONTENT_TYPE_CODE, ss.id, ss.content_type_code)
-    _sub(el, T_CLASSIFICATION, {
-        "id": ss.node_classification_id or new_uuid(),
-        "classifiedObject": ss.id,
-        "classificationNode": v.SUBMISSION_SET_NODE,
-    })
-    _write_extras(el, ss)
-    if ss.unique_id is not None:
-        _write_extid(el, ss.id, v.SS_UNIQUE_ID, ss.unique_id, ss.unique_id_ident_id)
-    if ss.source_id is not None:
-        _write_extid(el, ss.id, v.SS_SOURCE_ID, ss.source_id, ss.source_id_ident_id)
-    if ss.patient_id is not None:
-        _write_extid(el, ss.id, v.SS_PATIENT_ID, ss.patient_id, ss.patient_id_ident_id)
-    _write_extra_ids(el, ss)
-    return el
-
-
-def write_folder(fd: Folder, parent: _Element | None = None) -> _Element:
-    el = _object_element(parent, T_PACKAGE, fd, {})
-    if fd.last_update_time is not None:
-        _write_slot(el, "lastUpdateTime", [fd.last_update_time])
-    for s in fd.extra_slots:
-        _write_slot(el, s.name, s.values, s.slot_type)
-    _write_names(el, fd)
-    for code in fd.codes:
-        _write_code(el, v.FOLDER_CODE_LIST, fd.id, code)
-    _sub(el, T_CLASSIFICATION, {
-        "id": fd.node_classification_id or new_uuid(),
-        "classifiedObject": fd.id,
-        "classificationNode": v.FOLDER_NODE,
-    })
-    _write_extras(el, fd)
-    if fd.unique_id is not None:
-        _write_extid(el, fd.id, v.FOLDER_UNIQUE_ID, fd.unique_id, fd.unique_id_ident_id)
-    if fd.patient_id is not None:
-        _write_extid(el, fd.id, v.FOLDER_PATIENT_ID, fd.patient_id, fd.patient_id_ident_id)
-    _write_extra_ids(el, fd)
-    return el
-
-
-def write_association(assoc: Association, parent: _Element | None = None) -> _Element:
-    el = _object_element(parent, T_ASSOCIATION, assoc, {
-        "associationType": assoc.association_type,
-        "sourceObject": assoc.source,
-        "targetObject": assoc.target,
-    })
-    for name, value in (
-        ("SubmissionSetStatus", assoc.submission_set_status),
-        ("OriginalStatus", assoc.original_status),
-        ("NewStatus", assoc.new_status),
-    ):
-        if value is not None:
-            _write_slot(el, name, [value])
-    for s in assoc.extra_slots:
-        _write_slot(el, s.name, s.values, s.slot_type)
-    _write_names(el, assoc)
-    _write_extras(el, assoc)
-    _write_extra_ids(el, assoc)
-    return el
-
-
-def write_object_ref(ref: ObjectRef, parent: _Element | None = None) -> _Element:
-    attrib = {"id": ref.id}
-    if ref.home:
-        attrib["home"] = ref.home
-    if parent is None:
-        return etree.Element(T_OBJECTREF, attrib, nsmap=RIM_NSMAP)
-    return _sub(parent, T_OBJECTREF, attrib)
-
-
-def write_object(obj, parent: _Element | None = None) -> _Element:
-    if isinstance(obj, DocumentEntry):
-        return write_document_entry(obj, parent)
-    if isinstance(obj, SubmissionSet):
-        return write_submission_set(obj, parent)
-    if isinstance(obj, Folder):
-        return write_folder(obj, parent)
-    if isinstance(obj, Association):
-        return write_association(obj, parent)
-    if isinstance(obj, ObjectRef):
-        return write_object_ref(obj, parent)
-    raise TypeError(f"cannot write {type(obj).__name__}")
-
-
-def write_object_list(sub: Submission, parent: _Element | None = None) -> _Element:
-    if parent is None:
-        lst = etree.Element(T_OBJECTLIST, nsmap=RIM_NSMAP)
-    else:
-        lst = _sub(parent, T_OBJECTLIST)
-    for ref in sub.object_refs:
-        write_object_ref(ref, lst)
-    if sub.submission_set is not None:
-        write_submission_set(sub.submission_set, lst)
-    for de in sub.documents:
-        write_document_entry(de, lst)
-    for fd in sub.folders:
-        write_folder(fd, lst)
-    for assoc in sub.associations:
-        write_association(assoc, lst)
-    for cl in sub.extra_objects:
-        _write_classification(lst, cl.classified_object or "", cl)
-    return lst
-
-
-def write_submit_objects_request(sub: Submission) -> _Element:
-    root = etree.Element(LCM_ + "SubmitObjectsRequest", nsmap={"lcm": v.LCM, "rim": v.RIM})
-    write_object_list(sub, root)
-    return root
 
 
 def write_adhoc_query_request(query: StoredQuery) -> _Element:

@@ -171,7 +171,7 @@ class RegistryStore:
         folder = rim.read_folder(etree.fromstring(row.rim))
         folder.last_update_time = now
         conn.execute(update(t.folders).where(t.folders.c.id == folder_id)
-                     .values(last_update_time=pad_time(now), rim=rim.to_bytes(rim.write_folder(folder))))
+                     .values(last_update_time=pad_time(now), rim=rim.render(folder)))
 
     def set_document_status(self, doc_id: str, status: str) -> bool:
         with self.engine.begin() as conn:
@@ -227,7 +227,7 @@ def _document_row(de: DocumentEntry) -> dict:
         "creation_time": _pad(de.creation_time),
         "service_start_time": _pad(de.service_start_time),
         "service_stop_time": _pad(de.service_stop_time),
-        "rim": rim.to_bytes(rim.write_document_entry(de)),
+        "rim": rim.render(de),
     }
 
 
@@ -256,7 +256,7 @@ def _submission_set_row(ss: SubmissionSet) -> dict:
         "status": ss.status or v.Status.APPROVED,
         "source_id": ss.source_id,
         "submission_time": _pad(ss.submission_time),
-        "rim": rim.to_bytes(rim.write_submission_set(ss)),
+        "rim": rim.render(ss),
     }
 
 
@@ -267,7 +267,7 @@ def _folder_row(fd: Folder) -> dict:
         "patient_id": fd.patient_id or "",
         "status": fd.status or v.Status.APPROVED,
         "last_update_time": _pad(fd.last_update_time),
-        "rim": rim.to_bytes(rim.write_folder(fd)),
+        "rim": rim.render(fd),
     }
 
 
@@ -278,5 +278,5 @@ def _association_row(assoc: Association) -> dict:
         "source": assoc.source,
         "target": assoc.target,
         "status": assoc.status or v.Status.APPROVED,
-        "rim": rim.to_bytes(rim.write_association(assoc)),
+        "rim": rim.render(assoc),
     }
