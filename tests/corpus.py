@@ -35,6 +35,11 @@ def assert_valid(el: etree._Element) -> None:
     schema = ebxml_schema()
     # validate a copy as its own document so that ancestors (SOAP envelope) do not matter
     doc = etree.fromstring(etree.tostring(el))
+    # an XOP package is validated as its infoset: each xop:Include stands for base64 content
+    for inc in list(doc.iter("{http://www.w3.org/2004/08/xop/include}Include")):
+        parent = inc.getparent()
+        parent.remove(inc)
+        parent.text = "AA=="
     if not schema.validate(doc):
         errors = "\n".join(f"  line {e.line}: {e.message}" for e in schema.error_log)
         raise AssertionError(f"{etree.QName(el).localname} is not schema-valid:\n{errors}")

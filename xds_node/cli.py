@@ -67,6 +67,96 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """Index source-system folders (documents stay in place); ``--watch`` keeps polling them."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from xds_node.node import Node
+
+    console = Console(stderr=True)
+    settings = _settings(args, data_dir=args.data_dir)
+    node = Node(settings)
+    indexers = [node.folder_indexer(Path(p)) for p in args.paths]
+    failed = False
+    for indexer in indexers:
+        total = len(indexer.folder.files())
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"indexing {indexer.folder.root}", total=total)
+            report = indexer.sync(progress=lambda _p, task=task: progress.advance(task))
+        console.print(f"[bold]{indexer.folder.root}[/]: {report.summary()}")
+        for path, reason in report.rejected:
+            console.print(f"  [red]rejected[/] {path}: {reason}")
+        failed = failed or bool(report.rejected)
+    if args.watch:
+        import threading
+
+        console.print(f"watching {len(indexers)} folder(s) every {args.interval:g} s; Ctrl+C to stop")
+        stop = threading.Event()
+
+        def show(report) -> None:
+            console.print(report.summary())
+            for path, reason in report.rejected:
+                console.print(f"  [red]rejected[/] {path}: {reason}")
+
+        try:
+            while not stop.is_set():
+                for indexer in indexers:
+                    report = indexer.sync()
+                    if report.registered or report.replaced or report.removed or report.rejected:
+                        show(report)
+                stop.wait(args.interval)
+        except KeyboardInterrupt:
+            pass
+    node.close()
+    return 1 if failed and not args.watch else 0
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    """ITI-43 against a running node: fetch documents by uniqueId and write them to files."""
+    import asyncio
+
+    from xds_node.ebxml import vocabulary as v
+    from xds_node.ebxml import xdsb
+    from xds_node.soap.client import SoapClient, SoapTransportError
+    from xds_node.soap.fault import SoapFault
+
+    settings = _settings(args)
+    url = args.url or settings.public_url + "/xds/repository"
+    repo = args.repository or settings.repository_unique_id
+    requests = [xdsb.DocumentRequest(repo, uid, args.home) for uid in args.document_ids]
+
+    async def run():
+        async with SoapClient(timeout=args.timeout) as client:
+            return await client.call(url, v.Action.ITI43, xdsb.write_retrieve_request(requests), mtom=True)
+
+    try:
+        reply = asyncio.run(run())
+    except (SoapFault, SoapTransportError) as exc:
+        print(f"retrieve failed: {exc}", file=sys.stderr)
+        return 2
+    rr = reply.body.find(f"{{{v.RS}}}RegistryResponse")
+    status = rr.get("status", "").rsplit(":", 1)[-1] if rr is not None else "?"
+    for err in reply.body.iter(f"{{{v.RS}}}RegistryError"):
+        print(f"{err.get('errorCode')}: {err.get('codeContext')}", file=sys.stderr)
+    out = Path(args.output)
+    written = 0
+    for dr in reply.body.iter(f"{{{v.XDSB}}}DocumentResponse"):
+        uid = dr.findtext(f"{{{v.XDSB}}}DocumentUniqueId")
+        data = reply.binary(dr.find(f"{{{v.XDSB}}}Document"))
+        target = out / _safe_name(uid) if (len(requests) > 1 or out.is_dir()) else out
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        print(f"{uid} -> {target} ({len(data)} bytes, {dr.findtext(f'{{{v.XDSB}}}mimeType')})")
+        written += 1
+    print(f"status {status}: {written} of {len(requests)} document(s) retrieved")
+    return 0 if written == len(requests) else 1
+
+
+def _safe_name(uid: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in ".-_" else "_" for ch in uid) + ".xml"
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     for f in dataclasses.fields(settings):
@@ -94,6 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     net(p)
     p.add_argument("--keep", dest="fresh", action="store_false", help="keep an existing demo data directory")
     p.set_defaults(func=cmd_demo, fresh=True)
+
+    p = sub.add_parser("load", help="index folders of C-CDA files in place (add, change -> RPLC, remove)")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--watch", action="store_true", help="keep polling the folders for changes")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between polls with --watch")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("retrieve", help="ITI-43 retrieve from a running node")
+    p.add_argument("document_ids", nargs="+", metavar="DOC_UNIQUE_ID")
+    p.add_argument("-o", "--output", required=True, help="file (one document) or directory")
+    p.add_argument("--url", help="repository endpoint (default: this node's /xds/repository)")
+    p.add_argument("--repository", help="repositoryUniqueId (default: this node's)")
+    p.add_argument("--home", help="homeCommunityId to put in each DocumentRequest")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_retrieve)
 
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)

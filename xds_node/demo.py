@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xds_node.ebxml import vocabulary as v
-from xds_node.ebxml.model import Association, Author, Code, DocumentEntry, Submission, SubmissionSet
-from xds_node.ebxml.rim import new_uuid
-from xds_node.registry.service import now_dtm
 
 
 @dataclass
@@ -21,47 +17,18 @@ class LoadSummary:
     patients: Counter = field(default_factory=Counter)
 
 
-def submission_for(entry: DocumentEntry, *, source_id: str, content_type: Code | None = None) -> Submission:
-    """Wrap one DocumentEntry in a SubmissionSet the way a Document Source would."""
-    ss = SubmissionSet(
-        id=new_uuid(),
-        unique_id=f"2.25.{int.from_bytes(hashlib.sha1(entry.id.encode()).digest()[:12], 'big')}",
-        source_id=source_id,
-        patient_id=entry.patient_id,
-        submission_time=now_dtm(),
-        content_type_code=content_type or entry.class_code or entry.type_code,
-        authors=[Author(person=a.person, institutions=list(a.institutions)) for a in entry.authors[:1]],
-    )
-    ss.title = []
-    link = Association(id=new_uuid(), association_type=v.AssociationType.HAS_MEMBER, source=ss.id,
-                       target=entry.id, submission_set_status="Original")
-    return Submission(submission_set=ss, documents=[entry], associations=[link])
-
-
 def load_samples(node, folder: Path) -> LoadSummary:
-    """Register the metadata of every C-CDA in ``folder`` (size/hash computed from the bytes)."""
-    summary = LoadSummary()
-    try:
-        from xds_node.cda import CdaError, extract_metadata
-    except ImportError:  # pragma: no cover - the cda package ships with the node
-        return summary
-    for path in sorted(folder.rglob("*.xml")):
-        data = path.read_bytes()
-        try:
-            entry = extract_metadata(data, source_name=path.name)
-        except CdaError as exc:
-            summary.rejected.append((str(path), str(exc)))
-            continue
-        entry.id = new_uuid()
-        entry.size = len(data)
-        entry.hash = hashlib.sha1(data).hexdigest()
-        entry.repository_unique_id = node.settings.repository_unique_id
-        response = node.registry.register(submission_for(entry, source_id=node.settings.registry_unique_id))
-        if response.status == v.ResponseStatus.SUCCESS:
-            summary.registered += 1
-            summary.patients[entry.patient_id] += 1
-        else:
-            summary.rejected.append((str(path), "; ".join(e.context for e in response.errors)))
+    """Index the bundled C-CDA samples in place (the folder adapter), as a source system's files."""
+    report = node.folder_indexer(folder).sync()
+    summary = LoadSummary(registered=len(report.registered) + report.unchanged, rejected=report.rejected)
+    with node.engine.connect() as conn:
+        from sqlalchemy import select
+
+        from xds_node.registry import tables as rt
+
+        for (pid,) in conn.execute(select(rt.documents.c.patient_id).where(
+                rt.documents.c.status == v.Status.APPROVED)):
+            summary.patients[pid] += 1
     return summary
 
 

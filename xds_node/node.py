@@ -2,9 +2,10 @@
 
 This is the only module that knows every part of the node. Endpoint paths:
 
-==================  =====================================================
-``/xds/registry``   ITI-18 Registry Stored Query, ITI-42 Register Document Set-b
-==================  =====================================================
+====================  =====================================================
+``/xds/registry``     ITI-18 Registry Stored Query, ITI-42 Register Document Set-b
+``/xds/repository``   ITI-41 Provide and Register Document Set-b, ITI-43 Retrieve Document Set
+====================  =====================================================
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from xds_node.config import Settings, load_settings
 from xds_node.db import make_engine
 from xds_node.registry.service import Registry
 from xds_node.registry.store import RegistryStore
+from xds_node.repository.service import Repository
+from xds_node.repository.sources import ContentStore
 from xds_node.soap.app import Endpoint, SoapApp
-from xds_node.transactions import iti18, iti42
+from xds_node.transactions import iti18, iti41, iti42, iti43
 
 log = logging.getLogger("xds_node")
 
 REGISTRY_PATH = "/xds/registry"
+REPOSITORY_PATH = "/xds/repository"
 
 
 def wsdl_dir() -> Path:
@@ -47,6 +51,9 @@ class Node:
             max_query_results=self.settings.max_query_results,
             home_community_id=self.settings.home_community_id,
         )
+        self.content_store = ContentStore(Path(self.settings.data_dir) / "documents")
+        self.repository = Repository(self.engine, self.content_store,
+                                     repository_unique_id=self.settings.repository_unique_id)
 
     def endpoints(self) -> list[Endpoint]:
         wsdl = wsdl_dir()
@@ -59,6 +66,14 @@ class Node:
                 },
                 wsdl=wsdl / "registry.wsdl",
             ),
+            Endpoint(
+                REPOSITORY_PATH,
+                {
+                    iti41.ACTION: iti41.make_handler(self.repository, self.registry),
+                    iti43.ACTION: iti43.make_handler(self.repository),
+                },
+                wsdl=wsdl / "repository.wsdl",
+            ),
         ]
 
     def app(self) -> SoapApp:
@@ -66,7 +81,18 @@ class Node:
 
     def endpoint_urls(self) -> dict[str, str]:
         base = self.settings.public_url
-        return {"registry (ITI-18, ITI-42)": base + REGISTRY_PATH}
+        return {"registry (ITI-18, ITI-42)": base + REGISTRY_PATH,
+                "repository (ITI-41, ITI-43)": base + REPOSITORY_PATH}
+
+    def folder_indexer(self, folder: Path):
+        """An indexer for a source system's folder of C-CDA files (``xds-node load``)."""
+        from xds_node.cda import CdaDefaults
+        from xds_node.repository.ingest import FolderIndexer
+        from xds_node.repository.sources import FolderSource
+
+        return FolderIndexer(self.repository, self.registry, FolderSource(folder),
+                             source_id=self.settings.registry_unique_id,
+                             defaults=CdaDefaults(repository_unique_id=self.settings.repository_unique_id))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -73,6 +73,7 @@ def _kind_counts(reply: Reply) -> dict[str, int]:
 #: NIST's named content patterns, as object counts.
 PATTERNS = {
     "SSwithOneDoc": {"SubmissionSets": 1, "Documents": 1},
+    "SSwithTwoDoc": {"SubmissionSets": 1, "Documents": 2},
     "SSwithOneDocOneFol": {"SubmissionSets": 1, "Documents": 1, "Folders": 1},
     "SSwithTwoDocOneFol": {"SubmissionSets": 1, "Documents": 2, "Folders": 1},
 }
@@ -93,6 +94,8 @@ def judge(expect: nist.Expectation, reply: Reply) -> None:
         elif key in PATTERNS:
             for kind, n in PATTERNS[key].items():
                 assert counts[kind] == n, (key, counts)
+        elif key != "DocApp":
+            raise AssertionError(f"unknown expected-contents pattern {key}")
         elif key == "DocApp":
             docs = reply.objects("ExtrinsicObject")
             assert docs and all(d.get("status") == v.Status.APPROVED for d in docs)

@@ -66,8 +66,11 @@ class Registry:
         self.home_community_id = home_community_id
 
     # --- ITI-42 ---------------------------------------------------------------------------------
-    def register(self, sub: Submission, *, transaction: str = "ITI-42") -> RegistryResponse:
-        """Validate ``sub`` completely, then store it atomically; every violation is reported."""
+    def register(self, sub: Submission, *, transaction: str = "ITI-42", also=None) -> RegistryResponse:
+        """Validate ``sub`` completely, then store it atomically; every violation is reported.
+
+        ``also(conn)`` runs inside the registration transaction (see RegistryStore.register).
+        """
         assign_uuids(sub)
         ctx = ValidationContext(transaction=transaction, lookup=self.lookup,
                                 home_community_id=self.home_community_id)
@@ -89,7 +92,7 @@ class Registry:
                              if val[2] == "Folder"}
         try:
             self.store.register(sub, deprecate=deprecations(sub), touched_folders=sorted(existing_folders),
-                                now=now)
+                                now=now, also=also)
         except DuplicateError as exc:
             log.info("registration rejected by a unique index: %s", exc)
             return RegistryResponse.from_errors([RegistryError(

@@ -8,11 +8,11 @@ duplicate, a crash) rolls everything back, so a registry is never half written.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from lxml import etree
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.db import metadata
@@ -117,8 +117,13 @@ class RegistryStore:
 
     # --- registration ---------------------------------------------------------------------------
     def register(self, sub: Submission, *, deprecate: Sequence[str] = (),
-                 touched_folders: Sequence[str] = (), now: str | None = None) -> None:
-        """Store a validated submission, deprecate replaced entries, bump folders; all or nothing."""
+                 touched_folders: Sequence[str] = (), now: str | None = None,
+                 also: Callable[[Connection], None] | None = None) -> None:
+        """Store a validated submission, deprecate replaced entries, bump folders; all or nothing.
+
+        ``also`` runs inside the same transaction: a co-located repository records its documents
+        there, so metadata and content index commit (or roll back) together.
+        """
         doc_rows, ss_rows, folder_rows, assoc_rows = [], [], [], []
         code_rows, author_rows, refid_rows = [], [], []
         for de in sub.documents:
@@ -151,6 +156,8 @@ class RegistryStore:
                 for folder_id in touched_folders:
                     if now:
                         self._touch_folder(conn, folder_id, now)
+                if also is not None:
+                    also(conn)
         except IntegrityError as exc:
             raise DuplicateError(str(exc.orig) if exc.orig else str(exc)) from exc
 

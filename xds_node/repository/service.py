@@ -1,0 +1,229 @@
+"""The Document Repository actor: ITI-41 provide-and-register and ITI-43 retrieve.
+
+Provide-and-register keeps two promises: if registration fails no document bytes stay behind,
+and if storing fails nothing is registered. Bytes are written first (content-addressed, so a
+retry is harmless); the metadata and the repository index then commit in one database transaction
+with the co-located registry, or the repository index is written after a remote registry says
+Success. Any failure removes exactly the files this request created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import RegistryError, RegistryResponse, Submission
+from xds_node.repository import tables as t
+from xds_node.repository.sources import ContentStore, Located, SourceSystem
+
+log = logging.getLogger(__name__)
+E = v.ErrorCode
+
+#: Registers metadata: the co-located Registry (``also`` joins its transaction) or a remote one.
+RegisterFn = Callable[[Submission, Callable[[Connection], None] | None], Awaitable[RegistryResponse]]
+
+
+@dataclass
+class Retrieved:
+    """One DocumentResponse: a file to stream, or an error for that document."""
+
+    repository_unique_id: str
+    document_unique_id: str
+    mime_type: str | None = None
+    located: Located | None = None
+    error: RegistryError | None = None
+    home: str | None = None
+
+
+@dataclass
+class RetrieveOutcome:
+    status: str
+    documents: list[Retrieved] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[RegistryError]:
+        return [d.error for d in self.documents if d.error is not None]
+
+
+def _err(code: str, context: str, location: str | None = None) -> RegistryError:
+    return RegistryError(code=code, context=context, location=location)
+
+
+class Repository:
+    def __init__(self, engine: Engine, store: ContentStore, *, repository_unique_id: str,
+                 sources: dict[str, SourceSystem] | None = None):
+        self.engine = engine
+        self.store = store
+        self.unique_id = repository_unique_id
+        self.sources: dict[str, SourceSystem] = {store.name: store, **(sources or {})}
+
+    def add_source(self, source: SourceSystem) -> None:
+        self.sources[source.name] = source
+
+    # --- ITI-41 -----------------------------------------------------------------------------
+    def check_documents(self, sub: Submission, documents: dict[str, bytes]) -> list[RegistryError]:
+        """Pair documents with entries, fill or check size/hash, set repositoryUniqueId."""
+        errors: list[RegistryError] = []
+        entries = {de.id: de for de in sub.documents}
+        for doc_id in documents:
+            if doc_id not in entries:
+                errors.append(_err(E.MISSING_DOCUMENT_METADATA,
+                                   f"Document {doc_id} has no DocumentEntry in the metadata"))
+        for de in sub.documents:
+            if de.on_demand:
+                continue
+            data = documents.get(de.id)
+            if data is None:
+                errors.append(_err(E.MISSING_DOCUMENT, f"DocumentEntry {de.id} has no Document attached"))
+                continue
+            digest = hashlib.sha1(data).hexdigest()
+            if de.hash is not None and de.hash.lower() != digest:
+                errors.append(_err(E.REPOSITORY_METADATA_ERROR,
+                                   f"DocumentEntry {de.id}: hash {de.hash} does not match the document ({digest})"))
+            if de.size is not None and de.size != len(data):
+                errors.append(_err(E.REPOSITORY_METADATA_ERROR,
+                                   f"DocumentEntry {de.id}: size {de.size} does not match the document "
+                                   f"({len(data)} bytes)"))
+            if de.repository_unique_id not in (None, self.unique_id):
+                errors.append(_err(E.REPOSITORY_METADATA_ERROR,
+                                   f"DocumentEntry {de.id}: repositoryUniqueId {de.repository_unique_id} is not "
+                                   f"this repository ({self.unique_id})"))
+            de.hash, de.size, de.repository_unique_id = digest, len(data), self.unique_id
+        return errors
+
+    async def provide_and_register(self, sub: Submission, documents: dict[str, bytes],
+                                   register: RegisterFn, *, co_located: bool = True) -> RegistryResponse:
+        errors = self.check_documents(sub, documents)
+        if errors:
+            return RegistryResponse.from_errors(errors)
+        written: list[str] = []
+        rows = []
+        try:
+            for de in sub.documents:
+                data = documents.get(de.id)
+                if data is None:
+                    continue
+                locator, created = self.store.put(data, de.hash)
+                if created:
+                    written.append(locator)
+                rows.append({"unique_id": de.unique_id, "repository_unique_id": self.unique_id,
+                             "entry_uuid": de.id, "source": self.store.name, "locator": locator,
+                             "mime_type": de.mime_type or "application/octet-stream", "size": de.size,
+                             "sha1": de.hash, "mtime_ns": None, "state": "current", "version": 1})
+        except OSError as exc:
+            self._discard(written)
+            log.error("document store failed: %s", exc)
+            return RegistryResponse.from_errors(
+                [_err(E.REPOSITORY_ERROR, "The repository could not store the documents")])
+
+        def record(conn: Connection) -> None:
+            # entry ids are final here: the registry assigned UUIDs before opening its transaction
+            by_uid = {de.unique_id: de.id for de in sub.documents}
+            for row in rows:
+                row["entry_uuid"] = by_uid.get(row["unique_id"], row["entry_uuid"])
+            if rows:
+                conn.execute(insert(t.documents), rows)
+
+        try:
+            if co_located:
+                response = await register(sub, record)
+            else:
+                response = await register(sub, None)
+                if response.status == v.ResponseStatus.SUCCESS:
+                    with self.engine.begin() as conn:
+                        record(conn)
+        except Exception:
+            self._discard(written)
+            raise
+        if response.status != v.ResponseStatus.SUCCESS:
+            self._discard(written)
+        return response
+
+    def _discard(self, locators: list[str]) -> None:
+        for locator in locators:
+            self.store.discard(locator)
+
+    # --- index maintenance (folder adapter) --------------------------------------------------------
+    def row_for_locator(self, source: str, locator: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.documents).where(t.documents.c.source == source,
+                                                         t.documents.c.locator == locator,
+                                                         t.documents.c.state == "current")).mappings().first()
+        return dict(row) if row else None
+
+    def row_for_uid(self, unique_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.documents).where(t.documents.c.unique_id == unique_id)).mappings().first()
+        return dict(row) if row else None
+
+    def rows_for_source(self, source: str) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(t.documents).where(
+                t.documents.c.source == source, t.documents.c.state == "current")).mappings()]
+
+    @staticmethod
+    def set_state(conn: Connection, unique_id: str, state: str) -> None:
+        conn.execute(update(t.documents).where(t.documents.c.unique_id == unique_id).values(state=state))
+
+    # --- ITI-43 -----------------------------------------------------------------------------
+    def retrieve(self, requests: list[tuple[str | None, str, str | None]], *, location: str | None = None,
+                 check_home: Callable[[str | None], RegistryError | None] | None = None) -> RetrieveOutcome:
+        """requests: (repositoryUniqueId, documentUniqueId, homeCommunityId) triples."""
+        out: list[Retrieved] = []
+        uids = [doc for _, doc, _ in requests]
+        with self.engine.connect() as conn:
+            rows = {r.unique_id: r for r in conn.execute(
+                select(t.documents).where(t.documents.c.unique_id.in_(uids)))} if uids else {}
+        for repo_uid, doc_uid, home in requests:
+            item = Retrieved(repo_uid or "", doc_uid, home=home)
+            out.append(item)
+            if check_home is not None and (problem := check_home(home)) is not None:
+                item.error = problem
+                continue
+            if repo_uid != self.unique_id:
+                item.error = _err(E.UNKNOWN_REPOSITORY_ID, f"Unknown repositoryUniqueId {repo_uid}", location)
+                continue
+            row = rows.get(doc_uid)
+            if row is None or row.state == "removed":
+                item.error = _err(E.DOCUMENT_UNIQUE_ID_ERROR, f"No document with uniqueId {doc_uid}", location)
+                continue
+            located = self._verified(row)
+            if located is None:
+                item.error = _err(E.DOCUMENT_UNIQUE_ID_ERROR,
+                                  f"Document {doc_uid} is no longer available from its source", location)
+                continue
+            item.mime_type, item.located = row.mime_type, located
+        ok = sum(1 for d in out if d.error is None)
+        if ok == len(out) and out:
+            status = v.ResponseStatus.SUCCESS
+        elif ok:
+            status = v.ResponseStatus.PARTIAL_SUCCESS
+        else:
+            status = v.ResponseStatus.FAILURE
+        return RetrieveOutcome(status, out)
+
+    def _verified(self, row) -> Located | None:
+        """The file, if it still holds what was registered (never serve changed bytes as the old document)."""
+        source = self.sources.get(row.source)
+        if source is None and row.source.startswith("folder:"):
+            from xds_node.repository.sources import FolderSource  # indexed by an earlier `xds-node load`
+
+            source = self.sources[row.source] = FolderSource(Path(row.source.removeprefix("folder:")))
+        if source is None:
+            log.warning("document %s is in unknown source %s", row.unique_id, row.source)
+            return None
+        located = source.locate(row.locator)
+        if located is None or located.size != row.size:
+            return None
+        if row.mtime_ns is not None and located.mtime_ns != row.mtime_ns:
+            sha1, size = source.digest(row.locator)  # touched: only the content decides
+            if sha1 != row.sha1 or size != row.size:
+                log.warning("document %s changed at its source; not served", row.unique_id)
+                return None
+        return located
