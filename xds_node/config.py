@@ -47,10 +47,17 @@ class Settings:
     max_query_results: int = 5000
 
     # security (used by the gateway endpoints; see security/)
-    security_enabled: bool = True
+    #: Turns off WS-Security/SAML checks on the gateway endpoints. For lab use only: the node logs
+    #: a warning at every start while it is set.
+    insecure_no_gateway_security: bool = False
+    #: Also require WS-Security/SAML on the XDS registry and repository endpoints.
     secure_xds_endpoints: bool = False
+    #: Roles (SNOMED CT codes) allowed to query; empty allows any role the assertion carries.
+    allowed_roles: list[str] = field(default_factory=list)
+    device_oid: str = ""  # HL7v3 device id of this gateway (XCPD); default: the home community OID
+    audit_syslog: str = ""  # "tcp://host:port" or "tls://host:port": send ATNA messages as RFC 5424 syslog
     clock_skew_seconds: int = 300
-    partners_file: Path | None = None
+    partners_file: Path | None = None  # default: <data_dir>/partners.toml
     allowed_purposes: list[str] = field(default_factory=lambda: ["TREATMENT"])
     audience: str = ""
     consent_mode: str = "opt-in"  # or "opt-out"
@@ -65,6 +72,14 @@ class Settings:
     @property
     def public_url(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def partners_path(self) -> Path:
+        return Path(self.partners_file) if self.partners_file else Path(self.data_dir) / "partners.toml"
+
+    @property
+    def keys_dir(self) -> Path:
+        return Path(self.data_dir) / "keys"
 
     @property
     def home_oid(self) -> str:

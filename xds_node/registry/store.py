@@ -209,6 +209,23 @@ class RegistryStore:
                     out[row.id] = Row(kind, row.id, pid, row.rim, row.status)
         return [out[i] for i in ids if i in out]
 
+    def has_patient(self, patient_id: str) -> bool:
+        """Whether any object of this patient is registered (XCA tells unknown patients apart)."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(t.documents.c.id).where(t.documents.c.patient_id == patient_id).limit(1)) \
+                is not None
+
+    def patients_of_documents(self, unique_ids: Iterable[str]) -> dict[str, str]:
+        """document uniqueId -> patient id, for the consent check on retrieve."""
+        ids = sorted(set(unique_ids))
+        out: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(ids):
+                for row in conn.execute(select(t.documents.c.unique_id, t.documents.c.patient_id)
+                                        .where(t.documents.c.unique_id.in_(chunk))):
+                    out[row.unique_id] = row.patient_id
+        return out
+
     def count(self, kind: str) -> int:
         from sqlalchemy import func
 

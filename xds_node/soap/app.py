@@ -235,6 +235,8 @@ class SoapApp:
             req = parse_envelope(data, content_type, understood=self._understood[ep.path.rstrip("/") or "/"])
             req.path = scope["path"]
             req.client_cert = _client_cert(scope)
+            client = scope.get("client")
+            req.remote_address = client[0] if client else ""
             handler = ep.handlers.get(req.action)
             if handler is None:
                 detail = etree.Element(f"{{{WSA}}}Action", nsmap={"wsa": WSA})

@@ -143,6 +143,7 @@ class SoapRequest:
     attachments: dict[str, Attachment]
     path: str = ""
     client_cert: bytes | None = None
+    remote_address: str = ""
     principal: Any = None
     relates_to: str | None = None
     mtom: bool = False

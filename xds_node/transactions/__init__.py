@@ -8,6 +8,8 @@ pure ``respond``-style functions below the handler are what tests and other tran
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -30,6 +32,18 @@ async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     if INLINE_DB:
         return fn(*args, **kwargs)
     return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def notify(audit, req, transaction: str, result) -> None:
+    """Hand a transaction's outcome to the audit recorder; an audit failure never fails the answer."""
+    if audit is None:
+        return
+    try:
+        res = audit(req, transaction, result)
+        if inspect.isawaitable(res):
+            await res
+    except Exception:
+        logging.getLogger("xds_node.audit").exception("audit of %s failed", transaction)
 
 
 def expect_body(body: etree._Element, ns: str, local: str) -> None:

@@ -1,0 +1,198 @@
+"""Audit trail: events, storage, filters, export, accounting of disclosures, sinks that fail."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from xds_node.audit.events import AuditEvent, default_action_code
+from xds_node.audit.store import AuditLog, export, format_accounting
+from xds_node.db import make_engine, metadata
+from xds_node.security.principal import NHIN_PURPOSE, SNOMED_CT, CodedValue, Principal
+
+PID = "123^^^&1.2.3&ISO"
+OTHER = "456^^^&1.2.3&ISO"
+PARTNER = "urn:oid:2.16.840.1.113883.3.1"
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/x.db")
+    metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def event(**kw) -> AuditEvent:
+    base = dict(
+        transaction="ITI-38",
+        partner_community=PARTNER,
+        partner_organization="General Hospital",
+        partner_organization_id="urn:oid:2.16.840.1.113883.3.1.5",
+        user_subject_id="Dr. Jane Smith",
+        user_role_code="112247003",
+        user_role_display="Medical doctor",
+        purpose_of_use="TREATMENT",
+        patient_id=PID,
+        remote_address="10.0.0.7",
+        endpoint="https://gw.example.org/xca/query",
+        message_id="urn:uuid:0f6e1c3a-1111-2222-3333-444455556666",
+    )
+    return AuditEvent(**(base | kw))
+
+
+class Boom:
+    def send(self, event):
+        raise RuntimeError("ARR exploded")
+
+
+class Collect:
+    def __init__(self):
+        self.events = []
+
+    def send(self, event):
+        self.events.append(event)
+
+
+def test_event_defaults_and_outcome_mapping():
+    e = AuditEvent(transaction="ITI-55")
+    assert e.action_code == "E" and e.direction == "inbound" and e.time.tzinfo is not None
+    assert len(e.event_id) == 36
+    assert [AuditEvent(transaction="ITI-38", outcome=o).outcome_indicator for o in
+            ("success", "partial", "denied", "failure", "error")] == [0, 4, 8, 8, 12]  # fmt: skip
+    assert default_action_code("ITI-39", "inbound") == "R"
+    assert default_action_code("ITI-39", "outbound") == "C"
+    assert default_action_code("ITI-41", "inbound") == "C"
+    with pytest.raises(ValueError):
+        AuditEvent(transaction="ITI-38", outcome="fine")  # type: ignore[arg-type]
+
+
+def test_event_from_principal():
+    p = Principal(
+        subject_id="Dr. Jane Smith",
+        organization="General Hospital",
+        organization_id="urn:oid:2.16.840.1.113883.3.1.5",
+        home_community_id=PARTNER,
+        role=CodedValue("112247003", SNOMED_CT, "Medical doctor"),
+        purpose_of_use=CodedValue("TREATMENT", NHIN_PURPOSE, "Treatment"),
+        npi=None,
+        resource_id=None,
+        partner="general",
+        assertion_id="_a1",
+        issuer="CN=gh",
+        name_id="jsmith",
+        not_on_or_after=T0,
+    )
+    e = AuditEvent.from_principal(p, transaction="ITI-39", patient_id=PID, document_ids=["1.2.3.4"])
+    assert (e.partner_community, e.partner_organization, e.user_subject_id) == (PARTNER, "General Hospital",
+                                                                                 "Dr. Jane Smith")
+    assert (e.user_role_code, e.user_role_display, e.purpose_of_use) == ("112247003", "Medical doctor", "TREATMENT")
+    assert e.action_code == "R"
+    anonymous = AuditEvent.from_principal(None, transaction="ITI-55", outcome="denied", reason="bad SAML")
+    assert anonymous.partner_community == "" and anonymous.reason == "bad SAML"
+
+
+def test_record_and_list_roundtrip(engine):
+    log = AuditLog(engine)
+    original = event(time=T0, document_ids=["1.2.3", "1.2.4"], query_id="urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d")
+    log.record(original)
+    [back] = log.list()
+    assert back.to_dict() == original.to_dict()
+    assert back.time == T0
+
+
+def test_list_filters_and_order(engine):
+    log = AuditLog(engine)
+    log.record(event(time=T0, transaction="ITI-55"))
+    log.record(event(time=T0 + timedelta(minutes=1), transaction="ITI-38", outcome="denied", reason="no consent"))
+    log.record(event(time=T0 + timedelta(minutes=2), transaction="ITI-39", patient_id=OTHER,
+                     document_ids=["9.9"]))  # fmt: skip
+    log.record(event(time=T0 + timedelta(minutes=3), partner_community="urn:oid:9.9.9", partner_organization="Other",
+                     partner_organization_id="urn:oid:9.9.9.1"))  # fmt: skip
+
+    assert [e.time.minute for e in log.list()] == [3, 2, 1, 0]  # newest first
+    assert len(log.list(patient_id=OTHER)) == 1
+    assert [e.transaction for e in log.list(transaction="ITI-55")] == ["ITI-55"]
+    assert [e.reason for e in log.list(outcome="denied")] == ["no consent"]
+    assert len(log.list(partner=PARTNER)) == 3
+    assert len(log.list(partner=PARTNER.removeprefix("urn:oid:"))) == 3  # with or without urn:oid:
+    assert len(log.list(partner="Other")) == 1
+    window = log.list(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3))
+    assert [e.time.minute for e in window] == [2, 1]
+    assert len(log.list(limit=2)) == 2
+
+
+def test_failing_sink_does_not_break_record(engine, caplog):
+    collect = Collect()
+    log = AuditLog(engine, sinks=[Boom(), collect])
+    e = log.record(event())
+    assert collect.events == [e]  # the sink after the broken one still got it
+    assert len(log.list()) == 1
+    assert "ARR exploded" in caplog.text
+
+
+def test_database_failure_is_raised(engine):
+    log = AuditLog(engine)
+    e = event()
+    log.record(e)
+    with pytest.raises(IntegrityError):
+        log.record(e)  # same event id: an audit row that cannot be written must not pass silently
+
+
+def test_export_json_and_csv(engine):
+    log = AuditLog(engine)
+    log.record(event(time=T0, transaction="ITI-39", document_ids=["1.2.3", "1.2.4"], repository_unique_id="1.9"))
+    log.record(event(time=T0 + timedelta(seconds=1), outcome="denied", reason="no consent, sorry"))
+    events = log.list()
+
+    buf = io.StringIO()
+    assert export(events, "json", buf) == 2
+    data = json.loads(buf.getvalue())
+    assert data[0]["outcome"] == "denied" and data[0]["outcome_indicator"] == 8
+    assert data[1]["document_ids"] == ["1.2.3", "1.2.4"] and data[1]["time"] == "2024-03-01T09:00:00Z"
+
+    buf = io.StringIO()
+    assert log.export(events, "csv", buf) == 2
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert rows[0]["reason"] == "no consent, sorry"
+    assert rows[1]["document_ids"] == "1.2.3;1.2.4" and rows[1]["repository_unique_id"] == "1.9"
+    assert rows[0]["repository_unique_id"] == ""
+
+    with pytest.raises(ValueError):
+        export(events, "xml", io.StringIO())  # type: ignore[arg-type]
+
+
+def test_accounting_of_disclosures(engine):
+    log = AuditLog(engine)
+    log.record(event(time=T0, transaction="ITI-55"))
+    log.record(event(time=T0 + timedelta(minutes=1), outcome="denied", reason="no consent"))
+    log.record(event(time=T0 + timedelta(minutes=2), transaction="ITI-38", outcome="partial"))
+    log.record(event(time=T0 + timedelta(minutes=3), transaction="ITI-39", document_ids=["1.2.3", "1.2.4"]))
+    log.record(event(time=T0 + timedelta(minutes=4), outcome="failure"))
+    log.record(event(time=T0 + timedelta(minutes=5), direction="outbound"))  # we asked: not a disclosure
+    log.record(event(time=T0 + timedelta(minutes=6), patient_id=OTHER))
+
+    rows = log.accounting_of_disclosures(PID)
+    assert [r["transaction"] for r in rows] == ["ITI-55", "ITI-38", "ITI-39"]
+    first = rows[0]
+    assert first["date"] == "2024-03-01T09:00:00Z"
+    assert first["recipient_organization"] == "General Hospital" and first["recipient_community"] == PARTNER
+    assert first["purpose"] == "TREATMENT" and first["user"] == "Dr. Jane Smith"
+    assert rows[2]["documents"] == ["1.2.3", "1.2.4"]
+    assert "2 documents: 1.2.3, 1.2.4" in rows[2]["description"]
+    assert "(partial)" in rows[1]["description"]
+    assert [r["transaction"] for r in log.accounting_of_disclosures(PID, since=T0 + timedelta(minutes=3))] == ["ITI-39"]
+
+    text = format_accounting(rows, patient_id=PID)
+    lines = text.splitlines()
+    assert lines[0] == f"Accounting of disclosures for patient {PID}"
+    assert lines[1].startswith("date (UTC)")
+    assert "2024-03-01 09:03:00" in lines[5] and "General Hospital" in lines[5] and "Dr. Jane Smith" in lines[5]
+    assert lines[-1] == "3 disclosures"
+    assert "no disclosures" in format_accounting([])

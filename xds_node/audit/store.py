@@ -1,0 +1,307 @@
+"""The node's own audit trail: one row per transaction, listed, exported and accounted for.
+
+Writing is a single INSERT because it happens on every request. Forwarding to an external Audit
+Record Repository is the sinks' business and can never break a request: a sink that raises is
+logged and skipped. A failed INSERT, on the other hand, is raised to the caller on purpose:
+a disclosure that cannot be audited should not happen.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol, TextIO
+
+from sqlalchemy import Column, DateTime, Engine, Index, String, Table, Text, insert, or_, select
+
+from xds_node.audit.events import DISCLOSED, TRANSACTION_NAMES, AuditEvent
+from xds_node.db import metadata
+
+log = logging.getLogger("xds_node.audit")
+
+audit_events = Table(
+    "audit_event",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("time", DateTime, nullable=False),  # naive UTC
+    Column("transaction", String(16), nullable=False),
+    Column("action_code", String(1), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("partner_community", String(128), nullable=False, default=""),
+    Column("partner_organization", String(256), nullable=False, default=""),
+    Column("partner_organization_id", String(256), nullable=False, default=""),
+    Column("user_subject_id", String(256), nullable=False, default=""),
+    Column("user_role_code", String(64), nullable=False, default=""),
+    Column("user_role_display", String(256), nullable=False, default=""),
+    Column("purpose_of_use", String(64), nullable=False, default=""),
+    Column("patient_id", String(256)),
+    Column("document_ids", Text, nullable=False, default="[]"),  # JSON list
+    Column("repository_unique_id", String(128)),
+    Column("query_id", String(128)),
+    Column("message_id", String(256), nullable=False, default=""),
+    Column("remote_address", String(64), nullable=False, default=""),
+    Column("endpoint", String(512), nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+    Index("ix_audit_event_time", "time"),
+    Index("ix_audit_event_patient_time", "patient_id", "time"),
+    Index("ix_audit_event_partner_time", "partner_community", "time"),
+    Index("ix_audit_event_transaction_time", "transaction", "time"),
+)
+
+#: Columns of the CSV export, in order (the stored fields of an event).
+EXPORT_FIELDS = (
+    "event_id", "time", "transaction", "action_code", "outcome", "outcome_indicator", "direction",
+    "partner_community", "partner_organization", "partner_organization_id", "user_subject_id",
+    "user_role_code", "user_role_display", "purpose_of_use", "patient_id", "document_ids",
+    "repository_unique_id", "query_id", "message_id", "remote_address", "endpoint", "reason",
+)  # fmt: skip
+
+
+class AuditSink(Protocol):
+    """Something that forwards events elsewhere (syslog ARR, a log file ...). Must not block."""
+
+    def send(self, event: AuditEvent) -> None: ...
+
+
+def _naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None)
+
+
+def _community_forms(value: str) -> list[str]:
+    """A homeCommunityId matches with or without its ``urn:oid:`` prefix."""
+    bare = value.removeprefix("urn:oid:")
+    return [bare, "urn:oid:" + bare]
+
+
+class AuditLog:
+    """Stores audit events and hands each one to the configured sinks."""
+
+    def __init__(self, engine: Engine, sinks: Iterable[AuditSink] = ()):
+        self.engine = engine
+        self.sinks: list[AuditSink] = list(sinks)
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine, tables=[audit_events])
+
+    def record(self, event: AuditEvent) -> AuditEvent:
+        """Insert the event (raises if the database refuses), then offer it to every sink."""
+        row = {
+            "event_id": event.event_id,
+            "time": _naive_utc(event.time),
+            "transaction": event.transaction,
+            "action_code": event.action_code,
+            "outcome": event.outcome,
+            "direction": event.direction,
+            "partner_community": event.partner_community,
+            "partner_organization": event.partner_organization,
+            "partner_organization_id": event.partner_organization_id,
+            "user_subject_id": event.user_subject_id,
+            "user_role_code": event.user_role_code,
+            "user_role_display": event.user_role_display,
+            "purpose_of_use": event.purpose_of_use,
+            "patient_id": event.patient_id,
+            "document_ids": json.dumps(list(event.document_ids)),
+            "repository_unique_id": event.repository_unique_id,
+            "query_id": event.query_id,
+            "message_id": event.message_id,
+            "remote_address": event.remote_address,
+            "endpoint": event.endpoint,
+            "reason": event.reason,
+        }
+        with self.engine.begin() as conn:
+            conn.execute(insert(audit_events), row)
+        for sink in self.sinks:
+            try:
+                sink.send(event)
+            except Exception:
+                log.exception("audit sink %r failed for event %s; continuing", sink, event.event_id)
+        return event
+
+    def close(self) -> None:
+        """Close sinks that can be closed (flushes queued syslog messages)."""
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing audit sink %r failed", sink)
+
+    def list(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        patient_id: str | None = None,
+        partner: str | None = None,
+        transaction: str | None = None,
+        outcome: str | None = None,
+        limit: int = 1000,
+    ) -> list[AuditEvent]:
+        """Events matching every given filter, newest first. ``until`` is exclusive.
+
+        ``partner`` matches the partner's homeCommunityId (with or without ``urn:oid:``) or its
+        organization id / name.
+        """
+        t = audit_events
+        stmt = select(t)
+        if since is not None:
+            stmt = stmt.where(t.c.time >= _naive_utc(since))
+        if until is not None:
+            stmt = stmt.where(t.c.time < _naive_utc(until))
+        if patient_id is not None:
+            stmt = stmt.where(t.c.patient_id == patient_id)
+        if partner:
+            stmt = stmt.where(
+                or_(
+                    t.c.partner_community.in_(_community_forms(partner)),
+                    t.c.partner_organization_id.in_(_community_forms(partner)),
+                    t.c.partner_organization == partner,
+                )
+            )
+        if transaction is not None:
+            stmt = stmt.where(t.c.transaction == transaction)
+        if outcome is not None:
+            stmt = stmt.where(t.c.outcome == outcome)
+        stmt = stmt.order_by(t.c.time.desc(), t.c.event_id).limit(limit)
+        with self.engine.connect() as conn:
+            return [_row_to_event(r) for r in conn.execute(stmt)]
+
+    def accounting_of_disclosures(self, patient_id: str, since: datetime | None = None) -> list[dict[str, Any]]:
+        """One line per disclosure of the patient's information to another community, oldest first.
+
+        A disclosure is an inbound request we answered with information (success or partial);
+        denied and failed requests disclosed nothing and are left out. ITI-39/43 events count only
+        if the transaction code recorded the patient the retrieved documents belong to.
+        """
+        t = audit_events
+        stmt = select(t).where(
+            t.c.patient_id == patient_id, t.c.direction == "inbound", t.c.outcome.in_(DISCLOSED)
+        )
+        if since is not None:
+            stmt = stmt.where(t.c.time >= _naive_utc(since))
+        stmt = stmt.order_by(t.c.time, t.c.event_id)
+        with self.engine.connect() as conn:
+            events = [_row_to_event(r) for r in conn.execute(stmt)]
+        return [_accounting_line(e) for e in events]
+
+    @staticmethod
+    def export(events: Iterable[AuditEvent], fmt: Literal["json", "csv"], out: TextIO) -> int:
+        """See :func:`export`."""
+        return export(events, fmt, out)
+
+    @staticmethod
+    def format_accounting(rows: Sequence[dict[str, Any]], *, patient_id: str | None = None) -> str:
+        """See :func:`format_accounting`."""
+        return format_accounting(rows, patient_id=patient_id)
+
+
+def _row_to_event(row) -> AuditEvent:
+    return AuditEvent(
+        event_id=row.event_id,
+        time=row.time.replace(tzinfo=UTC),
+        transaction=row.transaction,
+        action_code=row.action_code,
+        outcome=row.outcome,
+        direction=row.direction,
+        partner_community=row.partner_community or "",
+        partner_organization=row.partner_organization or "",
+        partner_organization_id=row.partner_organization_id or "",
+        user_subject_id=row.user_subject_id or "",
+        user_role_code=row.user_role_code or "",
+        user_role_display=row.user_role_display or "",
+        purpose_of_use=row.purpose_of_use or "",
+        patient_id=row.patient_id,
+        document_ids=json.loads(row.document_ids or "[]"),
+        repository_unique_id=row.repository_unique_id,
+        query_id=row.query_id,
+        message_id=row.message_id or "",
+        remote_address=row.remote_address or "",
+        endpoint=row.endpoint or "",
+        reason=row.reason or "",
+    )
+
+
+def _describe(e: AuditEvent) -> str:
+    name = TRANSACTION_NAMES.get(e.transaction, e.transaction)
+    if e.document_ids:
+        n = len(e.document_ids)
+        what = f"{n} document{'s' if n != 1 else ''}: " + ", ".join(e.document_ids)
+    elif e.transaction == "ITI-55":
+        what = "patient identity and demographics"
+    elif e.transaction in ("ITI-38", "ITI-18"):
+        what = "document list (metadata)"
+    else:
+        what = "information"
+    return f"{e.transaction} {name}: {what}" + (" (partial)" if e.outcome == "partial" else "")
+
+
+def _accounting_line(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "date": e.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "recipient_organization": e.partner_organization,
+        "recipient_organization_id": e.partner_organization_id,
+        "recipient_community": e.partner_community,
+        "purpose": e.purpose_of_use,
+        "transaction": e.transaction,
+        "documents": list(e.document_ids),
+        "description": _describe(e),
+        "user": e.user_subject_id,
+        "user_role": e.user_role_display or e.user_role_code,
+        "event_id": e.event_id,
+    }
+
+
+def export(events: Iterable[AuditEvent], fmt: Literal["json", "csv"], out: TextIO) -> int:
+    """Write events as a JSON array or as CSV (document ids joined with ``;``); returns the count."""
+    rows = [e.to_dict() for e in events]
+    if fmt == "json":
+        json.dump(rows, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+    elif fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=list(EXPORT_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            r["document_ids"] = ";".join(r["document_ids"])
+            writer.writerow({k: "" if r[k] is None else r[k] for k in EXPORT_FIELDS})
+    else:
+        raise ValueError(f"unknown export format {fmt!r} (json or csv)")
+    return len(rows)
+
+
+def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(out)
+
+
+def format_accounting(rows: Sequence[dict[str, Any]], *, patient_id: str | None = None) -> str:
+    """The accounting of disclosures as a readable text table (for the CLI and for letters)."""
+    title = f"Accounting of disclosures for patient {patient_id}" if patient_id else "Accounting of disclosures"
+    if not rows:
+        return f"{title}\nno disclosures recorded"
+    table = _text_table(
+        ["date (UTC)", "recipient", "community", "purpose", "disclosed", "requested by"],
+        [
+            [
+                r["date"].replace("T", " ")[:19],
+                r["recipient_organization"] or r["recipient_organization_id"] or "-",
+                r["recipient_community"] or "-",
+                r["purpose"] or "-",
+                r["description"],
+                r["user"] + (f" ({r['user_role']})" if r["user_role"] else "") if r["user"] else "-",
+            ]
+            for r in rows
+        ],
+    )
+    return f"{title}\n{table}\n{len(rows)} disclosure{'s' if len(rows) != 1 else ''}"

@@ -1,0 +1,123 @@
+"""ITI-38 Cross Gateway Query, responding side: ITI-18 over the local registry under XCA rules.
+
+XCA adds to ITI-18 (ITI TF-2b 3.38.4.1.3): every returned object carries ``home`` (our
+homeCommunityId); a query not keyed by patient id must name our community in ``home``
+(XDSMissingHomeCommunityId when absent, XDSUnknownCommunity when not ours); every RegistryError
+names us as its ``location``. Consent: a patient who has not opted in is answered exactly like an
+unknown one (Failure, XDSUnknownPatientId), and objects of such patients never leave.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from xds_node.ebxml import rim
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import RegistryError
+from xds_node.ebxml.query import QUERIES
+from xds_node.registry.service import QueryOutcome, Registry
+from xds_node.soap.envelope import SoapRequest, SoapResponse
+from xds_node.transactions import blocking, iti18, notify
+
+log = logging.getLogger(__name__)
+ACTION = v.Action.ITI38
+E = v.ErrorCode
+
+#: The patient-id parameter of each patient-keyed query.
+PATIENT_PARAM = {
+    v.StoredQueryId.FIND_DOCUMENTS: "$XDSDocumentEntryPatientId",
+    v.StoredQueryId.FIND_DOCUMENTS_BY_REFERENCE_ID: "$XDSDocumentEntryPatientId",
+    v.StoredQueryId.FIND_SUBMISSION_SETS: "$XDSSubmissionSetPatientId",
+    v.StoredQueryId.FIND_FOLDERS: "$XDSFolderPatientId",
+    v.StoredQueryId.GET_ALL: "$patientId",
+}
+
+
+@dataclass
+class XcaQueryResult:
+    """What the gateway answered, for the audit trail."""
+
+    status: str
+    query_id: str | None = None
+    patient_ids: list[str] = field(default_factory=list)
+    document_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    withheld: bool = False
+
+
+def _unknown_patient(home: str) -> QueryOutcome:
+    return QueryOutcome(v.ResponseStatus.FAILURE, errors=[RegistryError(
+        code=E.UNKNOWN_PATIENT_ID, context="No information is available for the requested patient", location=home)])
+
+
+def respond(registry: Registry, body: etree._Element, *, home: str,
+            consent: Callable[[str], bool] = lambda pid: True) -> tuple[bytes, XcaQueryResult]:
+    iti18.expect_body(body, v.QUERY, "AdhocQueryRequest")
+    try:
+        query = rim.read_adhoc_query_request(body)
+    except rim.MetadataParseError as exc:
+        outcome = QueryOutcome(v.ResponseStatus.FAILURE, errors=[RegistryError(E.REGISTRY_ERROR, str(exc))])
+        return iti18.outcome_bytes(outcome, home=home, location=home), XcaQueryResult(outcome.status)
+    result = XcaQueryResult(v.ResponseStatus.FAILURE, query_id=query.query_id)
+    spec = QUERIES.get(query.query_id)
+    if spec is not None and not spec.patient_keyed:
+        if not query.home:
+            outcome = QueryOutcome(v.ResponseStatus.FAILURE, errors=[RegistryError(
+                E.MISSING_HOME_COMMUNITY_ID, f"{spec.name} is not keyed by patient id: homeCommunityId is required")])
+            return _finish(outcome, home, result)
+        if _norm(query.home) != _norm(home):
+            outcome = QueryOutcome(v.ResponseStatus.FAILURE, errors=[RegistryError(
+                E.UNKNOWN_COMMUNITY, f"homeCommunityId {query.home} is not this community")])
+            return _finish(outcome, home, result)
+    outcome = registry.query(query)
+    if outcome.params is not None and spec is not None:
+        if spec.patient_keyed:
+            pid = outcome.params.one(PATIENT_PARAM[query.query_id])
+            result.patient_ids = [pid] if pid else []
+            if pid and (not consent(pid) or (outcome.status == v.ResponseStatus.SUCCESS and not outcome.rows
+                                             and not registry.store.has_patient(pid))):
+                result.withheld = not consent(pid)
+                return _finish(_unknown_patient(home), home, result)
+        else:
+            # id-keyed queries: drop what belongs to patients who have not opted in
+            patients = {r.patient_id for r in outcome.rows if r.patient_id}
+            refused = {p for p in patients if not consent(p)}
+            if refused:
+                result.withheld = True
+                outcome.rows = [r for r in outcome.rows if r.patient_id not in refused]
+                if outcome.leaf_class or any(r.kind != "assoc" for r in outcome.rows):
+                    kept = {r.id for r in outcome.rows if r.kind != "assoc"}
+                    outcome.rows = [r for r in outcome.rows if r.kind != "assoc" or _assoc_kept(r, kept)]
+            result.patient_ids = sorted(patients - refused)
+    result.document_ids = [r.id for r in outcome.rows if r.kind == "doc"]
+    return _finish(outcome, home, result)
+
+
+def _assoc_kept(row, kept: set[str]) -> bool:
+    el = etree.fromstring(row.rim)
+    return el.get("sourceObject") in kept and el.get("targetObject") in kept
+
+
+def _finish(outcome: QueryOutcome, home: str, result: XcaQueryResult) -> tuple[bytes, XcaQueryResult]:
+    result.status = outcome.status
+    result.errors = [e.code for e in outcome.errors]
+    return iti18.outcome_bytes(outcome, home=home, location=home), result
+
+
+def _norm(hcid: str) -> str:
+    return hcid.strip().removeprefix("urn:oid:")
+
+
+def make_handler(registry: Registry, *, home: str, consent: Callable[[str], bool] = lambda pid: True,
+                 audit: Callable[[SoapRequest, str, Any], Any] | None = None):
+    async def handle(req: SoapRequest) -> SoapResponse:
+        body, result = await blocking(respond, registry, req.body, home=home, consent=consent)
+        await notify(audit, req, "ITI-38", result)
+        return SoapResponse(action=v.response_action(ACTION), body=body)
+
+    return handle
