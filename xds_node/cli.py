@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)
+
+    from xds_node import admin
+
+    admin.add_parsers(sub)
     return parser
 
 

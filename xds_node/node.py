@@ -113,7 +113,7 @@ class Node:
             Endpoint(
                 REPOSITORY_PATH,
                 {
-                    iti41.ACTION: iti41.make_handler(self.repository, self.registry),
+                    iti41.ACTION: iti41.make_handler(self.repository, self.registry, on_registered=self.index_patient),
                     iti43.ACTION: iti43.make_handler(self.repository),
                 },
                 wsdl=wsdl / "repository.wsdl",
@@ -159,7 +159,13 @@ class Node:
 
         return FolderIndexer(self.repository, self.registry, FolderSource(folder),
                              source_id=self.settings.registry_unique_id,
-                             defaults=CdaDefaults(repository_unique_id=self.settings.repository_unique_id))
+                             defaults=CdaDefaults(repository_unique_id=self.settings.repository_unique_id),
+                             on_registered=self.index_patient)
+
+    def index_patient(self, data: bytes, entry) -> None:
+        """Feed the XCPD patient index from a registered C-CDA's recordTarget, under the same id."""
+        root = (entry.patient_id or "").partition("&")[2].partition("&")[0] or None
+        self.patients.add_from_cda(data, source="cda", prefer_root=root)
 
     def close(self) -> None:
         self.audit.close()

@@ -60,12 +60,14 @@ def submission_for(entry: DocumentEntry, *, source_id: str) -> Submission:
 
 class FolderIndexer:
     def __init__(self, repository: Repository, registry: Registry, folder: FolderSource, *,
-                 source_id: str, defaults: CdaDefaults | None = None):
+                 source_id: str, defaults: CdaDefaults | None = None,
+                 on_registered: Callable[[bytes, DocumentEntry], None] | None = None):
         self.repository = repository
         self.registry = registry
         self.folder = folder
         self.source_id = source_id
         self.defaults = defaults or CdaDefaults()
+        self.on_registered = on_registered  # e.g. feed the patient index from the recordTarget
         repository.add_source(folder)
 
     def sync(self, progress: Callable[[Path], None] | None = None) -> SyncReport:
@@ -127,10 +129,13 @@ class FolderIndexer:
         response = self.registry.register(sub, transaction="ITI-41", also=record)
         if response.status != v.ResponseStatus.SUCCESS:
             report.rejected.append((str(path), "; ".join(e.context for e in response.errors)))
-        elif previous is not None:
-            report.replaced.append(locator)
         else:
-            report.registered.append(locator)
+            (report.replaced if previous is not None else report.registered).append(locator)
+            if self.on_registered is not None:
+                try:
+                    self.on_registered(data, entry)
+                except Exception as exc:  # the document is registered; a side index must not undo that
+                    log.warning("%s: registered, but post-processing failed: %s", path, exc)
 
     def _removed(self, row: dict) -> None:
         """A file gone from the source: its entry is deprecated, retrieval answers 'unknown'."""

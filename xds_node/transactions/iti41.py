@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+from xds_node.cda import is_cda
 from xds_node.ebxml import rim, xdsb
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse
@@ -12,10 +15,12 @@ from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.soap.fault import SoapFault
 from xds_node.transactions import blocking
 
+log = logging.getLogger(__name__)
 ACTION = v.Action.ITI41
 
 
-def make_handler(repository: Repository, registry: Registry):
+def make_handler(repository: Repository, registry: Registry, *, on_registered=None):
+    """``on_registered(bytes, entry)`` runs for each accepted C-CDA (e.g. the XCPD patient index)."""
     async def register(sub, also):
         return await blocking(registry.register, sub, transaction="ITI-41", also=also)
 
@@ -28,7 +33,16 @@ def make_handler(repository: Repository, registry: Registry):
             response = RegistryResponse.from_errors([RegistryError(v.ErrorCode.REGISTRY_METADATA_ERROR, str(exc))])
             return SoapResponse(action=v.response_action(ACTION), body=rim.write_registry_response(response))
         documents = {doc_id: req.binary(el) for doc_id, el in doc_elements.items()}  # Sender fault if broken
+        sent_as = {id(de): de.id for de in sub.documents}  # each entry's id before the registry assigns UUIDs
         response = await repository.provide_and_register(sub, documents, register)
+        if on_registered is not None and response.status == v.ResponseStatus.SUCCESS:
+            for de in sub.documents:
+                data = documents.get(sent_as[id(de)])
+                if data is not None and is_cda(data):
+                    try:
+                        on_registered(data, de)
+                    except Exception as exc:  # registered already; the side index must not undo it
+                        log.warning("ITI-41: document %s registered, post-processing failed: %s", de.unique_id, exc)
         return SoapResponse(action=v.response_action(ACTION), body=rim.write_registry_response(response))
 
     return handle
