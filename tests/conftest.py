@@ -68,9 +68,10 @@ def free_port() -> int:
 
 
 class LiveNode:
-    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None):
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None,
+                 *, scheme: str = "http", health_client: dict | None = None):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         env = {**os.environ, "XDS_DATA_DIR": str(data_dir), **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "xds_node.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
@@ -82,7 +83,7 @@ class LiveNode:
             if self.proc.poll() is not None:
                 raise RuntimeError("node exited: " + (self.proc.stdout.read() or b"").decode(errors="replace"))
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=1, **(health_client or {})).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)

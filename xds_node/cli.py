@@ -22,7 +22,7 @@ def _settings(args: argparse.Namespace, **overrides):
     return load_settings(getattr(args, "config", None), **{k: val for k, val in overrides.items() if val is not None})
 
 
-def _serve(settings, *, workers: int | None = None) -> None:
+def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> None:
     import uvicorn
 
     # uvicorn worker processes rebuild the app from the environment, so export the settings
@@ -34,6 +34,7 @@ def _serve(settings, *, workers: int | None = None) -> None:
     workers = workers or settings.workers
     kwargs = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
                   http="httptools", loop="uvloop", timeout_keep_alive=30)
+    kwargs.update(tls or {})
     if workers > 1:
         uvicorn.run("xds_node.node:create_app", factory=True, workers=workers, **kwargs)
     else:
@@ -45,8 +46,18 @@ def _serve(settings, *, workers: int | None = None) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port, data_dir=args.data_dir)
-    print(f"xds-node serving on {settings.public_url} (database {settings.db_url})", flush=True)
-    _serve(settings, workers=args.workers)
+    tls = None
+    if args.tls_cert or args.tls_key or args.mtls:
+        if not (args.tls_cert and args.tls_key):
+            print("--tls-cert and --tls-key go together (and --mtls needs both)", file=sys.stderr)
+            return 2
+        from xds_node.tlsserver import uvicorn_tls_options
+
+        settings.base_url = settings.base_url or f"https://{settings.host}:{settings.port}"
+        tls = uvicorn_tls_options(settings, args.tls_cert, args.tls_key, mtls=args.mtls)
+    mode = " with mutual TLS (partner certificates required)" if args.mtls else ""
+    print(f"xds-node serving on {settings.public_url}{mode} (database {settings.db_url})", flush=True)
+    _serve(settings, workers=args.workers, tls=tls)
     return 0
 
 
@@ -178,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the node")
     net(p)
     p.add_argument("--workers", type=int, help="worker processes (default: settings.workers)")
+    p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
+    p.add_argument("--mtls", action="store_true",
+                   help="require a client certificate pinned in partners.toml, matched to the SAML issuer")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="fresh embedded registry with the sample documents, then serve")

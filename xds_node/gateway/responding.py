@@ -59,11 +59,20 @@ class SecurityGate:
             principal = self.verifier.verify(header, req.envelope)
             if self.allowed_roles and principal.role[0] not in self.allowed_roles:
                 raise SecurityFault("wsse:FailedAuthentication", "role not permitted")
+            if req.client_cert is not None and not self._client_is_partner(req.client_cert, principal):
+                raise SecurityFault("wsse:FailedAuthentication", "TLS client is not the SAML issuer")
         except SecurityFault as fault:
             self._denied(req, fault)
             raise SoapFault("Sender", fault.reason, subcodes=[fault.qname]) from None
         req.principal = principal
         current_principal.set(principal)
+
+    def _client_is_partner(self, der: bytes, principal) -> bool:
+        """Mutual TLS: the client certificate must be pinned for the partner the assertion names."""
+        from cryptography import x509
+
+        partner = self.verifier.trust.partner_for_certificate(x509.load_der_x509_certificate(der))
+        return partner is not None and partner.name == principal.partner
 
     def _denied(self, req: SoapRequest, fault: SecurityFault) -> None:
         if self.audit is None:

@@ -6,6 +6,7 @@ tests can run a complete signed exchange without any outside PKI.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -59,6 +60,10 @@ def generate_demo_keys(
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        # usable as a TLS server/client certificate on this machine too (demo and tests)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                       critical=False)
         .sign(key, hashes.SHA256())
     )
     slug = _slug(common_name)
