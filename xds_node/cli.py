@@ -68,11 +68,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.fresh and Path(settings.data_dir).exists():
         shutil.rmtree(settings.data_dir)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    from xds_node.admin import init_keys
     from xds_node.node import Node
 
+    keys = init_keys(settings)  # demo keys + partners.toml, so the gateway endpoints work with security on
     node = Node(settings)
     summary = load_samples(node, SAMPLE_DIR)
-    print_banner(node, summary)
+    for patient in summary.patients:  # demo data only: every fictional veteran has opted in
+        if node.consent_store.status(patient).state != "granted":
+            node.consent_store.grant(patient, source="demo", note="xds-node demo: fictional patient")
+    print_banner(node, summary, keys)
     node.close()
     _serve(settings, workers=1)
     return 0

@@ -59,7 +59,7 @@ def find_documents_envelope(url: str, patient: str) -> str:
     return FIND_DOCUMENTS_TEMPLATE.format(url=url, patient=xml_patient, message_id=uuid.uuid4())
 
 
-def print_banner(node, summary: LoadSummary) -> None:
+def print_banner(node, summary: LoadSummary, keys: dict | None = None) -> None:
     urls = node.endpoint_urls()
     print("\nxds-node demo")
     print(f"  data directory : {node.settings.data_dir}")
@@ -77,4 +77,9 @@ def print_banner(node, summary: LoadSummary) -> None:
         print(f"\nTry a FindDocuments (ITI-18) for patient {patient}:\n")
         print(f"  curl -s -H 'Content-Type: application/soap+xml; charset=UTF-8' --data-binary @{request} {url}\n")
         print("Other patients: " + ", ".join(p for p in sorted(summary.patients) if p != patient))
+    if keys:
+        print("\nThe gateway endpoints (XCA, XCPD) require WS-Security with a SAML assertion signed by a")
+        print("partner pinned in partners.toml. The demo partner's key and certificate:")
+        print(f"  {keys['demo partner key']}\n  {keys['demo partner certificate']}")
+        print("Every sample patient has opted in to sharing (xds-node consent show <patient>).")
     print("Press Ctrl+C to stop.\n", flush=True)
