@@ -83,9 +83,13 @@ def floor_us(request: bytes, response: bytes, rounds: int = 2000) -> float:
 
 
 def bench_size(n_docs: int, args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix=f"xds-bench-{n_docs}-"))
+    cached = Path(args.data_cache) / f"registry-{n_docs}" if args.data_cache else None
+    work = cached or Path(tempfile.mkdtemp(prefix=f"xds-bench-{n_docs}-"))
     try:
-        rate, patients = seed(work, n_docs)
+        if cached is not None and (cached / "registry.db").exists():
+            rate, patients = float("nan"), n_docs // DOCS_PER_PATIENT  # reuse: registration not re-measured
+        else:
+            rate, patients = seed(work, n_docs)
         print(f"\n== {n_docs} documents ({patients} patients) ==")
         print(f"registration: {rate:8.1f} documents/s (ITI-42 Registry.register, 10 documents per submission)")
         port = f.uid().__hash__() % 20000 + 30000
@@ -110,7 +114,8 @@ def bench_size(n_docs: int, args) -> dict:
         return {"docs": n_docs, "rps": result.rps, "p50": result.pct(50), "p99": result.pct(99),
                 "register_rate": rate, "floor_us": fl}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if cached is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -119,6 +124,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--data-cache", help="keep seeded databases here and reuse them (skips registration)")
     args = ap.parse_args()
     results = [bench_size(int(n), args) for n in args.docs.split(",")]
     if len(results) > 1:

@@ -38,10 +38,12 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> 
     if workers > 1:
         uvicorn.run("xds_node.node:create_app", factory=True, workers=workers, **kwargs)
     else:
-        from xds_node.node import Node
+        from xds_node.node import Node, tune_gc
 
         node = Node(settings)
-        uvicorn.run(node.app(), **kwargs)
+        app = node.app()
+        tune_gc()
+        uvicorn.run(app, **kwargs)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

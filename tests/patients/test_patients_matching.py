@@ -101,8 +101,10 @@ def test_gender_mismatch_is_a_veto():
 
 
 def test_identifier_match_is_decisive():
-    q = Demographics(given=["Someone"], family="Else", gender="F", ids=[PatientId("100", ROOT)])
-    assert score(q, CHIP) == 1.0
+    q = Demographics(given=["Someone"], family="Else", ids=[PatientId("100", ROOT)])
+    assert score(q, CHIP) == 1.0  # names may differ (aliases), the identifier decides
+    contradicting = Demographics(given=["Someone"], family="Else", gender="F", ids=[PatientId("100", ROOT)])
+    assert score(contradicting, CHIP) == 0.0  # but not against a stated gender that is not ours
     q_other_root = Demographics(ids=[PatientId("100", "9.9.9")])
     assert score(q_other_root, CHIP) == 0.0
 

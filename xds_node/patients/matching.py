@@ -12,7 +12,8 @@ Score (points out of 100)
 Criterion                      Points  Rule
 =============================  ======  =============================================================
 Identifier                     100     a query ``livingSubjectId`` (root + extension) equals one of
-                                       the patient's identifiers: match at once, nothing else counts
+                                       the patient's identifiers and the query's gender / full birth
+                                       date, when given, do not contradict ours: match at once
 Family name, exact             30      equal after normalization (uppercase, accents and
                                        punctuation removed: "O'Brien" = "OBRIEN")
 Family name, fuzzy             20      Jaro-Winkler similarity >= 0.92 (typos, transpositions)
@@ -161,9 +162,23 @@ def _birth(q: str | None, c: str | None) -> int:
     return 10 if len(q) >= 6 and len(c) >= 6 and q[:6] == c[:6] else 0
 
 
+def contradicts(query: Demographics, candidate: Patient) -> bool:
+    """Demographics the query states that our record flatly denies (M/F gender, full birth date).
+
+    An identifier match still needs this to be False: a caller who guesses (or mistypes) one of
+    our record numbers must not get another person's demographics back.
+    """
+    c = candidate.demographics
+    qg, cg = normalize_gender(query.gender), normalize_gender(c.gender)
+    if qg in ("M", "F") and cg in ("M", "F") and qg != cg:
+        return True
+    qb, cb = normalize_date(query.birth_date), normalize_date(c.birth_date)
+    return bool(qb and cb and len(qb) == 8 and len(cb) == 8 and qb != cb)
+
+
 def score_breakdown(query: Demographics, candidate: Patient) -> dict[str, int]:
     """Points per criterion (see the module table); ``{"identifier": 100}`` or ``{"veto": 0}``."""
-    if query.ids and set(query.ids) & _ids(candidate):
+    if query.ids and set(query.ids) & _ids(candidate) and not contradicts(query, candidate):
         return {"identifier": 100}
     c = candidate.demographics
     qg, cg = normalize_gender(query.gender), normalize_gender(c.gender)
@@ -199,7 +214,8 @@ def match(query: Demographics, index: PatientIndex, *, require_birth_date: bool 
     """Find the one patient of ours that ``query`` describes, or say why not (module docstring)."""
     pool = index.candidates(query, limit=limit)
     if query.ids:
-        hits = sorted((p for p in pool if set(query.ids) & _ids(p)), key=lambda p: p.patient_id)
+        hits = sorted((p for p in pool if set(query.ids) & _ids(p) and not contradicts(query, p)),
+                      key=lambda p: p.patient_id)
         if len(hits) == 1:
             return MatchResult("match", hits[0], 1.0, [(hits[0], 1.0)])
         if len(hits) > 1:  # the query's identifiers point at different patients of ours

@@ -1,0 +1,24 @@
+"""An identifier alone must not disclose a person whose stated demographics contradict ours."""
+
+from xds_node.patients.matching import contradicts, score_breakdown
+from xds_node.patients.model import Demographics, Patient, PatientId
+
+
+def _ours() -> Patient:
+    return Patient("V1^^^&1.2.3&ISO", Demographics(given=["Alex"], family="Testpatient", gender="M",
+                                                   birth_date="19780412", ids=[PatientId("V1", "1.2.3")]))
+
+
+def test_identifier_with_consistent_or_missing_demographics_matches():
+    q = Demographics(ids=[PatientId("V1", "1.2.3")])
+    assert score_breakdown(q, _ours()) == {"identifier": 100}
+    q = Demographics(ids=[PatientId("V1", "1.2.3")], gender="M", birth_date="19780412")
+    assert score_breakdown(q, _ours()) == {"identifier": 100}
+
+
+def test_identifier_with_contradicting_demographics_does_not_shortcut():
+    wrong_sex = Demographics(ids=[PatientId("V1", "1.2.3")], gender="F", birth_date="19780412")
+    wrong_birth = Demographics(ids=[PatientId("V1", "1.2.3")], gender="M", birth_date="19900101")
+    assert contradicts(wrong_sex, _ours()) and contradicts(wrong_birth, _ours())
+    assert score_breakdown(wrong_sex, _ours()) == {"veto": 0}
+    assert "identifier" not in score_breakdown(wrong_birth, _ours())
