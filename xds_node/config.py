@@ -40,6 +40,10 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_header_bytes: int = 256 * 1024
 
+    #: When set, ITI-41 registers metadata with this remote registry (ITI-42 over SOAP) instead of
+    #: the co-located one, e.g. "https://registry.example.org/xds/registry".
+    registry_url: str = ""
+
     # registry behaviour
     #: When true, ITI-42 rejects patient ids the patient index does not know (XDSUnknownPatientId).
     require_known_patient: bool = False

@@ -113,7 +113,8 @@ class Node:
             Endpoint(
                 REPOSITORY_PATH,
                 {
-                    iti41.ACTION: iti41.make_handler(self.repository, self.registry, on_registered=self.index_patient),
+                    iti41.ACTION: iti41.make_handler(self.repository, self.registry, on_registered=self.index_patient,
+                                                     registry_url=settings.registry_url),
                     iti43.ACTION: iti43.make_handler(self.repository),
                 },
                 wsdl=wsdl / "repository.wsdl",

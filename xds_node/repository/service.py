@@ -102,6 +102,13 @@ class Repository:
         errors = self.check_documents(sub, documents)
         if errors:
             return RegistryResponse.from_errors(errors)
+        if not co_located:
+            # a remote registry would assign entry UUIDs we never see: assign them here, in the
+            # metadata we send, so our index records the ids the registry will hold
+            from xds_node.ebxml.validation import assign_uuids
+
+            renamed = assign_uuids(sub)
+            documents = {renamed.get(k, k): data for k, data in documents.items()}
         written: list[str] = []
         rows = []
         try:

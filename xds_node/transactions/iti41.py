@@ -19,10 +19,33 @@ log = logging.getLogger(__name__)
 ACTION = v.Action.ITI41
 
 
-def make_handler(repository: Repository, registry: Registry, *, on_registered=None):
-    """``on_registered(bytes, entry)`` runs for each accepted C-CDA (e.g. the XCPD patient index)."""
-    async def register(sub, also):
-        return await blocking(registry.register, sub, transaction="ITI-41", also=also)
+def remote_register(url: str, client_factory=None):
+    """Register through a remote Document Registry: ITI-42 over SOAP, its RegistryResponse as ours."""
+    from xds_node.soap.client import SoapClient, SoapTransportError
+    from xds_node.soap.fault import SoapFault
+
+    async def register(sub, _also) -> RegistryResponse:
+        try:
+            async with (client_factory() if client_factory else SoapClient()) as client:
+                reply = await client.call(url, v.Action.ITI42, rim.write_submit_objects_request(sub))
+        except (SoapTransportError, SoapFault) as exc:
+            log.error("remote registry %s failed: %s", url, exc)
+            return RegistryResponse.from_errors([RegistryError(
+                v.ErrorCode.REGISTRY_ERROR, "The document registry could not be reached; nothing was registered")])
+        return rim.read_registry_response(reply.body)
+
+    return register
+
+
+def make_handler(repository: Repository, registry: Registry | None, *, on_registered=None,
+                 registry_url: str = "", client_factory=None):
+    """``on_registered(bytes, entry)`` runs for each accepted C-CDA (e.g. the XCPD patient index).
+    With ``registry_url`` the metadata goes to that remote registry instead of the co-located one."""
+    if registry_url:
+        register = remote_register(registry_url, client_factory)
+    else:
+        async def register(sub, also):
+            return await blocking(registry.register, sub, transaction="ITI-41", also=also)
 
     async def handle(req: SoapRequest) -> SoapResponse:
         try:
@@ -34,7 +57,7 @@ def make_handler(repository: Repository, registry: Registry, *, on_registered=No
             return SoapResponse(action=v.response_action(ACTION), body=rim.write_registry_response(response))
         documents = {doc_id: req.binary(el) for doc_id, el in doc_elements.items()}  # Sender fault if broken
         sent_as = {id(de): de.id for de in sub.documents}  # each entry's id before the registry assigns UUIDs
-        response = await repository.provide_and_register(sub, documents, register)
+        response = await repository.provide_and_register(sub, documents, register, co_located=not registry_url)
         if on_registered is not None and response.status == v.ResponseStatus.SUCCESS:
             for de in sub.documents:
                 data = documents.get(sent_as[id(de)])

@@ -1,0 +1,812 @@
+"""The initiating gateway: ask every partner community at once, merge what comes back.
+
+* :meth:`InitiatingGateway.discover` sends XCPD (ITI-55) to every partner concurrently, re-checks
+  each returned patient's demographics against ours (unless ``match_mode="trust"``) and stores
+  the correlations (our patient <-> their id in their community).
+* :meth:`InitiatingGateway.query` sends ITI-38 to every correlated community concurrently and
+  splices the answers into one AdhocQueryResponse; every object keeps its ``home``.
+* :meth:`InitiatingGateway.retrieve` sends ITI-39 grouped per community, in batches of the
+  partner's ``retrieve_batch_size``; documents arrive spooled to disk.
+
+Aggregation (ITI TF-2b 3.38.4.1.3 / 3.39): Success when every community answered, PartialSuccess
+when some did not (or answered PartialSuccess), Failure when none did. Each failed community adds
+one RegistryError whose ``location`` is its homeCommunityId: XDSUnavailableCommunity for a timeout,
+a refused connection or a SOAP fault, or the partner's own errors when it answered Failure. A
+partner answering XDSUnknownPatientId only does not know (or may not share) the patient: that is
+an answer, not a failure of the whole. One partner's failure never fails the others: each call
+is isolated and every exception becomes that partner's outcome.
+
+Everything here is async and network-agnostic: the :class:`~xds_node.gateway.outbound.OutboundClient`
+takes an httpx transport, so tests drive it with ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from lxml import etree
+from lxml.etree import _Element
+
+from xds_node.audit.events import AuditEvent
+from xds_node.ebxml import rim, xdsb
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import RegistryError, StoredQuery
+from xds_node.ebxml.query import QUERIES
+from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT
+from xds_node.patients.index import read_addr, read_name
+from xds_node.patients.matching import MATCH_THRESHOLD, score
+from xds_node.patients.model import Demographics, Patient, PatientId, normalize_date, normalize_gender, parse_cx
+from xds_node.security.saml import RequesterContext
+from xds_node.security.trust import Partner, TrustStore, normalize_hcid
+from xds_node.soap.client import SoapTransportError
+from xds_node.soap.envelope import SoapRequest
+from xds_node.soap.fault import SoapFault
+
+from .outbound import OutboundClient, PartnerOptions, SpooledDocument, document_content, endpoint_url
+
+__all__ = [
+    "PATIENT_PARAM",
+    "DiscoveryResult",
+    "InitiatingGateway",
+    "Match",
+    "PartnerOutcome",
+    "QueryResult",
+    "RetrieveResult",
+    "RetrievedDocument",
+    "aggregate_status",
+    "build_xcpd_query",
+    "read_xcpd_answer",
+]
+
+log = logging.getLogger("xds_node.initiating")
+E = v.ErrorCode
+S = v.ResponseStatus
+ITI55_ACTION = v.Action.ITI55
+
+#: The patient-id parameter of each patient-keyed stored query.
+PATIENT_PARAM = {
+    v.StoredQueryId.FIND_DOCUMENTS: "$XDSDocumentEntryPatientId",
+    v.StoredQueryId.FIND_DOCUMENTS_BY_REFERENCE_ID: "$XDSDocumentEntryPatientId",
+    v.StoredQueryId.FIND_SUBMISSION_SETS: "$XDSSubmissionSetPatientId",
+    v.StoredQueryId.FIND_FOLDERS: "$XDSFolderPatientId",
+    v.StoredQueryId.GET_ALL: "$patientId",
+}
+
+State = Literal["pending", "answered", "timeout", "failed"]
+Progress = Callable[["PartnerOutcome"], None]
+
+
+def aggregate_status(answered: int, failed: int, *, partial: bool = False) -> str:
+    """Success when all answered, PartialSuccess when some failed (or one answered partially),
+    Failure when none answered. No community to ask at all is an empty Success."""
+    if answered == 0 and failed > 0:
+        return S.FAILURE
+    if failed or partial:
+        return S.PARTIAL_SUCCESS
+    return S.SUCCESS
+
+
+@dataclass
+class PartnerOutcome:
+    """One community's part in a fan-out, for the progress display and the JSON output."""
+
+    partner: str
+    community: str
+    state: State = "pending"
+    seconds: float = 0.0
+    calls: int = 0
+    count: int = 0  # matches / objects / documents received
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"partner": self.partner, "community": self.community, "state": self.state,
+                "seconds": round(self.seconds, 3), "calls": self.calls, "count": self.count, "detail": self.detail}
+
+
+def _error_dict(e: RegistryError) -> dict[str, Any]:
+    return {"code": e.code, "context": e.context, "location": e.location,
+            "severity": e.severity.rsplit(":", 1)[-1]}
+
+
+def _short(status: str) -> str:
+    return status.rsplit(":", 1)[-1]
+
+
+# --- XCPD messages ------------------------------------------------------------------------------
+def _h(parent: _Element, tag: str, **attrs: str | None) -> _Element:
+    el = etree.SubElement(parent, f"{{{HL7}}}{tag}")
+    for k, val in attrs.items():
+        if val is not None:
+            el.set(k, val)
+    return el
+
+
+def _device(parent: _Element, tag: str, type_code: str, oid: str) -> None:
+    dev = _h(_h(parent, tag, typeCode=type_code), "device", classCode="DEV", determinerCode="INSTANCE")
+    _h(dev, "id", root=oid)
+    org = _h(_h(dev, "asAgent", classCode="AGNT"), "representedOrganization", classCode="ORG",
+             determinerCode="INSTANCE")
+    _h(org, "id", root=oid)
+
+
+def build_xcpd_query(demographics: Demographics, *, our_community: str, partner_community: str,
+                     local_patient_id: PatientId | None = None, now: datetime | None = None) -> _Element:
+    """PRPA_IN201305UV02 for one partner. With ``local_patient_id`` the query is in "query and feed"
+    mode (authorOrPerformer names our id domain) so the partner can record the correlation too."""
+    ours = our_community.removeprefix("urn:oid:")
+    theirs = partner_community.removeprefix("urn:oid:")
+    now = now or datetime.now(UTC)
+    root = etree.Element(f"{{{HL7}}}PRPA_IN201305UV02", nsmap={None: HL7}, ITSVersion="XML_1.0")
+    _h(root, "id", root=ours, extension=str(uuid.uuid4()))
+    _h(root, "creationTime", value=now.strftime("%Y%m%d%H%M%S"))
+    _h(root, "interactionId", root=INTERACTION_ROOT, extension="PRPA_IN201305UV02")
+    _h(root, "processingCode", code="P")
+    _h(root, "processingModeCode", code="T")
+    _h(root, "acceptAckCode", code="AL")
+    _device(root, "receiver", "RCV", theirs)
+    _device(root, "sender", "SND", ours)
+    cap = _h(root, "controlActProcess", classCode="CACT", moodCode="EVN")
+    _h(cap, "code", code="PRPA_TE201305UV02", codeSystem=INTERACTION_ROOT)
+    if local_patient_id is not None:
+        dev = _h(_h(cap, "authorOrPerformer", typeCode="AUT"), "assignedDevice", classCode="ASSIGNED")
+        _h(dev, "id", root=local_patient_id.root)
+    qbp = _h(cap, "queryByParameter")
+    _h(qbp, "queryId", root=ours, extension=str(uuid.uuid4()))
+    _h(qbp, "statusCode", code="new")
+    _h(qbp, "responseModalityCode", code="R")
+    _h(qbp, "responsePriorityCode", code="I")
+    params = _h(qbp, "parameterList")
+    d = demographics
+
+    def param(tag: str, semantics: str) -> _Element:
+        p = _h(params, tag)
+        value = _h(p, "value")
+        _h(p, "semanticsText").text = semantics
+        return value
+
+    if d.gender:
+        param("livingSubjectAdministrativeGender", "LivingSubject.administrativeGender").set("code", d.gender)
+    if d.birth_date:
+        param("livingSubjectBirthTime", "LivingSubject.birthTime").set("value", d.birth_date)
+    ids = list(d.ids)
+    if local_patient_id is not None and local_patient_id not in ids:
+        ids.insert(0, local_patient_id)
+    for pid in ids:
+        value = param("livingSubjectId", "LivingSubject.id")
+        value.set("root", pid.root)
+        value.set("extension", pid.extension)
+    if d.family or d.given:
+        name = param("livingSubjectName", "LivingSubject.name")
+        for g in d.given:
+            _h(name, "given").text = g
+        if d.family:
+            _h(name, "family").text = d.family
+    for a in d.addresses:
+        addr = param("patientAddress", "Patient.addr")
+        for line in a.street:
+            _h(addr, "streetAddressLine").text = line
+        for tag, val in (("city", a.city), ("state", a.state), ("postalCode", a.postal_code),
+                         ("country", a.country)):
+            if val:
+                _h(addr, tag).text = val
+    for tel in d.telecoms:
+        param("patientTelecom", "Patient.telecom").set("value", tel)
+    return root
+
+
+@dataclass
+class XcpdAnswer:
+    ack_code: str
+    response_code: str
+    patients: list[Patient]
+    detail: str = ""
+
+
+def _hq(path: str) -> str:
+    return "/".join(f"{{{HL7}}}{p}" for p in path.split("/"))
+
+
+def read_xcpd_answer(el: _Element) -> XcpdAnswer:
+    """PRPA_IN201306UV02 -> acknowledgement code, queryResponseCode and the matched patients."""
+    if el.tag != f"{{{HL7}}}PRPA_IN201306UV02":
+        raise ValueError(f"expected PRPA_IN201306UV02, got {etree.QName(el).localname}")
+    ack = el.find(_hq("acknowledgement/typeCode"))
+    code = el.find(_hq("controlActProcess/queryAck/queryResponseCode"))
+    detail = " ".join(t.strip() for t in el.xpath(
+        "h:acknowledgement/h:acknowledgementDetail/h:text/text()", namespaces={"h": HL7}) if t.strip())
+    patients = []
+    for pat in el.findall(_hq("controlActProcess/subject/registrationEvent/subject1/patient")):
+        ids = [PatientId(i.get("extension", "").strip(), i.get("root", "").strip()) for i in pat.findall(_hq("id"))]
+        ids = [i for i in ids if i.extension and i.root]
+        if not ids:
+            continue
+        person = pat.find(_hq("patientPerson"))
+        demo = Demographics(ids=ids)
+        if person is not None:
+            name = person.find(_hq("name"))
+            if name is not None:
+                demo.given, demo.family = read_name(name)
+            g = person.find(_hq("administrativeGenderCode"))
+            demo.gender = normalize_gender(g.get("code")) if g is not None else None
+            b = person.find(_hq("birthTime"))
+            demo.birth_date = normalize_date(b.get("value")) if b is not None else None
+            demo.addresses = [a for a in (read_addr(x) for x in person.findall(_hq("addr"))) if not a.is_empty()]
+            demo.telecoms = [t for t in (x.get("value", "").strip() for x in person.findall(_hq("telecom"))) if t]
+        patients.append(Patient(ids[0].cx, demo))
+    return XcpdAnswer(ack.get("code", "") if ack is not None else "",
+                      code.get("code", "") if code is not None else "", patients, detail)
+
+
+# --- results ------------------------------------------------------------------------------------
+@dataclass
+class Match:
+    """A partner's patient for our query, and whether we trust it."""
+
+    partner: str
+    community: str
+    remote_patient_id: str  # CX
+    demographics: Demographics
+    score: float
+    trusted: bool
+    stored: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.demographics
+        return {"partner": self.partner, "community": self.community, "remote_patient_id": self.remote_patient_id,
+                "name": " ".join([*d.given, d.family or ""]).strip(), "birth_date": d.birth_date,
+                "gender": d.gender, "score": round(self.score, 2), "trusted": self.trusted, "stored": self.stored,
+                "reason": self.reason}
+
+
+@dataclass
+class DiscoveryResult:
+    status: str
+    local_patient_id: str | None
+    matches: list[Match] = field(default_factory=list)
+    errors: list[RegistryError] = field(default_factory=list)
+    partners: list[PartnerOutcome] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": _short(self.status), "local_patient_id": self.local_patient_id,
+                "matches": [m.to_dict() for m in self.matches], "errors": [_error_dict(e) for e in self.errors],
+                "partners": [p.to_dict() for p in self.partners]}
+
+
+@dataclass
+class QueryResult:
+    status: str
+    objects: list[_Element] = field(default_factory=list)
+    errors: list[RegistryError] = field(default_factory=list)
+    partners: list[PartnerOutcome] = field(default_factory=list)
+
+    def response_bytes(self) -> bytes:
+        """One AdhocQueryResponse holding every partner's objects (each with its own ``home``)."""
+        fragments = [etree.tostring(o, encoding="UTF-8", with_tail=False) for o in self.objects]
+        return rim.adhoc_query_response_bytes(self.status, fragments=fragments, errors=self.errors)
+
+    def documents(self) -> list[dict[str, Any]]:
+        """A readable summary of the returned DocumentEntries."""
+        return [_entry_summary(o) for o in self.objects if etree.QName(o).localname == "ExtrinsicObject"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": _short(self.status), "documents": self.documents(),
+                "object_count": len(self.objects), "errors": [_error_dict(e) for e in self.errors],
+                "partners": [p.to_dict() for p in self.partners]}
+
+
+@dataclass
+class RetrievedDocument:
+    home_community_id: str
+    repository_unique_id: str
+    document_unique_id: str
+    mime_type: str
+    path: Path | None = None
+    data: bytes | None = None
+    size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"home": self.home_community_id, "repository_unique_id": self.repository_unique_id,
+                "document_unique_id": self.document_unique_id, "mime_type": self.mime_type,
+                "path": str(self.path) if self.path else None, "size": self.size}
+
+
+@dataclass
+class RetrieveResult:
+    status: str
+    documents: list[RetrievedDocument] = field(default_factory=list)
+    errors: list[RegistryError] = field(default_factory=list)
+    partners: list[PartnerOutcome] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": _short(self.status), "documents": [d.to_dict() for d in self.documents],
+                "errors": [_error_dict(e) for e in self.errors], "partners": [p.to_dict() for p in self.partners]}
+
+
+_R = f"{{{v.RIM}}}"
+
+
+def _entry_summary(o: _Element) -> dict[str, Any]:
+    ids = {ei.get("identificationScheme"): ei.get("value") for ei in o.findall(_R + "ExternalIdentifier")}
+    slots = {s.get("name"): [x.text or "" for x in s.iter(_R + "Value")] for s in o.findall(_R + "Slot")}
+    title = o.find(f"{_R}Name/{_R}LocalizedString")
+    type_code = next((c for c in o.findall(_R + "Classification")
+                      if c.get("classificationScheme") == v.DOC_TYPE_CODE), None)
+    type_name = type_code.find(f"{_R}Name/{_R}LocalizedString") if type_code is not None else None
+    return {
+        "home": o.get("home"),
+        "entry_uuid": o.get("id"),
+        "document_unique_id": ids.get(v.DOC_UNIQUE_ID),
+        "patient_id": ids.get(v.DOC_PATIENT_ID),
+        "repository_unique_id": (slots.get("repositoryUniqueId") or [None])[0],
+        "title": title.get("value") if title is not None else None,
+        "type": (type_name.get("value") if type_name is not None else None)
+        or (type_code.get("nodeRepresentation") if type_code is not None else None),
+        "creation_time": (slots.get("creationTime") or [None])[0],
+        "mime_type": o.get("mimeType"),
+        "size": (slots.get("size") or [None])[0],
+    }
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_file_name(uid: str, mime_type: str = "") -> str:
+    ext = {"text/xml": ".xml", "application/xml": ".xml", "application/pdf": ".pdf",
+           "text/plain": ".txt"}.get(mime_type.split(";")[0].strip().lower(), ".bin")
+    return _SAFE.sub("_", uid)[:180] + ext
+
+
+# --- the gateway --------------------------------------------------------------------------------
+class InitiatingGateway:
+    """Fan-out to partner communities. ``patients`` (a PatientIndex) holds the correlations."""
+
+    def __init__(self, client: OutboundClient, *, trust: TrustStore, home_community_id: str,
+                 patients: Any = None, audit: Any = None, match_mode: str = "verify") -> None:
+        if match_mode not in ("verify", "trust"):
+            raise ValueError("match_mode must be 'verify' or 'trust'")
+        self.client = client
+        self.trust = trust
+        self.home = normalize_hcid(home_community_id)
+        self.patients = patients
+        self.audit = audit
+        self.match_mode = match_mode
+
+    # -- helpers --
+    def partners_with(self, kind: str) -> list[Partner]:
+        """Partners (other than ourselves) with an endpoint for ``kind``."""
+        return [p for p in self.trust.partners()
+                if p.home_community_id != self.home and endpoint_url(p, kind)]
+
+    async def _record(self, events: list[AuditEvent]) -> None:
+        if self.audit is None or not events:
+            return
+
+        def write() -> None:
+            for ev in events:
+                try:
+                    self.audit.record(ev)
+                except Exception:  # an audit failure must not lose the partners' answers
+                    log.exception("could not audit an outbound %s", ev.transaction)
+
+        await asyncio.to_thread(write)
+
+    def _event(self, ctx: RequesterContext | None, partner: Partner, transaction: str, outcome: str, *,
+               url: str, reason: str = "", patient_id: str | None = None, documents: Sequence[str] = (),
+               query_id: str | None = None) -> AuditEvent:
+        return AuditEvent.from_principal(
+            ctx, transaction=transaction, direction="outbound", outcome=outcome,  # type: ignore[arg-type]
+            partner_community=partner.home_community_id, partner_organization=partner.name,
+            partner_organization_id="", patient_id=patient_id, document_ids=list(documents),
+            query_id=query_id, endpoint=url, reason=reason[:500])
+
+    @staticmethod
+    def _failure(exc: BaseException, outcome: PartnerOutcome, community: str) -> RegistryError:
+        """What a failed call becomes: the outcome's state and one XDSUnavailableCommunity."""
+        if isinstance(exc, SoapTransportError):
+            outcome.state = "timeout" if exc.timeout else "failed"
+            what = "did not answer in time" if exc.timeout else (
+                f"answered HTTP {exc.status}" if exc.status else "could not be reached")
+        elif isinstance(exc, SoapFault):
+            outcome.state = "failed"
+            what = f"answered with a SOAP fault: {exc.reason}"[:300]
+        else:
+            outcome.state = "failed"
+            what = f"answered something unusable ({type(exc).__name__})"
+            log.warning("partner %s: %r", outcome.partner, exc)
+        outcome.detail = what
+        return RegistryError(E.UNAVAILABLE_COMMUNITY, f"Community {community} {what}", location=community)
+
+    async def _fan_out(self, jobs: Iterable[Any]) -> None:
+        # gather with return_exceptions=False is fine: every job catches its own exceptions
+        await asyncio.gather(*jobs)
+
+    # -- XCPD --
+    async def discover(self, demographics: Demographics, ctx: RequesterContext, *,
+                       local_patient_id: str | None = None, progress: Progress | None = None) -> DiscoveryResult:
+        """ITI-55 to every partner; trusted matches become stored correlations of our patient."""
+        if local_patient_id is None and self.patients is not None:
+            local_patient_id = await asyncio.to_thread(self._local_match, demographics)
+        local_ii = parse_cx(local_patient_id) if local_patient_id else None
+        result = DiscoveryResult(S.SUCCESS, local_patient_id)
+        events: list[AuditEvent] = []
+        answered = failed = 0
+        query_demo = replace(demographics, ids=[])
+
+        async def one(partner: Partner) -> None:
+            nonlocal answered, failed
+            url = endpoint_url(partner, "xcpd") or ""
+            out = PartnerOutcome(partner.name, partner.home_community_id)
+            result.partners.append(out)
+            if progress:
+                progress(out)
+            started = time.perf_counter()
+            body = build_xcpd_query(demographics, our_community=self.home,
+                                    partner_community=partner.home_community_id, local_patient_id=local_ii)
+            try:
+                out.calls += 1
+                reply = await self.client.call(partner, url, ITI55_ACTION, body, ctx)
+                answer = read_xcpd_answer(reply.body)
+            except Exception as exc:
+                result.errors.append(self._failure(exc, out, partner.home_community_id))
+                failed += 1
+                events.append(self._event(ctx, partner, "ITI-55", "failure", url=url, reason=out.detail,
+                                          patient_id=local_patient_id))
+            else:
+                if answer.response_code in ("OK", "NF"):
+                    answered += 1
+                    out.state = "answered"
+                    for patient in answer.patients:
+                        result.matches.append(self._judge(partner, patient, query_demo))
+                    out.count = len(answer.patients)
+                    out.detail = "match" if answer.patients else "not found"
+                    events.append(self._event(ctx, partner, "ITI-55", "success", url=url,
+                                              patient_id=local_patient_id))
+                else:
+                    failed += 1
+                    out.state = "failed"
+                    out.detail = f"XCPD {answer.ack_code}/{answer.response_code}" + (
+                        f": {answer.detail}" if answer.detail else "")
+                    result.errors.append(RegistryError(E.REGISTRY_ERROR, f"Community {partner.home_community_id} "
+                                                       f"answered {out.detail}", location=partner.home_community_id))
+                    events.append(self._event(ctx, partner, "ITI-55", "failure", url=url, reason=out.detail,
+                                              patient_id=local_patient_id))
+            out.seconds = time.perf_counter() - started
+            if progress:
+                progress(out)
+
+        await self._fan_out(one(p) for p in self.partners_with("xcpd"))
+        result.status = aggregate_status(answered, failed)
+        await self._store_correlations(result)
+        await self._record(events)
+        return result
+
+    def _local_match(self, demographics: Demographics) -> str | None:
+        from xds_node.patients.matching import match
+
+        m = match(demographics, self.patients)
+        return m.patient.patient_id if m.outcome == "match" and m.patient is not None else None
+
+    def _judge(self, partner: Partner, patient: Patient, query_demo: Demographics) -> Match:
+        """Re-check the partner's patient against what we asked for, on demographics alone."""
+        candidate = Patient(patient.patient_id, replace(patient.demographics, ids=[]))
+        s = score(query_demo, candidate)
+        trusted = self.match_mode == "trust" or s >= MATCH_THRESHOLD
+        reason = "" if s >= MATCH_THRESHOLD else (
+            "accepted without re-check (trust mode)" if trusted else
+            f"demographics do not match ours (score {s:.2f} < {MATCH_THRESHOLD})")
+        return Match(partner.name, partner.home_community_id, patient.patient_id, patient.demographics, s,
+                     trusted, reason=reason)
+
+    async def _store_correlations(self, result: DiscoveryResult) -> None:
+        if self.patients is None:
+            for m in result.matches:
+                m.reason = m.reason or "not stored: no patient index"
+            return
+        per_community: dict[str, list[Match]] = {}
+        for m in result.matches:
+            if m.trusted:
+                per_community.setdefault(m.community, []).append(m)
+        for community, found in per_community.items():
+            if len(found) > 1:
+                for m in found:
+                    m.reason = "not stored: the community returned several patients"
+                continue
+            m = found[0]
+            if not result.local_patient_id:
+                m.reason = m.reason or "not stored: no local patient for these demographics"
+                continue
+            remote = parse_cx(m.remote_patient_id)
+            if remote is None:
+                m.reason = "not stored: unusable patient id"
+                continue
+            await asyncio.to_thread(self.patients.save_correlation, result.local_patient_id, community,
+                                    remote.extension, remote.root)
+            m.stored = True
+
+    # -- ITI-38 --
+    def correlated(self, local_patient_id: str) -> list[tuple[Partner | None, str, str]]:
+        """(partner or None, community, remote CX) for each stored correlation of our patient."""
+        if self.patients is None:
+            return []
+        return [(self.trust.partner_for_community(c.community_id), normalize_hcid(c.community_id), c.remote_cx)
+                for c in self.patients.correlations_for(local_patient_id)]
+
+    async def query(self, local_patient_id: str | None, ctx: RequesterContext, *,
+                    template: StoredQuery | None = None, progress: Progress | None = None) -> QueryResult:
+        """ITI-38 to every community correlated with our patient (or, for a query keyed by object id,
+        to the one community named in ``template.home``), merged."""
+        template = template or StoredQuery(
+            query_id=v.StoredQueryId.FIND_DOCUMENTS,
+            slots={"$XDSDocumentEntryStatus": [["('urn:oasis:names:tc:ebxml-regrep:StatusType:Approved')"]]})
+        spec = QUERIES.get(template.query_id)
+        param = PATIENT_PARAM.get(template.query_id)
+        targets: list[tuple[Partner, StoredQuery]] = []
+        result = QueryResult(S.SUCCESS)
+        if param is not None:
+            if not local_patient_id:
+                raise ValueError("a patient id is required for this query")
+            for partner, community, remote in await asyncio.to_thread(self.correlated, local_patient_id):
+                if partner is None or not endpoint_url(partner, "xca_query"):
+                    result.errors.append(RegistryError(E.UNKNOWN_COMMUNITY, f"Community {community} is correlated "
+                                                       "with the patient but is not a configured partner",
+                                                       location=community, severity=v.SEVERITY_WARNING))
+                    continue
+                slots = dict(template.slots)
+                slots[param] = [[f"'{remote}'"]]
+                targets.append((partner, replace(template, slots=slots, home=None)))
+        elif spec is not None or template.home:
+            if not template.home:
+                result.status = S.FAILURE
+                result.errors.append(RegistryError(E.MISSING_HOME_COMMUNITY_ID,
+                                                   "A query not keyed by patient id needs homeCommunityId"))
+                return result
+            partner = self.trust.partner_for_community(template.home)
+            if partner is None or partner.home_community_id == self.home or not endpoint_url(partner, "xca_query"):
+                result.status = S.FAILURE
+                result.errors.append(RegistryError(E.UNKNOWN_COMMUNITY,
+                                                   f"homeCommunityId {template.home} is not a known partner"))
+                return result
+            targets.append((partner, template))
+        else:
+            result.status = S.FAILURE
+            result.errors.append(RegistryError(E.UNKNOWN_STORED_QUERY, f"Unknown stored query {template.query_id}"))
+            return result
+
+        events: list[AuditEvent] = []
+        answered = failed = 0
+        partial = False
+
+        async def one(partner: Partner, query: StoredQuery) -> None:
+            nonlocal answered, failed, partial
+            url = endpoint_url(partner, "xca_query") or ""
+            community = partner.home_community_id
+            out = PartnerOutcome(partner.name, community)
+            result.partners.append(out)
+            if progress:
+                progress(out)
+            started = time.perf_counter()
+            remote_pid = (query.slots.get(param or "") or [[None]])[0][0] if param else None
+            remote_pid = remote_pid.strip("'") if remote_pid else None
+            outcome, reason = "failure", ""
+            try:
+                out.calls += 1
+                reply = await self.client.call(partner, url, v.Action.ITI38, rim.write_adhoc_query_request(query), ctx)
+                status, objects, errors = _read_query_answer(reply, community)
+            except Exception as exc:
+                result.errors.append(self._failure(exc, out, community))
+                failed += 1
+                reason = out.detail
+            else:
+                real = [e for e in errors if e.code != E.UNKNOWN_PATIENT_ID]
+                out.count = len(objects)
+                result.objects.extend(objects)
+                if status == S.FAILURE and not real:
+                    answered += 1
+                    out.state = "answered"
+                    out.detail = "patient not known there"
+                    outcome = "success"
+                elif status == S.FAILURE:
+                    failed += 1
+                    out.state = "failed"
+                    out.detail = ", ".join(sorted({e.code for e in real}))
+                    result.errors.extend(real)
+                    reason = out.detail
+                else:
+                    answered += 1
+                    out.state = "answered"
+                    out.detail = f"{len(objects)} object(s)"
+                    result.errors.extend(real)
+                    outcome = "success"
+                    if status == S.PARTIAL_SUCCESS or any(e.is_error for e in real):
+                        partial = True
+                        outcome = "partial"
+            out.seconds = time.perf_counter() - started
+            events.append(self._event(ctx, partner, "ITI-38", outcome, url=url, reason=reason,  # type: ignore[arg-type]
+                                      patient_id=remote_pid, query_id=query.query_id))
+            if progress:
+                progress(out)
+
+        await self._fan_out(one(p, q) for p, q in targets)
+        result.status = aggregate_status(answered, failed, partial=partial)
+        await self._record(events)
+        return result
+
+    # -- ITI-39 --
+    async def retrieve(self, refs: Sequence[xdsb.DocumentRequest], ctx: RequesterContext, *,
+                       dest: Path | None = None, spool_dir: Path | None = None,
+                       progress: Progress | None = None) -> RetrieveResult:
+        """ITI-39 per community in batches of the partner's ``retrieve_batch_size``.
+
+        With ``dest`` each document is moved (or written) to ``dest/<uniqueId>.<ext>``; otherwise
+        large documents stay in spool files whose paths the result names (the caller owns them).
+        """
+        result = RetrieveResult(S.SUCCESS)
+        groups: dict[str, list[xdsb.DocumentRequest]] = {}
+        bad = 0
+        for ref in refs:
+            if not ref.home_community_id:
+                result.errors.append(RegistryError(E.MISSING_HOME_COMMUNITY_ID,
+                                                   f"DocumentRequest {ref.document_unique_id} has no homeCommunityId"))
+                bad += 1
+                continue
+            partner = self.trust.partner_for_community(ref.home_community_id)
+            if partner is None or partner.home_community_id == self.home or not endpoint_url(partner, "xca_retrieve"):
+                result.errors.append(RegistryError(E.UNKNOWN_COMMUNITY, f"homeCommunityId {ref.home_community_id} "
+                                                   f"of {ref.document_unique_id} is not a known partner",
+                                                   location=ref.home_community_id))
+                bad += 1
+                continue
+            groups.setdefault(partner.home_community_id, []).append(ref)
+        if dest is not None:
+            dest.mkdir(parents=True, exist_ok=True)
+        spool = spool_dir or (dest / ".xds-spool" if dest is not None else None)
+        events: list[AuditEvent] = []
+        failed_communities: set[str] = set()
+
+        async def batch(partner: Partner, out: PartnerOutcome, chunk: list[xdsb.DocumentRequest]) -> None:
+            url = endpoint_url(partner, "xca_retrieve") or ""
+            community = partner.home_community_id
+            out.calls += 1
+            ids = [r.document_unique_id for r in chunk]
+            reply = None
+            try:
+                reply = await self.client.call(partner, url, v.Action.ITI39, xdsb.write_retrieve_request(chunk), ctx,
+                                               mtom=True, spool_dir=spool)
+                _, errors, docs = _read_retrieve_answer(reply, community)
+            except Exception as exc:
+                if reply is not None:
+                    _drop_unused(reply, set())
+                err = self._failure(exc, out, community)
+                if community not in failed_communities:  # one error per failed community
+                    failed_communities.add(community)
+                    result.errors.append(err)
+                events.append(self._event(ctx, partner, "ITI-39", "failure", url=url, reason=out.detail,
+                                          documents=ids))
+                return
+            wanted = set(ids)
+            got: list[str] = []
+            for doc, content in docs:
+                if doc.document_unique_id not in wanted:
+                    _discard(content)
+                    continue
+                wanted.discard(doc.document_unique_id)
+                if dest is not None:
+                    target = dest / safe_file_name(doc.document_unique_id, doc.mime_type)
+                    if content.path is not None:
+                        os.replace(content.path, target)
+                    else:
+                        await asyncio.to_thread(target.write_bytes, content.data or b"")
+                    doc.path = target
+                else:
+                    doc.path, doc.data = content.path, content.data
+                doc.size = content.size
+                result.documents.append(doc)
+                got.append(doc.document_unique_id)
+            _drop_unused(reply, {d.path for d in result.documents if d.path is not None})
+            result.errors.extend(errors)
+            out.count += len(got)
+            outcome = "success" if not wanted else ("partial" if got else "failure")
+            events.append(self._event(ctx, partner, "ITI-39", outcome, url=url,  # type: ignore[arg-type]
+                                      reason=", ".join(sorted({e.code for e in errors})), documents=got))
+
+        async def community_job(community: str, chunk_refs: list[xdsb.DocumentRequest]) -> None:
+            partner = self.trust.partner_for_community(community)
+            assert partner is not None
+            options = PartnerOptions.of(partner)
+            out = PartnerOutcome(partner.name, community)
+            result.partners.append(out)
+            if progress:
+                progress(out)
+            started = time.perf_counter()
+            size = options.retrieve_batch_size
+            await asyncio.gather(*(batch(partner, out, chunk_refs[i:i + size])
+                                   for i in range(0, len(chunk_refs), size)))
+            if out.state == "pending":
+                out.state = "answered"
+                out.detail = f"{out.count} of {len(chunk_refs)} document(s)"
+            out.seconds = time.perf_counter() - started
+            if progress:
+                progress(out)
+
+        await self._fan_out(community_job(c, rs) for c, rs in groups.items())
+        if spool is not None and spool_dir is None:
+            with contextlib.suppress(OSError):
+                spool.rmdir()  # only when empty: everything was moved to dest
+        n_ok = len(result.documents)
+        total = len(refs)
+        if total and n_ok == total:
+            result.status = S.SUCCESS
+        elif n_ok:
+            result.status = S.PARTIAL_SUCCESS
+        else:
+            result.status = S.FAILURE if (total or bad) else S.SUCCESS
+        await self._record(events)
+        return result
+
+
+def _drop_unused(reply: SoapRequest, kept: set[Path]) -> None:
+    """Remove spooled parts of ``reply`` that no returned document took over."""
+    for att in reply.attachments.values():
+        if att.path is not None and Path(att.path) not in kept:
+            Path(att.path).unlink(missing_ok=True)
+
+
+def _discard(content: SpooledDocument) -> None:
+    if content.path is not None:
+        content.path.unlink(missing_ok=True)
+
+
+def _fix_errors(errors: list[RegistryError], community: str) -> list[RegistryError]:
+    for e in errors:
+        e.location = community  # XCA: the responder's community is the location
+    return errors
+
+
+def _read_query_answer(reply: SoapRequest, community: str) -> tuple[str, list[_Element], list[RegistryError]]:
+    body = reply.body
+    if body.tag != f"{{{v.QUERY}}}AdhocQueryResponse":
+        raise ValueError(f"expected AdhocQueryResponse, got {etree.QName(body).localname}")
+    resp = rim.read_registry_response(body)
+    lst = body.find(_R + "RegistryObjectList")
+    objects = [o for o in lst if isinstance(o.tag, str)] if lst is not None else []
+    for o in objects:
+        if not o.get("home"):
+            o.set("home", community)  # XCA requires it; a partner that forgets it still says where from
+    return resp.status, objects, _fix_errors(resp.errors, community)
+
+
+_X = f"{{{v.XDSB}}}"
+
+
+def _read_retrieve_answer(reply: SoapRequest, community: str
+                          ) -> tuple[str, list[RegistryError], list[tuple[RetrievedDocument, SpooledDocument]]]:
+    body = reply.body
+    if body.tag != _X + "RetrieveDocumentSetResponse":
+        raise ValueError(f"expected RetrieveDocumentSetResponse, got {etree.QName(body).localname}")
+    rr = body.find(f"{{{v.RS}}}RegistryResponse")
+    resp = rim.read_registry_response(rr) if rr is not None else None
+    docs = []
+    for dr in body.iterchildren(_X + "DocumentResponse"):
+        el = dr.find(_X + "Document")
+        if el is None:
+            continue
+        doc = RetrievedDocument(
+            home_community_id=(dr.findtext(_X + "HomeCommunityId") or community).strip(),
+            repository_unique_id=(dr.findtext(_X + "RepositoryUniqueId") or "").strip(),
+            document_unique_id=(dr.findtext(_X + "DocumentUniqueId") or "").strip(),
+            mime_type=(dr.findtext(_X + "mimeType") or "application/octet-stream").strip(),
+        )
+        docs.append((doc, document_content(reply, el)))
+    return (resp.status if resp else S.SUCCESS), _fix_errors(resp.errors if resp else [], community), docs

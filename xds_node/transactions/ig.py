@@ -1,0 +1,252 @@
+"""The IHE XCA initiating-gateway actor for local document consumers: ITI-18 and ITI-43 in,
+cross-community ITI-38 / ITI-39 out, one merged answer back. Existing XDS consumers point at
+``/ig/registry`` and ``/ig/repository`` instead of a registry and work unchanged.
+
+Requester identity. Partners require a SAML assertion naming a person, an organization, a role and
+a purpose of use. A local XDS consumer sends none of that (ITI-18/43 carry no user), so these calls
+go out as a configured *system user* (settings, TOML ``[node]`` table or ``XDS_IG_*`` variables):
+
+=========================  ======================================================================
+``ig_subject_id``          XSPA subject-id of the system user (default ``"xds-node system user"``)
+``ig_organization``        organization name (default: ``organization_name``)
+``ig_organization_id``     organization OID (default: our homeCommunityId)
+``ig_role``                ``code^codeSystem^display`` (default SNOMED CT 224608005 Administrative
+                           healthcare staff)
+``ig_purpose_of_use``      ``code^codeSystem^display`` (default TREATMENT, NHIN purpose of use)
+``ig_npi``                 optional National Provider Identifier
+``ig_match_mode``          ``verify`` (default: re-check partners' XCPD matches against our
+                           demographics) or ``trust``
+``ig_signing_key/_cert``   PEM files (default ``<data_dir>/keys/node.key.pem`` / ``node.cert.pem``)
+``ig_tls_verify``          verify partners' server certificates (default true; false is for labs)
+``ig_tls_ca_file``         CA bundle for partners' server certificates (default: system store)
+``ig_tls_client_cert/key`` our certificate and key for mutual TLS (optional)
+``ig_spool_dir``           where retrieved documents are spooled (default ``<data_dir>/ig-spool``)
+``ig_max_connections``     connection pool size for the fan-out (default 512)
+=========================  ======================================================================
+
+When ``secure_xds_endpoints`` is on, the consumer's own verified SAML claims (subject, role,
+purpose, NPI) replace the system user's for that call, so partners see the real person.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from xds_node.ebxml import rim, xdsb
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import RegistryError
+from xds_node.gateway.initiating import PATIENT_PARAM, InitiatingGateway
+from xds_node.gateway.outbound import AssertionCache, OutboundClient, make_ssl_context
+from xds_node.security.saml import RequesterContext
+from xds_node.soap.app import Endpoint
+from xds_node.soap.envelope import SoapRequest, SoapResponse
+from xds_node.transactions import expect_body, iti43
+
+log = logging.getLogger("xds_node.ig")
+
+IG_REGISTRY_PATH = "/ig/registry"
+IG_REPOSITORY_PATH = "/ig/repository"
+NHIN_PURPOSE = "2.16.840.1.113883.3.18.7.1"
+SNOMED = "2.16.840.1.113883.6.96"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+@dataclass
+class IgSettings:
+    """Initiating-gateway settings read from ``settings.extra`` and ``XDS_IG_*`` (module docstring)."""
+
+    subject_id: str
+    organization: str
+    organization_id: str
+    home_community_id: str
+    role: tuple[str, str, str]
+    purpose_of_use: tuple[str, str, str]
+    npi: str | None
+    match_mode: str
+    signing_key: Path
+    signing_cert: Path
+    tls_verify: bool
+    tls_ca_file: str | None
+    tls_client_cert: tuple[str, str] | None
+    spool_dir: Path
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: Any, env: dict[str, str] | None = None) -> IgSettings:
+        env = dict(os.environ if env is None else env)
+        extra = getattr(settings, "extra", None) or {}
+
+        def get(name: str, default: Any = None) -> Any:
+            raw = env.get("XDS_IG_" + name.upper())
+            if raw is None:
+                raw = extra.get("ig_" + name)
+            return default if raw in (None, "") else raw
+
+        def coded(raw: Any, default: tuple[str, str, str]) -> tuple[str, str, str]:
+            if raw is None:
+                return default
+            parts = list(raw) if isinstance(raw, list | tuple) else str(raw).split("^")
+            parts = [str(p).strip() for p in parts] + ["", "", ""]
+            return parts[0], parts[1] or default[1], parts[2]
+
+        keys = Path(settings.data_dir) / "keys"
+        client_cert = get("tls_client_cert")
+        client_key = get("tls_client_key")
+        return cls(
+            subject_id=str(get("subject_id", "xds-node system user")),
+            organization=str(get("organization", settings.organization_name)),
+            organization_id=str(get("organization_id", settings.home_community_id)),
+            home_community_id=settings.home_community_id,
+            role=coded(get("role"), ("224608005", SNOMED, "Administrative healthcare staff")),
+            purpose_of_use=coded(get("purpose_of_use"), ("TREATMENT", NHIN_PURPOSE, "Treatment")),
+            npi=get("npi"),
+            match_mode=str(get("match_mode", "verify")),
+            signing_key=Path(get("signing_key", keys / "node.key.pem")),
+            signing_cert=Path(get("signing_cert", keys / "node.cert.pem")),
+            tls_verify=str(get("tls_verify", "true")).strip().lower() in _TRUE,
+            tls_ca_file=get("tls_ca_file"),
+            tls_client_cert=(str(client_cert), str(client_key)) if client_cert and client_key else None,
+            spool_dir=Path(get("spool_dir", Path(settings.data_dir) / "ig-spool")),
+            max_connections=int(get("max_connections", 512)),
+        )
+
+    def requester(self, principal: Any = None) -> RequesterContext:
+        """The system user, or the verified local consumer when there is one."""
+        ctx = RequesterContext(subject_id=self.subject_id, organization=self.organization,
+                               organization_id=self.organization_id, home_community_id=self.home_community_id,
+                               role=self.role, purpose_of_use=self.purpose_of_use, npi=self.npi)
+        if principal is not None:
+            ctx = replace(ctx, subject_id=principal.subject_id, role=tuple(principal.role),
+                          purpose_of_use=tuple(principal.purpose_of_use), npi=principal.npi or self.npi)
+        return ctx
+
+
+def build_gateway(node: Any, ig: IgSettings | None = None, **client_kwargs: Any) -> InitiatingGateway:
+    """An InitiatingGateway over the node's partners, patient index and audit log.
+
+    Call inside the event loop that will use it (the httpx pool belongs to one loop).
+    """
+    from xds_node.security.keys import load_key_and_cert
+
+    ig = ig or IgSettings.from_settings(node.settings)
+    key, cert = load_key_and_cert(ig.signing_key, ig.signing_cert)
+    subject = cert.subject.rfc4514_string()
+    assertions = AssertionCache(key, cert, issuer=subject)
+    if "transport" not in client_kwargs:
+        client_kwargs["verify"] = make_ssl_context(verify=ig.tls_verify, ca_file=ig.tls_ca_file,
+                                                   client_cert=ig.tls_client_cert)
+    client = OutboundClient(assertions, spool_dir=ig.spool_dir, max_connections=ig.max_connections,
+                            **client_kwargs)
+    return InitiatingGateway(client, trust=node.trust, home_community_id=node.settings.home_community_id,
+                             patients=node.patients, audit=node.audit, match_mode=ig.match_mode)
+
+
+class _PerLoop:
+    """One gateway (and connection pool) per event loop, built on first use."""
+
+    def __init__(self, node: Any, ig: IgSettings):
+        self.node = node
+        self.ig = ig
+        self._gateways: dict[int, InitiatingGateway] = {}
+
+    def get(self) -> InitiatingGateway:
+        loop = id(asyncio.get_running_loop())
+        gw = self._gateways.get(loop)
+        if gw is None:
+            gw = self._gateways[loop] = build_gateway(self.node, self.ig)
+        return gw
+
+
+def _patient_from_slot(values: list[list[str]] | None) -> str | None:
+    """``'pid'`` or ``('pid')`` -> pid (one patient per query, as ITI-18 requires)."""
+    if not values or not values[0]:
+        return None
+    raw = values[0][0].strip()
+    if raw.startswith("(") and raw.endswith(")"):
+        raw = raw[1:-1].strip()
+    return raw.strip("'").strip() or None
+
+
+def make_query_handler(gateways: _PerLoop):
+    async def handle(req: SoapRequest) -> SoapResponse:
+        expect_body(req.body, v.QUERY, "AdhocQueryRequest")
+        action = v.response_action(v.Action.ITI18)
+        try:
+            query = rim.read_adhoc_query_request(req.body)
+        except rim.MetadataParseError as exc:
+            return SoapResponse(action, rim.adhoc_query_response_bytes(
+                v.ResponseStatus.FAILURE, errors=[RegistryError(v.ErrorCode.REGISTRY_ERROR, str(exc))]))
+        param = PATIENT_PARAM.get(query.query_id)
+        pid = _patient_from_slot(query.slots.get(param)) if param else None
+        if param and not pid:
+            return SoapResponse(action, rim.adhoc_query_response_bytes(v.ResponseStatus.FAILURE, errors=[
+                RegistryError(v.ErrorCode.STORED_QUERY_MISSING_PARAM, f"{param} is required")]))
+        result = await gateways.get().query(pid, gateways.ig.requester(req.principal), template=query)
+        return SoapResponse(action, result.response_bytes())
+
+    return handle
+
+
+def make_retrieve_handler(gateways: _PerLoop, *, keep_seconds: float = 600.0):
+    spool = gateways.ig.spool_dir
+
+    async def handle(req: SoapRequest) -> SoapResponse:
+        requests = iti43.read_requests(req.body)
+        await asyncio.to_thread(_clean_spool, spool, keep_seconds)
+        result = await gateways.get().retrieve(requests, gateways.ig.requester(req.principal), spool_dir=spool)
+        response = SoapResponse(action=v.response_action(v.Action.ITI43), body=b"", mtom=True)
+        found = {d.document_unique_id: d for d in result.documents}
+        docs = [xdsb.DocumentResponse(d.repository_unique_id, d.document_unique_id, d.mime_type,
+                                      d.home_community_id) for d in result.documents]
+
+        def attach(d: xdsb.DocumentResponse):
+            doc = found[d.document_unique_id]
+            return response.attach(doc.path if doc.path is not None else (doc.data or b""), d.mime_type)
+
+        response.body = xdsb.write_retrieve_response(result.status, result.errors, docs, attach)
+        return response
+
+    return handle
+
+
+def _clean_spool(spool: Path, keep_seconds: float) -> None:
+    """Spooled documents are streamed to the consumer after the handler returns, so they are
+    removed on a later call once they are older than ``keep_seconds``."""
+    if not spool.is_dir():
+        return
+    limit = time.time() - keep_seconds
+    for f in spool.iterdir():
+        try:
+            if f.is_file() and f.stat().st_mtime < limit:
+                f.unlink()
+        except OSError:
+            pass
+
+
+def endpoints(node: Any, *, before: list | None = None) -> list[Endpoint]:
+    """The initiating-gateway endpoints for :meth:`xds_node.node.Node.endpoints`.
+
+    ``before`` defaults to the node's XDS gate (WS-Security only with ``secure_xds_endpoints``).
+    """
+    from xds_node.node import wsdl_dir
+
+    ig = IgSettings.from_settings(node.settings)
+    gateways = _PerLoop(node, ig)
+    if before is None:
+        before = []
+        if node.settings.secure_xds_endpoints and not node.settings.insecure_no_gateway_security:
+            from xds_node.gateway.responding import SecurityGate
+
+            before = [SecurityGate(node.verifier, node.audit, allowed_roles=frozenset(node.settings.allowed_roles))]
+    wsdl = wsdl_dir() / "initiating-gateway.wsdl"
+    return [
+        Endpoint(IG_REGISTRY_PATH, {v.Action.ITI18: make_query_handler(gateways)}, wsdl=wsdl, before=list(before)),
+        Endpoint(IG_REPOSITORY_PATH, {v.Action.ITI43: make_retrieve_handler(gateways)}, wsdl=wsdl,
+                 before=list(before)),
+    ]
