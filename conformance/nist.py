@@ -375,8 +375,10 @@ def _convert_slot(src: etree._Element, dst: etree._Element) -> None:
     if src.get("slotType"):
         slot.set("slotType", src.get("slotType"))
     values = etree.SubElement(slot, _R + "ValueList")
-    for value in src.iter(f"{{{RIM21}}}Value"):
-        etree.SubElement(values, _R + "Value").text = value.text or ""
+    # by local name: some NIST files leave Slot/ValueList/Value unprefixed (no namespace)
+    for value in src.iter():
+        if _local(value) == "Value":
+            etree.SubElement(values, _R + "Value").text = value.text or ""
 
 
 _OBJECT_ATTRS = {

@@ -340,7 +340,7 @@ def _b_author(sub: m.Submission, reg: FakeRegistry) -> None:
 
 def _b_xcn(sub: m.Submission, reg: FakeRegistry) -> None:
     assert sub.submission_set is not None
-    sub.submission_set.authors[0].person = "^^Sherry"
+    sub.submission_set.authors[0].person = "^^^^^Dr^^^&1.2.3&ISO"  # a title and an authority, no id, no name
 
 
 def _b_xon(sub: m.Submission, reg: FakeRegistry) -> None:
@@ -653,3 +653,11 @@ def test_assign_uuids_maps_symbols_everywhere() -> None:
     before = [(o.id, getattr(o, "source", None), getattr(o, "target", None)) for o in sub.objects()]
     assert V.assign_uuids(sub) == {}
     assert [(o.id, getattr(o, "source", None), getattr(o, "target", None)) for o in sub.objects()] == before
+
+
+def test_xcn_with_a_given_name_only_is_accepted():
+    """NIST registry test data (DSUB_*-1015) registers such authors and expects Success."""
+    from xds_node.ebxml.validation import _xcn_ok
+
+    assert _xcn_ok("^^Dsub^Author-Two^^^") and _xcn_ok("^Smitty^Gerald^^^") and _xcn_ok("123^^^^^^^^&1.2&ISO")
+    assert not _xcn_ok("^^^^^Dr") and not _xcn_ok("")

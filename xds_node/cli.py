@@ -226,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)
 
+    from conformance import commands as conformance_commands
     from xds_node import admin
 
     admin.add_parsers(sub)
+    conformance_commands.add_parsers(sub)
     return parser
 
 
