@@ -69,8 +69,8 @@ def free_port() -> int:
 
 class LiveNode:
     def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None,
-                 *, scheme: str = "http", health_client: dict | None = None):
-        self.port = free_port()
+                 *, scheme: str = "http", health_client: dict | None = None, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         env = {**os.environ, "XDS_DATA_DIR": str(data_dir), **(extra_env or {})}
         self.proc = subprocess.Popen(

@@ -228,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from conformance import commands as conformance_commands
     from xds_node import admin
+    from xds_node.gateway import commands as gateway_commands
 
     admin.add_parsers(sub)
+    gateway_commands.add_parsers(sub)
     conformance_commands.add_parsers(sub)
     return parser
 

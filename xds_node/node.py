@@ -8,6 +8,8 @@ This is the only module that knows every part of the node. Endpoint paths:
 ``/xca/query``        ITI-38 Cross Gateway Query (responding gateway)
 ``/xca/retrieve``     ITI-39 Cross Gateway Retrieve (responding gateway)
 ``/xcpd``             ITI-55 Cross Gateway Patient Discovery (responding gateway)
+``/ig/registry``      ITI-18 answered across every partner community (initiating gateway)
+``/ig/repository``    ITI-43 fetched from partner communities (initiating gateway)
 ====================  =====================================================
 
 The gateway endpoints require WS-Security with a SAML assertion signed by a pinned partner
@@ -34,7 +36,7 @@ from xds_node.security.consent import ConsentPolicy, ConsentStore
 from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
-from xds_node.transactions import iti18, iti38, iti39, iti41, iti42, iti43, iti55
+from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti55
 
 log = logging.getLogger("xds_node")
 
@@ -139,6 +141,7 @@ class Node:
                 wsdl=wsdl / "xcpd-responding-gateway.wsdl",
                 before=list(gate),
             ),
+            *ig.endpoints(self, before=list(xds_gate)),
         ]
 
     def app(self) -> SoapApp:
@@ -150,7 +153,9 @@ class Node:
                 "repository (ITI-41, ITI-43)": base + REPOSITORY_PATH,
                 "XCA query (ITI-38)": base + XCA_QUERY_PATH,
                 "XCA retrieve (ITI-39)": base + XCA_RETRIEVE_PATH,
-                "XCPD (ITI-55)": base + XCPD_PATH}
+                "XCPD (ITI-55)": base + XCPD_PATH,
+                "initiating gateway (ITI-18)": base + ig.IG_REGISTRY_PATH,
+                "initiating gateway (ITI-43)": base + ig.IG_REPOSITORY_PATH}
 
     def folder_indexer(self, folder: Path):
         """An indexer for a source system's folder of C-CDA files (``xds-node load``)."""
@@ -163,10 +168,11 @@ class Node:
                              defaults=CdaDefaults(repository_unique_id=self.settings.repository_unique_id),
                              on_registered=self.index_patient)
 
-    def index_patient(self, data: bytes, entry) -> None:
-        """Feed the XCPD patient index from a registered C-CDA's recordTarget, under the same id."""
+    def index_patient(self, data: bytes, entry, conn=None) -> None:
+        """Feed the XCPD patient index from a registered C-CDA's recordTarget, under the same id
+        (inside the caller's transaction when ``conn`` is given)."""
         root = (entry.patient_id or "").partition("&")[2].partition("&")[0] or None
-        self.patients.add_from_cda(data, source="cda", prefer_root=root)
+        self.patients.add_from_cda(data, source="cda", prefer_root=root, conn=conn)
 
     def close(self) -> None:
         self.audit.close()

@@ -104,7 +104,7 @@ def test_import_csv(index, tmp_path):
         f"200^^^&{ROOT}&ISO,Núñez,José Luis,male,19700101,,,,,,,jl@example.org\n",
         encoding="utf-8",
     )
-    assert index.import_file(f, default_root="1.2.3.4.5.1000") == {"created": 2, "updated": 0}
+    assert index.import_file(f, default_root="1.2.3.4.5.1000") == {"created": 2, "updated": 0, "unchanged": 0}
     chip = index.get(cx("100", "1.2.3.4.5.1000"))
     assert chip.demographics.birth_date == "19840711"
     assert chip.demographics.addresses[0].postal_code == "H2X 1Y4"
@@ -112,7 +112,8 @@ def test_import_csv(index, tmp_path):
     jose = index.get(cx("200", ROOT))
     assert jose.demographics.given == ["José", "Luis"] and jose.demographics.gender == "M"
     assert jose.demographics.telecoms == ["mailto:jl@example.org"] and jose.source == "patients.csv"
-    assert index.import_file(f, default_root="1.2.3.4.5.1000") == {"created": 0, "updated": 2}
+    # importing the same file again changes nothing, and says so
+    assert index.import_file(f, default_root="1.2.3.4.5.1000") == {"created": 0, "updated": 0, "unchanged": 2}
 
 
 def test_import_csv_needs_a_root_for_bare_ids(index, tmp_path):
@@ -131,7 +132,7 @@ def test_import_json_lines(index, tmp_path):
     flat = {"patient_id": "2", "family": "Cooper", "given": "Dale", "gender": "M", "birth_date": "19540422",
             "postal_code": "98065"}
     f.write_text(json.dumps(full) + "\n\n" + json.dumps(flat) + "\n")
-    assert index.import_file(f, default_root=ROOT) == {"created": 2, "updated": 0}
+    assert index.import_file(f, default_root=ROOT) == {"created": 2, "updated": 0, "unchanged": 0}
     assert index.find_by_identifier(SSN, "123").patient_id == cx("1", ROOT)
     assert index.get(cx("2", ROOT)).demographics.addresses[0].postal_code == "98065"
     bad = tmp_path / "bad.jsonl"

@@ -573,7 +573,7 @@ class InitiatingGateway:
                                                    "A query not keyed by patient id needs homeCommunityId"))
                 return result
             partner = self.trust.partner_for_community(template.home)
-            if partner is None or partner.home_community_id == self.home or not endpoint_url(partner, "xca_query"):
+            if partner is None or not endpoint_url(partner, "xca_query"):
                 result.status = S.FAILURE
                 result.errors.append(RegistryError(E.UNKNOWN_COMMUNITY,
                                                    f"homeCommunityId {template.home} is not a known partner"))
@@ -662,7 +662,7 @@ class InitiatingGateway:
                 bad += 1
                 continue
             partner = self.trust.partner_for_community(ref.home_community_id)
-            if partner is None or partner.home_community_id == self.home or not endpoint_url(partner, "xca_retrieve"):
+            if partner is None or not endpoint_url(partner, "xca_retrieve"):
                 result.errors.append(RegistryError(E.UNKNOWN_COMMUNITY, f"homeCommunityId {ref.home_community_id} "
                                                    f"of {ref.document_unique_id} is not a known partner",
                                                    location=ref.home_community_id))

@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import importlib.util
 import os
 import random
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +45,13 @@ from xds_node.soap.client import SoapTransportError
 from xds_node.soap.envelope import SOAP_ENV, SoapRequest, build_request, parse_envelope
 from xds_node.soap.fault import SoapFault
 from xds_node.soap.mtom import Attachment, normalize_cid, parse_content_type
+
+# httpcore tries ``import sniffio`` several times per request; when sniffio is not installed
+# (anyio >= 4.5 no longer needs it) each failed import searches sys.path again (~50 us). A None
+# entry in sys.modules makes that import fail at once, and httpcore then assumes asyncio, which is
+# what it would have found anyway.
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
 __all__ = [
     "AssertionCache",
@@ -135,16 +145,16 @@ class AssertionCache:
     def get(self, ctx: RequesterContext, *, audience: str | None = None, sha1: bool = False,
             name_format: str = ATTRNAME_URI, now: datetime | None = None) -> _Element:
         now = now or utcnow()
-        ctx_key = tuple(tuple(x) if isinstance(x, list) else x for x in astuple(ctx))
-        key = (ctx_key, audience, sha1, name_format)
+        # a flat key (dataclasses.astuple deep-copies, which costs more than the lookup it serves)
+        key = (ctx.subject_id, ctx.organization, ctx.organization_id, ctx.home_community_id, tuple(ctx.role),
+               tuple(ctx.purpose_of_use), ctx.npi, ctx.resource_id, ctx.audience, ctx.name_id,
+               audience, sha1, name_format)
         hit = self._cache.get(key)
         if hit is not None and now < hit.renew_at:
             self.reused += 1
             return hit.assertion
         started = time.perf_counter()
         if audience and ctx.audience != audience:
-            from dataclasses import replace
-
             ctx = replace(ctx, audience=audience)
         a = unsigned_assertion(ctx, self.cert, issuer=self.issuer, lifetime=self.lifetime, now=now)
         if name_format != ATTRNAME_URI:
@@ -402,7 +412,14 @@ def make_ssl_context(*, verify: bool = True, ca_file: str | None = None,
 
 
 class OutboundClient:
-    """Pooled async SOAP client for calls to partner gateways. Create once per event loop."""
+    """Async SOAP client for calls to partner gateways. Create once per event loop.
+
+    Each partner gets its own small connection pool (``max_concurrency`` connections, kept alive):
+    httpx's pool scans all of its connections for every request, so one shared pool of hundreds of
+    connections makes a 200-partner fan-out quadratic, while per-partner pools keep each scan tiny.
+    ``max_connections`` bounds the requests in flight across all partners. A ``transport`` (tests:
+    ``httpx.MockTransport``) replaces the network for every partner.
+    """
 
     def __init__(
         self,
@@ -417,11 +434,11 @@ class OutboundClient:
         max_attachment_bytes: int = 4 << 30,
     ) -> None:
         self.assertions = assertions
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
-                              keepalive_expiry=30.0)
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(verify=verify, limits=limits)
-        self._client = httpx.AsyncClient(transport=transport, timeout=30.0)
+        # one TLS context for every partner pool: building one (loading the CA store) takes ~20 ms
+        self.verify = ssl.create_default_context() if verify is True else verify
+        self._shared = httpx.AsyncClient(transport=transport, timeout=30.0) if transport is not None else None
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._in_flight = asyncio.Semaphore(max_connections) if max_connections else None
         self.spool_dir = spool_dir
         self.memory_limit = memory_limit
         self.max_response_bytes = max_response_bytes
@@ -438,7 +455,22 @@ class OutboundClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        clients = [*self._clients.values(), *([self._shared] if self._shared is not None else [])]
+        self._clients = {}
+        for c in clients:
+            await c.aclose()
+
+    def _http(self, partner: Partner, options: PartnerOptions) -> httpx.AsyncClient:
+        if self._shared is not None:
+            return self._shared
+        client = self._clients.get(partner.name)
+        if client is None:
+            n = options.max_concurrency
+            transport = httpx.AsyncHTTPTransport(
+                verify=self.verify, limits=httpx.Limits(max_connections=n, max_keepalive_connections=n,
+                                                        keepalive_expiry=30.0))
+            client = self._clients[partner.name] = httpx.AsyncClient(transport=transport, timeout=options.timeout)
+        return client
 
     def security_header(self, ctx: RequesterContext, options: PartnerOptions) -> _Element:
         """Timestamp + the cached signed assertion + a fresh holder-of-key signature."""
@@ -474,20 +506,22 @@ class OutboundClient:
         A SOAP fault is the partner's answer and is never retried.
         """
         options = options or PartnerOptions.of(partner)
-        async with self._semaphore(partner, options):
+        http = self._http(partner, options)
+        async with self._semaphore(partner, options), (self._in_flight or contextlib.nullcontext()):
             return await retrying(
-                lambda: self._send(url, action, body, ctx, options, mtom=mtom, spool_dir=spool_dir),
+                lambda: self._send(http, url, action, body, ctx, options, mtom=mtom, spool_dir=spool_dir),
                 retries=options.retries, backoff=options.backoff)
 
-    async def _send(self, url: str, action: str, body: _Element | bytes, ctx: RequesterContext | None,
-                    options: PartnerOptions, *, mtom: bool, spool_dir: Path | None) -> SoapRequest:
+    async def _send(self, http: httpx.AsyncClient, url: str, action: str, body: _Element | bytes,
+                    ctx: RequesterContext | None, options: PartnerOptions, *, mtom: bool,
+                    spool_dir: Path | None) -> SoapRequest:
         headers = [self.security_header(ctx, options)] if ctx is not None and self.assertions else []
         payload, content_type, _ = build_request(action, body, to=url, headers=headers, mtom=mtom)
         assert isinstance(payload, bytes)  # no file attachments are sent by the initiating gateway
         try:
             # the whole exchange, not each socket read, must fit the partner's timeout
             async with asyncio.timeout(options.timeout):
-                async with self._client.stream(
+                async with http.stream(
                     "POST", url, content=payload, headers={"content-type": content_type},
                     timeout=options.timeout,
                 ) as resp:

@@ -87,21 +87,26 @@ class PatientIndex:
 
     # --- patients ---------------------------------------------------------------------------
 
-    def add(self, patient: Patient) -> Literal["created", "updated"]:
+    def add(self, patient: Patient) -> Literal["created", "updated", "unchanged"]:
         """Insert or replace one patient (demographics, identifiers, addresses, telecoms)."""
         with self.engine.begin() as conn:
             return self._add(conn, patient)
 
     def add_many(self, patients: Iterable[Patient]) -> dict[str, int]:
         """Bulk load in one transaction; returns ``{"created": n, "updated": m}``."""
-        counts = {"created": 0, "updated": 0}
+        counts = {"created": 0, "updated": 0, "unchanged": 0}
         with self.engine.begin() as conn:
             for p in patients:
                 counts[self._add(conn, p)] += 1
         return counts
 
-    def _add(self, conn: Connection, patient: Patient) -> Literal["created", "updated"]:
+    def _add(self, conn: Connection, patient: Patient) -> Literal["created", "updated", "unchanged"]:
         d = patient.demographics
+        data = json.dumps(d.to_dict(), separators=(",", ":"))
+        pid = patient.patient_id
+        stored = conn.execute(select(t.patient.c.data, t.patient.c.source).where(t.patient.c.patient_id == pid)).first()
+        if stored is not None and stored.data == data and stored.source == (patient.source or ""):
+            return "unchanged"  # ingest sees the same recordTarget in every document of a patient
         now = _now()
         row = {
             "family": d.family,
@@ -111,11 +116,10 @@ class PatientIndex:
             "gender": normalize_gender(d.gender),
             "birth_date": normalize_date(d.birth_date),
             "source": patient.source or "",
-            "data": json.dumps(d.to_dict(), separators=(",", ":")),
+            "data": data,
             "updated": now,
         }
-        pid = patient.patient_id
-        exists = conn.scalar(select(t.patient.c.patient_id).where(t.patient.c.patient_id == pid)) is not None
+        exists = stored is not None
         if exists:
             conn.execute(update(t.patient).where(t.patient.c.patient_id == pid).values(**row))
             for child in (t.patient_identifier, t.patient_address, t.patient_telecom):
@@ -232,11 +236,15 @@ class PatientIndex:
             patients = list(_read_csv(path, default_root, src))
         return self.add_many(patients)
 
-    def add_from_cda(self, data: bytes, *, source: str = "cda", prefer_root: str | None = None) -> Patient:
-        """Index the recordTarget of a C-CDA document; returns the patient as stored."""
+    def add_from_cda(self, data: bytes, *, source: str = "cda", prefer_root: str | None = None,
+                     conn: Connection | None = None) -> Patient:
+        """Index the recordTarget of a C-CDA document (in ``conn``'s transaction when given)."""
         patient_id, demo = demographics_from_cda(data, prefer_root=prefer_root)
         patient = Patient(patient_id, demo, source)
-        self.add(patient)
+        if conn is None:
+            self.add(patient)
+        else:
+            self._add(conn, patient)
         return patient
 
     # --- correlations (initiating gateway) -----------------------------------------------------

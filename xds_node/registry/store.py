@@ -15,7 +15,7 @@ from lxml import etree
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from xds_node.db import metadata
+from xds_node.db import Sql, metadata
 from xds_node.ebxml import rim
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import Association, DocumentEntry, Folder, Submission, SubmissionSet
@@ -57,47 +57,45 @@ class RegistryStore:
         metadata.create_all(self.engine)
 
     # --- RegistryLookup (what validation needs) -------------------------------------------------
-    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
-        ids = sorted(set(unique_ids))
-        found: dict[str, tuple[str, str | None]] = {}
+    # Each lookup is one UNION query in driver-level SQL: registration calls them for every
+    # submission, and building SQLAlchemy statements per table cost more than running them.
+    def _lookup(self, ids: Iterable[str], write: Callable[[Sql, Sequence[str]], None]) -> list[tuple]:
+        """Run ``write(sql, chunk)`` for each chunk of ``ids`` on one connection; all rows."""
+        ids = sorted(set(ids))
+        rows: list[tuple] = []
         if not ids:
-            return found
+            return rows
         with self.engine.connect() as conn:
             for chunk in _chunks(ids):
-                for row in conn.execute(select(t.documents.c.unique_id, t.documents.c.id, t.documents.c.hash)
-                                        .where(t.documents.c.unique_id.in_(chunk))):
-                    found[row.unique_id] = (row.id, row.hash)
-                for table in (t.submission_sets, t.folders):
-                    for row in conn.execute(select(table.c.unique_id, table.c.id)
-                                            .where(table.c.unique_id.in_(chunk))):
-                        found[row.unique_id] = (row.id, None)
-        return found
+                sql = Sql(self.engine.dialect.paramstyle)
+                write(sql, chunk)
+                rows.extend(conn.exec_driver_sql(sql.text, sql.bound).all())
+        return rows
+
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        def write(sql: Sql, chunk: Sequence[str]) -> None:
+            tables = (("xds_document", "hash"), ("xds_submission_set", "NULL"), ("xds_folder", "NULL"))
+            sql += " UNION ALL ".join(f"SELECT unique_id, id, {digest} FROM {table} WHERE unique_id IN "
+                                      + sql.in_(chunk) for table, digest in tables)
+
+        return {uid: (obj_id, digest) for uid, obj_id, digest in self._lookup(unique_ids, write)}
 
     def existing_ids(self, uuids: Iterable[str]) -> set[str]:
-        ids = sorted(set(uuids))
-        found: set[str] = set()
-        if not ids:
-            return found
-        with self.engine.connect() as conn:
-            for chunk in _chunks(ids):
-                for table in (t.documents, t.submission_sets, t.folders, t.associations):
-                    found.update(conn.scalars(select(table.c.id).where(table.c.id.in_(chunk))))
-        return found
+        def write(sql: Sql, chunk: Sequence[str]) -> None:
+            sql += " UNION ALL ".join(f"SELECT id FROM {table} WHERE id IN " + sql.in_(chunk) for table in
+                                      ("xds_document", "xds_submission_set", "xds_folder", "xds_association"))
+
+        return {row[0] for row in self._lookup(uuids, write)}
 
     def document_status(self, uuids: Iterable[str]) -> dict[str, tuple[str, str, str | None]]:
         """entryUUID -> (status, patient id, kind) for registered documents, folders, submission sets."""
-        ids = sorted(set(uuids))
-        found: dict[str, tuple[str, str, str | None]] = {}
-        if not ids:
-            return found
-        with self.engine.connect() as conn:
-            for chunk in _chunks(ids):
-                for kind, table in (("DocumentEntry", t.documents), ("Folder", t.folders),
-                                    ("SubmissionSet", t.submission_sets)):
-                    for row in conn.execute(select(table.c.id, table.c.status, table.c.patient_id)
-                                            .where(table.c.id.in_(chunk))):
-                        found[row.id] = (row.status, row.patient_id, kind)
-        return found
+        def write(sql: Sql, chunk: Sequence[str]) -> None:
+            sql += " UNION ALL ".join(f"SELECT id, status, patient_id, '{kind}' FROM {table} WHERE id IN "
+                                      + sql.in_(chunk) for kind, table in
+                                      (("DocumentEntry", "xds_document"), ("Folder", "xds_folder"),
+                                       ("SubmissionSet", "xds_submission_set")))
+
+        return {obj_id: (status, pid, kind) for obj_id, status, pid, kind in self._lookup(uuids, write)}
 
     def known_patient(self, patient_id: str) -> bool:
         with self.engine.connect() as conn:

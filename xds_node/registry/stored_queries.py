@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from sqlalchemy import Select, and_, or_, select
 
+from xds_node.db import Sql
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.query import Params, pad_time
 from xds_node.ebxml.vocabulary import StoredQueryId as Q
@@ -63,45 +64,6 @@ def _doc_content_filters(stmt: Select, params: Params) -> Select:
 
 
 _DOC_COLS = (t.documents.c.id, t.documents.c.patient_id, t.documents.c.rim, t.documents.c.status)
-
-
-class Sql:
-    """Driver-level SQL for the hottest queries: no statement objects, no cache-key work per call.
-
-    SQLAlchemy Core costs ~0.5 ms per FindDocuments just to build and key the statement; this
-    keeps the same SQL on both backends by emitting the DBAPI's own placeholder style.
-    """
-
-    __slots__ = ("named", "params", "parts")
-
-    def __init__(self, paramstyle: str):
-        self.named = paramstyle in ("pyformat", "named")
-        self.params: list | dict = {} if self.named else []
-        self.parts: list[str] = []
-
-    def p(self, value) -> str:
-        if self.named:
-            key = f"p{len(self.params)}"
-            self.params[key] = value
-            return f"%({key})s"
-        self.params.append(value)
-        return "?"
-
-    def in_(self, values) -> str:
-        return "(" + ",".join(self.p(x) for x in values) + ")"
-
-    def __iadd__(self, text: str) -> Sql:
-        self.parts.append(text)
-        return self
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    @property
-    def bound(self) -> tuple | dict:
-        """Parameters as the DBAPI wants them for one execution (a list would mean executemany)."""
-        return self.params if self.named else tuple(self.params)
 
 
 _FIND_DOCUMENT_CODES = (

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from xds_node.cda import CdaDefaults, CdaError, extract_metadata
 from xds_node.ebxml import vocabulary as v
@@ -61,7 +61,7 @@ def submission_for(entry: DocumentEntry, *, source_id: str) -> Submission:
 class FolderIndexer:
     def __init__(self, repository: Repository, registry: Registry, folder: FolderSource, *,
                  source_id: str, defaults: CdaDefaults | None = None,
-                 on_registered: Callable[[bytes, DocumentEntry], None] | None = None):
+                 on_registered: Callable[[bytes, DocumentEntry, Connection], None] | None = None):
         self.repository = repository
         self.registry = registry
         self.folder = folder
@@ -109,9 +109,21 @@ class FolderIndexer:
             return
         entry.size, entry.hash = len(data), sha1
         entry.repository_unique_id = self.repository.unique_id
-        if self.repository.row_for_uid(entry.unique_id) is not None:
-            # same ClinicalDocument/id with new bytes: the document needs a uniqueId of its own
+        response = self._register(entry, data, path, locator, previous, sha1, st.st_mtime_ns)
+        if [e.code for e in response.errors] == [v.ErrorCode.NON_IDENTICAL_HASH]:
+            # the same ClinicalDocument/id with other bytes (a new version written over the file,
+            # or two files reusing an id): this content gets a uniqueId of its own
             entry.unique_id = "2.25." + str(int(sha1[:30], 16))
+            response = self._register(entry, data, path, locator, previous, sha1, st.st_mtime_ns)
+        if response.status != v.ResponseStatus.SUCCESS:
+            report.rejected.append((str(path), "; ".join(e.context for e in response.errors)))
+        else:
+            (report.replaced if previous is not None else report.registered).append(locator)
+
+    def _register(self, entry: DocumentEntry, data: bytes, path: Path, locator: str, previous: dict | None,
+                  sha1: str, mtime_ns: int):
+        """One file as one submission (RPLC of its previous version), repository row in the same commit."""
+        entry.id = new_uuid()
         sub = submission_for(entry, source_id=self.source_id)
         if previous is not None:
             sub.associations.append(Association(id=new_uuid(), association_type=v.AssociationType.RPLC,
@@ -119,23 +131,22 @@ class FolderIndexer:
         row = {"unique_id": entry.unique_id, "repository_unique_id": self.repository.unique_id,
                "entry_uuid": entry.id, "source": self.folder.name, "locator": locator,
                "mime_type": entry.mime_type or "text/xml", "size": len(data), "sha1": sha1,
-               "mtime_ns": st.st_mtime_ns, "state": "current", "version": (previous or {}).get("version", 0) + 1}
+               "mtime_ns": mtime_ns, "state": "current", "version": (previous or {}).get("version", 0) + 1}
 
         def record(conn) -> None:
             conn.execute(insert(t.documents), [row])
             if previous is not None:
                 Repository.set_state(conn, previous["unique_id"], "replaced")
-
-        response = self.registry.register(sub, transaction="ITI-41", also=record)
-        if response.status != v.ResponseStatus.SUCCESS:
-            report.rejected.append((str(path), "; ".join(e.context for e in response.errors)))
-        else:
-            (report.replaced if previous is not None else report.registered).append(locator)
             if self.on_registered is not None:
+                # same transaction (one commit per document), under a savepoint: a recordTarget the
+                # side index cannot take must not undo the registration
                 try:
-                    self.on_registered(data, entry)
-                except Exception as exc:  # the document is registered; a side index must not undo that
+                    with conn.begin_nested():
+                        self.on_registered(data, entry, conn)
+                except Exception as exc:
                     log.warning("%s: registered, but post-processing failed: %s", path, exc)
+
+        return self.registry.register(sub, transaction="ITI-41", also=record)
 
     def _removed(self, row: dict) -> None:
         """A file gone from the source: its entry is deprecated, retrieval answers 'unknown'."""

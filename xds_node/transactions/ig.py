@@ -46,6 +46,7 @@ from xds_node.gateway.outbound import AssertionCache, OutboundClient, make_ssl_c
 from xds_node.security.saml import RequesterContext
 from xds_node.soap.app import Endpoint
 from xds_node.soap.envelope import SoapRequest, SoapResponse
+from xds_node.soap.fault import SoapFault
 from xds_node.transactions import expect_body, iti43
 
 log = logging.getLogger("xds_node.ig")
@@ -159,7 +160,12 @@ class _PerLoop:
         loop = id(asyncio.get_running_loop())
         gw = self._gateways.get(loop)
         if gw is None:
-            gw = self._gateways[loop] = build_gateway(self.node, self.ig)
+            try:
+                gw = self._gateways[loop] = build_gateway(self.node, self.ig)
+            except (OSError, ValueError) as exc:
+                log.error("initiating gateway not configured: %s", exc)
+                raise SoapFault("Receiver", "The initiating gateway has no usable signing key "
+                                "(configure ig_signing_key/ig_signing_cert or run `xds-node keys init`)") from None
         return gw
 
 

@@ -1,0 +1,268 @@
+"""Initiating-gateway benchmark: ITI-38 fan-out to many partners, ITI-39 retrieve of large documents.
+
+    python -m bench.bench_fanout                      # 50 and 200 partners, 100 x 1 MB from 10
+    python -m bench.bench_fanout --partners 50 --runs 3
+
+One helper process (``--serve``) plays every partner: an asyncio HTTP/1.1 server listening on one
+127.0.0.1 port per partner, answering each ITI-38 with a canned AdhocQueryResponse (5 documents,
+``home`` set) and each ITI-39 with an MTOM answer of the requested 1 MB documents, always after
+``--delay`` seconds (200 ms). The partner side does no security checks: only our side is measured.
+
+Figures: wall time of one whole fan-out (first run with new connections, then the median of the
+warm runs), our CPU per partner call (process time / calls), the cost of signing an assertion
+(once per requester and partner audience, reused for its lifetime) versus the per-message
+Timestamp signature, and for the retrieve its wall time, throughput and peak RSS
+(``resource.getrusage``). The floor is the partner delay: no fan-out can finish faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = "urn:oid:1.3.6.1.4.1.21367.2026.99.1"
+LOCAL = "VET0001^^^&1.3.6.1.4.1.21367.2026.1.9&ISO"
+DOC_SIZE = 1 << 20
+
+
+def hcid(i: int) -> str:
+    return f"urn:oid:1.3.6.1.4.1.21367.2026.99.100.{i}"
+
+
+# --- the simulated partners (helper process) ----------------------------------------------------
+def _query_answer(home: str) -> bytes:
+    from tests import factories as f
+    from xds_node.ebxml import rim
+    from xds_node.ebxml import vocabulary as v
+
+    frags = [rim.render(f.document(LOCAL, f"urn:uuid:{i:08d}-0000-4000-8000-000000000000",
+                                   id=f"urn:uuid:{i:08d}-0000-4000-8000-{abs(hash(home)) % 10**12:012d}"))
+             for i in range(5)]
+    body = rim.adhoc_query_response_bytes(v.ResponseStatus.SUCCESS, fragments=frags, home=home)
+    return _envelope(v.response_action(v.Action.ITI38), body)
+
+
+def _envelope(action: str, body: bytes) -> bytes:
+    return (b'<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
+            b'xmlns:a="http://www.w3.org/2005/08/addressing"><s:Header><a:Action>' + action.encode()
+            + b"</a:Action></s:Header><s:Body>" + body + b"</s:Body></s:Envelope>")
+
+
+async def serve(n: int, delay: float) -> None:
+    answers = [_query_answer(hcid(i)) for i in range(n)]
+    document = os.urandom(DOC_SIZE)
+    clen = re.compile(rb"(?i)content-length:\s*(\d+)")
+    uid_re = re.compile(rb"DocumentUniqueId>([^<]+)<")
+    boundary = b"MIMEBoundary_bench"
+
+    def retrieve_answer(i: int, body: bytes) -> list[bytes]:
+        uids = uid_re.findall(body)
+        parts = []
+        docs = b"".join(
+            b"<xdsb:DocumentResponse><xdsb:HomeCommunityId>" + hcid(i).encode() + b"</xdsb:HomeCommunityId>"
+            b"<xdsb:RepositoryUniqueId>1.2.3</xdsb:RepositoryUniqueId><xdsb:DocumentUniqueId>" + u
+            + b"</xdsb:DocumentUniqueId><xdsb:mimeType>application/octet-stream</xdsb:mimeType><xdsb:Document>"
+            b'<xop:Include xmlns:xop="http://www.w3.org/2004/08/xop/include" href="cid:doc' + str(k).encode()
+            + b'@bench"/></xdsb:Document></xdsb:DocumentResponse>' for k, u in enumerate(uids))
+        root = _envelope("urn:ihe:iti:2007:CrossGatewayRetrieveResponse",
+                         b'<xdsb:RetrieveDocumentSetResponse xmlns:xdsb="urn:ihe:iti:xds-b:2007" '
+                         b'xmlns:rs="urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0"><rs:RegistryResponse '
+                         b'status="urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"/>' + docs
+                         + b"</xdsb:RetrieveDocumentSetResponse>")
+        parts.append(b"--" + boundary + b"\r\nContent-Type: application/xop+xml; type=\"application/soap+xml\"\r\n"
+                     b"Content-ID: <root@bench>\r\n\r\n" + root)
+        for k in range(len(uids)):
+            parts.append(b"\r\n--" + boundary + b"\r\nContent-Type: application/octet-stream\r\n"
+                         b"Content-Transfer-Encoding: binary\r\nContent-ID: <doc" + str(k).encode()
+                         + b"@bench>\r\n\r\n")
+            parts.append(document)
+        parts.append(b"\r\n--" + boundary + b"--\r\n")
+        return parts
+
+    def handler(i: int):
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    m = clen.search(head)
+                    body = await reader.readexactly(int(m.group(1))) if m else b""
+                    await asyncio.sleep(delay)
+                    if b"CrossGatewayRetrieve" in head:
+                        parts = retrieve_answer(i, body)
+                        ct = (b'multipart/related; boundary="' + boundary + b'"; type="application/xop+xml"; '
+                              b'start="<root@bench>"; start-info="application/soap+xml"')
+                    else:
+                        parts, ct = [answers[i]], b"application/soap+xml; charset=UTF-8"
+                    size = sum(len(p) for p in parts)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + ct + b"\r\nContent-Length: "
+                                 + str(size).encode() + b"\r\n\r\n")
+                    for p in parts:
+                        writer.write(p)
+                        await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+                pass
+            finally:
+                writer.close()
+
+        return handle
+
+    servers = [await asyncio.start_server(handler(i), "127.0.0.1", 0, backlog=1024) for i in range(n)]
+    print(json.dumps([s.sockets[0].getsockname()[1] for s in servers]), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
+
+
+# --- our side -----------------------------------------------------------------------------------
+def _world(ports: list[int], tmp: Path, keys):
+    from xds_node.db import make_engine
+    from xds_node.gateway.initiating import InitiatingGateway
+    from xds_node.gateway.outbound import AssertionCache, OutboundClient
+    from xds_node.patients.index import PatientIndex
+    from xds_node.security.trust import Partner, TrustStore
+
+    trust = TrustStore()
+    index = PatientIndex(make_engine(f"sqlite:///{tmp / f'ig-{len(ports)}.db'}"))
+    index.create_schema()
+    for i, port in enumerate(ports):
+        base = f"http://127.0.0.1:{port}"
+        trust.add(Partner(f"partner-{i}", hcid(i), endpoints={"xca_query": base + "/xca/query",
+                                                               "xca_retrieve": base + "/xca/retrieve"},
+                          timeout=30.0))
+        index.save_correlation(LOCAL, hcid(i), "VET0001", "1.3.6.1.4.1.21367.2026.1.9")
+    assertions = AssertionCache(keys[0], keys[1], issuer="CN=bench")
+    client = OutboundClient(assertions, max_connections=max(512, 2 * len(ports)), spool_dir=tmp / "spool")
+    return InitiatingGateway(client, trust=trust, home_community_id=OURS, patients=index), assertions, client
+
+
+def _ctx():
+    from xds_node.security.saml import RequesterContext
+
+    return RequesterContext(subject_id="Dr. Bench", organization="VA bench", organization_id=OURS,
+                            home_community_id=OURS, role=("112247003", "2.16.840.1.113883.6.96", "Medical doctor"),
+                            purpose_of_use=("TREATMENT", "2.16.840.1.113883.3.18.7.1", "Treatment"))
+
+
+async def bench_fanout(ports: list[int], runs: int, tmp: Path, keys) -> dict:
+    from xds_node.ebxml import vocabulary as v
+
+    gw, assertions, client = _world(ports, tmp, keys)
+    ctx = _ctx()
+    walls, cpus = [], []
+    try:
+        for _ in range(runs + 1):
+            c0, t0 = time.process_time(), time.perf_counter()
+            result = await gw.query(LOCAL, ctx)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+            assert result.status == v.ResponseStatus.SUCCESS, result.errors[:3]
+            assert len(result.objects) == 5 * len(ports)
+    finally:
+        await client.aclose()
+    n = len(ports)
+    return {"partners": n, "cold_ms": walls[0] * 1000, "warm_ms": statistics.median(walls[1:]) * 1000,
+            "cpu_per_call_ms": statistics.median(cpus[1:]) / n * 1000,
+            "assertions_signed": assertions.signed, "assertion_sign_ms": assertions.sign_seconds / assertions.signed
+            * 1000, "header_ms": client.header_seconds / client.headers_built * 1000,
+            "headers": client.headers_built}
+
+
+async def bench_retrieve(ports: list[int], docs_per_partner: int, tmp: Path, keys) -> dict:
+    from xds_node.ebxml import vocabulary as v
+    from xds_node.ebxml.xdsb import DocumentRequest
+
+    gw, _, client = _world(ports, tmp, keys)
+    refs = [DocumentRequest("1.2.3", f"1.2.3.{i}.{k}", hcid(i)) for i in range(len(ports))
+            for k in range(docs_per_partner)]
+    dest = tmp / "retrieved"
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        result = await gw.retrieve(refs, _ctx(), dest=dest)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        await client.aclose()
+    assert result.status == v.ResponseStatus.SUCCESS, result.errors[:3]
+    total = sum(p.stat().st_size for p in dest.iterdir())
+    assert total == len(refs) * DOC_SIZE
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"documents": len(refs), "partners": len(ports), "wall_ms": wall * 1000, "cpu_ms": cpu * 1000,
+            "mb_per_s": total / wall / 1e6, "rss_before_mb": rss0 / 1024, "peak_rss_mb": rss / 1024}
+
+
+def start_partners(n: int, delay: float) -> tuple[subprocess.Popen, list[int]]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_fanout", "--serve", str(n), "--delay", str(delay)],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    ports = json.loads(proc.stdout.readline())
+    return proc, ports
+
+
+def stop(proc: subprocess.Popen) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--delay", type=float, default=0.2, help="partner answer delay in seconds (the floor)")
+    ap.add_argument("--partners", type=int, nargs="+", default=[50, 200])
+    ap.add_argument("--runs", type=int, default=5, help="warm fan-outs per size (after one cold run)")
+    ap.add_argument("--retrieve-partners", type=int, default=10)
+    ap.add_argument("--retrieve-docs", type=int, default=100, help="documents of 1 MB in all")
+    args = ap.parse_args()
+    if args.serve:
+        asyncio.run(serve(args.serve, args.delay))
+        return
+
+    from xds_node.security.keys import generate_demo_keys, load_key_and_cert
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    keys = load_key_and_cert(*generate_demo_keys(tmp / "keys", common_name="bench initiating gateway"))
+    floor = args.delay * 1000
+    targets = {50: 300, 200: 450}
+    print(f"floor: every partner answers after {floor:.0f} ms")
+
+    # retrieve first, so the peak RSS is the retrieve's and not the fan-out's
+    proc, ports = start_partners(args.retrieve_partners, args.delay)
+    try:
+        r = asyncio.run(bench_retrieve(ports, args.retrieve_docs // args.retrieve_partners, tmp, keys))
+    finally:
+        stop(proc)
+    print(f"retrieve {r['documents']} x 1 MB from {r['partners']} partners: {r['wall_ms']:.0f} ms wall "
+          f"(floor {floor:.0f} ms), {r['cpu_ms']:.0f} ms CPU, {r['mb_per_s']:.0f} MB/s, "
+          f"peak RSS {r['peak_rss_mb']:.0f} MB (before: {r['rss_before_mb']:.0f} MB; target <= 200 MB)")
+
+    for n in args.partners:
+        proc, ports = start_partners(n, args.delay)
+        try:
+            f = asyncio.run(bench_fanout(ports, args.runs, tmp, keys))
+        finally:
+            stop(proc)
+        target = targets.get(n)
+        print(f"fan-out ITI-38 to {n} partners: cold {f['cold_ms']:.0f} ms, warm {f['warm_ms']:.0f} ms "
+              f"(floor {floor:.0f} ms, overhead {f['warm_ms'] - floor:.0f} ms"
+              + (f", target <= {target} ms" if target else "") + f"); CPU {f['cpu_per_call_ms']:.2f} ms per call; "
+              f"{f['assertions_signed']} assertion(s) signed at {f['assertion_sign_ms']:.2f} ms, "
+              f"{f['headers']} Timestamp signatures at {f['header_ms']:.2f} ms each")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

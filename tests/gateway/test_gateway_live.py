@@ -1,0 +1,293 @@
+"""The initiating gateway against four responding gateways of our own, each an ``xds-node serve``
+process on 127.0.0.1 with its own data, homeCommunityId and partners.toml pinning our signing cert:
+
+* A answers (behind a counting proxy; retrieve_batch_size = 2);
+* B is slow: a proxy holds every request 3 s, past B's 1 s timeout;
+* C answers XCPD but its proxy turns every ITI-38 into an HTTP 500 SOAP fault;
+* D holds the patient, who has not consented there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from lxml import etree
+
+from tests.conftest import LiveNode
+from tests.gateway.proxy import Proxy
+from xds_node.config import load_settings
+from xds_node.ebxml import rim, xdsb
+from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.model import StoredQuery
+from xds_node.gateway.initiating import InitiatingGateway
+from xds_node.node import Node
+from xds_node.patients.model import parse_cx
+from xds_node.security.keys import generate_demo_keys
+from xds_node.soap.app import SoapApp
+from xds_node.soap.envelope import build_request, parse_envelope
+from xds_node.transactions import ig
+
+pytestmark = pytest.mark.server
+
+SAMPLES = Path(__file__).resolve().parents[2] / "sample_documents"
+ALEX = SAMPLES / "alex-testpatient"
+ALEX_ID = "VET0001^^^&1.3.6.1.4.1.21367.2026.1.9&ISO"
+OURS = "urn:oid:1.3.6.1.4.1.21367.2026.9.1"
+HCID = {k: f"urn:oid:1.3.6.1.4.1.21367.2026.9.{n}" for k, n in (("A", 10), ("B", 20), ("C", 30), ("D", 40))}
+REPO = {k: f"1.3.6.1.4.1.21367.2026.9.{n}.2" for k, n in (("A", 10), ("B", 20), ("C", 30), ("D", 40))}
+E = v.ErrorCode
+
+
+def _seed(data_dir: Path, name: str, *, consent: bool, folders: list[Path]) -> None:
+    node = Node(load_settings(env={}, data_dir=data_dir, home_community_id=HCID[name],
+                              repository_unique_id=REPO[name], organization_name=f"Community {name}"))
+    try:
+        for folder in folders:
+            report = node.folder_indexer(folder).sync()
+            assert not report.rejected, report.rejected
+        if consent:
+            for pid in {p.patient_id for p in _patients(node)}:
+                node.consent_store.grant(pid, source="test")
+    finally:
+        node.close()
+
+
+def _patients(node):
+    from sqlalchemy import select
+
+    from xds_node.patients import tables as t
+
+    with node.engine.connect() as conn:
+        ids = [r.patient_id for r in conn.execute(select(t.patient.c.patient_id))]
+    return [node.patients.get(i) for i in ids]
+
+
+def _pin_us(data_dir: Path, cert: Path) -> None:
+    (data_dir / "partners.toml").write_text(
+        f'[[partner]]\nname = "va-initiating-gateway"\nhome_community_id = "{OURS}"\n'
+        f'certificates = ["{cert}"]\n', encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("xca")
+    ours = root / "ours"
+    key, cert = generate_demo_keys(ours / "keys", common_name="VA initiating gateway")
+    key.replace(ours / "keys" / "node.key.pem")
+    cert.replace(ours / "keys" / "node.cert.pem")
+    cert = ours / "keys" / "node.cert.pem"
+
+    dirs = {k: root / k for k in HCID}
+    _seed(dirs["A"], "A", consent=True, folders=sorted(p for p in SAMPLES.iterdir() if p.is_dir()))
+    _seed(dirs["B"], "B", consent=True, folders=[ALEX])
+    _seed(dirs["C"], "C", consent=True, folders=[ALEX])
+    _seed(dirs["D"], "D", consent=False, folders=[ALEX])
+    for d in dirs.values():
+        _pin_us(d, cert)
+
+    def start(name: str) -> LiveNode:
+        return LiveNode(dirs[name], extra_env={"XDS_HOME_COMMUNITY_ID": HCID[name],
+                                               "XDS_REPOSITORY_UNIQUE_ID": REPO[name]})
+
+    with ThreadPoolExecutor(4) as pool:
+        nodes = dict(zip(HCID, pool.map(start, HCID), strict=True))
+    proxies = {"A": Proxy(nodes["A"].port), "B": Proxy(nodes["B"].port, delay=3.0),
+               "C": Proxy(nodes["C"].port, fault_actions=(v.Action.ITI38,))}
+    urls = {k: proxies[k].url if k in proxies else nodes[k].url for k in HCID}
+    lines = []
+    for k in HCID:
+        lines += ["[[partner]]", f'name = "community-{k}"', f'home_community_id = "{HCID[k]}"',
+                  f"timeout = {1.0 if k == 'B' else 10.0}", f"retrieve_batch_size = {2 if k == 'A' else 50}",
+                  "[partner.endpoints]", f'xcpd = "{urls[k]}/xcpd"', f'xca_query = "{urls[k]}/xca/query"',
+                  f'xca_retrieve = "{urls[k]}/xca/retrieve"', ""]
+    (ours / "partners.toml").write_text("\n".join(lines), encoding="utf-8")
+    settings = load_settings(env={}, data_dir=ours, home_community_id=OURS, organization_name="VA test")
+    node = Node(settings)
+    node.patients.add_from_cda((ALEX / "ccd-2024.xml").read_bytes())
+    try:
+        yield {"node": node, "proxies": proxies, "nodes": nodes, "dirs": dirs, "root": root}
+    finally:
+        node.close()
+        for p in proxies.values():
+            p.stop()
+        for n in nodes.values():
+            n.stop()
+
+
+def run(world, work):
+    """Run ``work(gateway, ctx)`` with a fresh gateway (connection pool) on a fresh loop."""
+    node = world["node"]
+    settings = ig.IgSettings.from_settings(node.settings, env={})
+
+    async def main():
+        gateway = ig.build_gateway(node, settings)
+        try:
+            return await work(gateway, settings.requester())
+        finally:
+            await gateway.client.aclose()
+
+    return asyncio.run(main())
+
+
+def by_partner(result) -> dict[str, object]:
+    return {o.partner.removeprefix("community-"): o for o in result.partners}
+
+
+def correlate_everywhere(node) -> None:
+    remote = parse_cx(ALEX_ID)
+    for k in HCID:
+        node.patients.save_correlation(ALEX_ID, HCID[k], remote.extension, remote.root)
+
+
+def test_discover_stores_correlations_and_survives_a_slow_partner(world):
+    node = world["node"]
+    demo = node.patients.get(ALEX_ID).demographics
+
+    async def work(gw: InitiatingGateway, ctx):
+        return await gw.discover(demo, ctx)
+
+    result = run(world, work)
+    outcomes = by_partner(result)
+    assert result.local_patient_id == ALEX_ID  # found in our own index from the demographics
+    assert result.status == v.ResponseStatus.PARTIAL_SUCCESS
+    assert {k: o.state for k, o in outcomes.items()} == {"A": "answered", "B": "timeout", "C": "answered",
+                                                          "D": "answered"}
+    assert outcomes["D"].detail == "not found"  # no consent at D: answered exactly like an unknown patient
+    assert [(e.code, e.location) for e in result.errors] == [(E.UNAVAILABLE_COMMUNITY, HCID["B"])]
+    stored = {m.community: m for m in result.matches}
+    assert set(stored) == {HCID["A"], HCID["C"]}
+    assert all(m.trusted and m.stored and m.remote_patient_id == ALEX_ID for m in stored.values())
+    assert {c.community_id for c in node.patients.correlations_for(ALEX_ID)} >= {HCID["A"], HCID["C"]}
+    outbound = [e for e in node.audit.list(transaction="ITI-55") if e.direction == "outbound"]
+    assert {e.partner_community: e.outcome for e in outbound} == {
+        HCID["A"]: "success", HCID["B"]: "failure", HCID["C"]: "success", HCID["D"]: "success"}
+
+
+def test_query_merges_answers_and_reports_each_failed_community(world):
+    node = world["node"]
+    correlate_everywhere(node)
+
+    async def work(gw, ctx):
+        return await gw.query(ALEX_ID, ctx)
+
+    result = run(world, work)
+    outcomes = by_partner(result)
+    assert result.status == v.ResponseStatus.PARTIAL_SUCCESS
+    assert {k: o.state for k, o in outcomes.items()} == {"A": "answered", "B": "timeout", "C": "failed",
+                                                          "D": "answered"}
+    assert outcomes["D"].detail == "patient not known there"  # XDSUnknownPatientId is not a failure
+    assert sorted((e.code, e.location) for e in result.errors) == [
+        (E.UNAVAILABLE_COMMUNITY, HCID["B"]), (E.UNAVAILABLE_COMMUNITY, HCID["C"])]
+    docs = result.documents()
+    assert len(docs) == 5 and {d["home"] for d in docs} == {HCID["A"]}
+    assert {d["repository_unique_id"] for d in docs} == {REPO["A"]}
+    merged = etree.fromstring(result.response_bytes())
+    assert merged.get("status") == v.ResponseStatus.PARTIAL_SUCCESS
+    assert all(o.get("home") == HCID["A"] for o in merged.find(f"{{{v.RIM}}}RegistryObjectList"))
+
+
+def test_retrieve_is_batched_per_partner_and_isolates_failures(world, tmp_path):
+    node = world["node"]
+    correlate_everywhere(node)
+    proxy_a = world["proxies"]["A"]
+    before = proxy_a.counts[v.Action.ITI39]
+
+    async def work(gw, ctx):
+        found = await gw.query(ALEX_ID, ctx)
+        refs = [xdsb.DocumentRequest(d["repository_unique_id"], d["document_unique_id"], d["home"])
+                for d in found.documents()]
+        refs += [xdsb.DocumentRequest(REPO["B"], refs[0].document_unique_id, HCID["B"]),
+                 xdsb.DocumentRequest(REPO["D"], refs[0].document_unique_id, HCID["D"])]
+        return await gw.retrieve(refs, ctx, dest=tmp_path / "out")
+
+    result = run(world, work)
+    outcomes = by_partner(result)
+    assert proxy_a.counts[v.Action.ITI39] - before == 3  # 5 documents, batches of 2
+    assert outcomes["A"].calls == 3 and outcomes["A"].count == 5
+    assert result.status == v.ResponseStatus.PARTIAL_SUCCESS
+    assert outcomes["B"].state == "timeout"
+    codes = sorted((e.code, e.location) for e in result.errors)
+    assert codes == sorted([(E.UNAVAILABLE_COMMUNITY, HCID["B"]), (E.DOCUMENT_UNIQUE_ID_ERROR, HCID["D"])])
+    assert len(result.documents) == 5
+    originals = {p.read_bytes() for p in ALEX.iterdir()}
+    for d in result.documents:
+        assert d.home_community_id == HCID["A"] and d.path is not None and d.path.parent == tmp_path / "out"
+        assert d.path.read_bytes() in originals
+    assert not (tmp_path / "out" / ".xds-spool").exists()
+
+
+def test_local_consumers_use_the_initiating_gateway_endpoints_unchanged(world):
+    node = world["node"]
+    correlate_everywhere(node)
+    app = SoapApp(ig.endpoints(node))
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ig") as client:
+            async def call(path, action, body):
+                payload, ct, _ = build_request(action, body, to="http://ig" + path)
+                resp = await client.post(path, content=payload, headers={"content-type": ct})
+                return parse_envelope(resp.content, resp.headers["content-type"], require_action=False)
+
+            query = rim.write_adhoc_query_request(StoredQuery(v.StoredQueryId.FIND_DOCUMENTS, slots={
+                "$XDSDocumentEntryPatientId": [[f"'{ALEX_ID}'"]],
+                "$XDSDocumentEntryStatus": [["('urn:oasis:names:tc:ebxml-regrep:StatusType:Approved')"]]}))
+            q = await call(ig.IG_REGISTRY_PATH, v.Action.ITI18, query)
+            objects = list(q.body.find(f"{{{v.RIM}}}RegistryObjectList"))
+            uids = [ei.get("value") for o in objects for ei in o.iter(f"{{{v.RIM}}}ExternalIdentifier")
+                    if ei.get("identificationScheme") == v.DOC_UNIQUE_ID]
+            refs = [xdsb.DocumentRequest(REPO["A"], uid, HCID["A"]) for uid in uids[:3]]
+            r = await call(ig.IG_REPOSITORY_PATH, v.Action.ITI43, xdsb.write_retrieve_request(refs))
+            return q, objects, r
+
+    q, objects, r = asyncio.run(main())
+    assert q.body.get("status") == v.ResponseStatus.PARTIAL_SUCCESS
+    assert len(objects) == 5 and {o.get("home") for o in objects} == {HCID["A"]}
+    assert {e.get("location") for e in q.body.iter(f"{{{v.RS}}}RegistryError")} == {HCID["B"], HCID["C"]}
+    assert r.body.find(f"{{{v.RS}}}RegistryResponse").get("status") == v.ResponseStatus.SUCCESS
+    docs = list(r.body.iter(f"{{{v.XDSB}}}DocumentResponse"))
+    assert len(docs) == 3 and r.mtom
+    originals = {p.read_bytes() for p in ALEX.iterdir()}
+    for dr in docs:
+        assert dr.findtext(f"{{{v.XDSB}}}HomeCommunityId") == HCID["A"]
+        assert r.binary(dr.find(f"{{{v.XDSB}}}Document")) in originals
+
+
+def test_command_line_json(world, capsys, monkeypatch):
+    from xds_node.gateway import commands
+
+    node = world["node"]
+    correlate_everywhere(node)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    commands.add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["query", ALEX_ID, "--json", "--data-dir", str(node.settings.data_dir)])
+    monkeypatch.setenv("XDS_HOME_COMMUNITY_ID", OURS)
+    code = args.func(args)
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1  # PartialSuccess
+    assert out["status"] == "PartialSuccess" and len(out["documents"]) == 5
+    assert {p["partner"]: p["state"] for p in out["partners"]}["community-B"] == "timeout"
+
+
+def test_command_line_tables_for_people(world, capsys, monkeypatch):
+    from xds_node.gateway import commands
+
+    node = world["node"]
+    correlate_everywhere(node)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    commands.add_parsers(parser.add_subparsers(dest="command"))
+    monkeypatch.setenv("XDS_HOME_COMMUNITY_ID", OURS)
+    monkeypatch.setenv("COLUMNS", "200")
+    args = parser.parse_args(["query", ALEX_ID, "--data-dir", str(node.settings.data_dir)])
+    assert args.func(args) == 1
+    captured = capsys.readouterr()
+    progress, table = captured.err, captured.out
+    assert "timed out" in progress and "answered" in progress and "failed" in progress
+    assert "5 document(s)" in table and "XDSUnavailableCommunity" in table and "PartialSuccess" in table
