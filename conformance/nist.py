@@ -36,6 +36,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from xds_node import safexml
 from xds_node.ebxml import vocabulary as v
 
 __all__ = [
@@ -114,7 +115,7 @@ class UnresolvedReference(LookupError):
 # XML parsing
 # --------------------------------------------------------------------------------------------
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    return safexml.parser()
 
 
 def parse_xml(source: Path | bytes) -> etree._Element:

@@ -19,13 +19,15 @@ from typing import Any
 
 from lxml import etree
 
+from xds_node import safexml
+
 __all__ = ["WsdlClient", "check_wsdl"]
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
 
 
 def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    return safexml.parser()
 
 
 def check_wsdl(url: str, status: int, content: bytes) -> bytes:

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from lxml import etree
 
+from xds_node import safexml
 from xds_node.ebxml.model import Author, Code, DocumentEntry, LocalizedString
 
 __all__ = [
@@ -135,17 +136,7 @@ _CHUNK = 8192
 
 
 def _pull_parser() -> etree.XMLPullParser:
-    return etree.XMLPullParser(
-        events=("start",),
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_pis=True,
-        remove_comments=True,
-        collect_ids=False,
-    )
+    return safexml.pull_parser(events=("start",), remove_pis=True, remove_comments=True)
 
 
 def _has_doctype(data: bytes) -> bool:

@@ -45,8 +45,13 @@ class QuerySpec:
     params: tuple[Param, ...]
     #: groups of parameters of which exactly one must be given
     one_of: tuple[tuple[str, ...], ...] = ()
-    #: True when the query is keyed by patient id (XCA: no ``home`` needed)
-    patient_keyed: bool = False
+    #: the parameter that carries the patient id, for queries keyed by patient (XCA: no ``home``
+    #: needed; gateways route and check consent on it)
+    patient_param: str | None = None
+
+    @property
+    def patient_keyed(self) -> bool:
+        return self.patient_param is not None
 
 
 def _doc_filters(prefix: str = "$XDSDocumentEntry") -> tuple[Param, ...]:
@@ -81,12 +86,13 @@ _HOME = Param("$homeCommunityId")
 _ONE_DOC = (("$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"),)
 
 QUERIES: dict[str, QuerySpec] = {
-    Q.FIND_DOCUMENTS: QuerySpec("FindDocuments", _FIND_DOCUMENTS_PARAMS, patient_keyed=True),
+    Q.FIND_DOCUMENTS: QuerySpec("FindDocuments", _FIND_DOCUMENTS_PARAMS,
+                                patient_param="$XDSDocumentEntryPatientId"),
     Q.FIND_DOCUMENTS_BY_REFERENCE_ID: QuerySpec(
         "FindDocumentsByReferenceId",
         (*_FIND_DOCUMENTS_PARAMS,
          Param("$XDSDocumentEntryReferenceIdList", required=True, multiple=True, and_or=True)),
-        patient_keyed=True,
+        patient_param="$XDSDocumentEntryPatientId",
     ),
     Q.FIND_SUBMISSION_SETS: QuerySpec(
         "FindSubmissionSets",
@@ -99,7 +105,7 @@ QUERIES: dict[str, QuerySpec] = {
             Param("$XDSSubmissionSetContentType", Kind.CODE, multiple=True),
             Param("$XDSSubmissionSetStatus", Kind.STATUS, required=True, multiple=True),
         ),
-        patient_keyed=True,
+        patient_param="$XDSSubmissionSetPatientId",
     ),
     Q.FIND_FOLDERS: QuerySpec(
         "FindFolders",
@@ -110,7 +116,7 @@ QUERIES: dict[str, QuerySpec] = {
             Param("$XDSFolderCodeList", Kind.CODE, multiple=True, and_or=True),
             Param("$XDSFolderStatus", Kind.STATUS, required=True, multiple=True),
         ),
-        patient_keyed=True,
+        patient_param="$XDSFolderPatientId",
     ),
     Q.GET_ALL: QuerySpec(
         "GetAll",
@@ -121,7 +127,7 @@ QUERIES: dict[str, QuerySpec] = {
             Param("$XDSFolderStatus", Kind.STATUS, required=True, multiple=True),
             *_doc_filters(),
         ),
-        patient_keyed=True,
+        patient_param="$patientId",
     ),
     Q.GET_DOCUMENTS: QuerySpec("GetDocuments", (*_DOC_ID, _HOME), _ONE_DOC),
     Q.GET_FOLDERS: QuerySpec(
@@ -152,6 +158,8 @@ QUERIES: dict[str, QuerySpec] = {
 }
 
 QUERY_NAMES = {spec.name: qid for qid, spec in QUERIES.items()}
+#: query id -> the parameter carrying the patient id, for the patient-keyed queries
+PATIENT_PARAM = {qid: spec.patient_param for qid, spec in QUERIES.items() if spec.patient_param}
 
 
 @dataclass

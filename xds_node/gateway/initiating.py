@@ -42,7 +42,7 @@ from xds_node.audit.events import AuditEvent
 from xds_node.ebxml import rim, xdsb
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, StoredQuery
-from xds_node.ebxml.query import QUERIES
+from xds_node.ebxml.query import PATIENT_PARAM, QUERIES
 from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT
 from xds_node.patients.index import read_addr, read_name
 from xds_node.patients.matching import MATCH_THRESHOLD, score
@@ -56,7 +56,6 @@ from xds_node.soap.fault import SoapFault
 from .outbound import OutboundClient, PartnerOptions, SpooledDocument, document_content, endpoint_url
 
 __all__ = [
-    "PATIENT_PARAM",
     "DiscoveryResult",
     "InitiatingGateway",
     "Match",
@@ -73,15 +72,6 @@ log = logging.getLogger("xds_node.initiating")
 E = v.ErrorCode
 S = v.ResponseStatus
 ITI55_ACTION = v.Action.ITI55
-
-#: The patient-id parameter of each patient-keyed stored query.
-PATIENT_PARAM = {
-    v.StoredQueryId.FIND_DOCUMENTS: "$XDSDocumentEntryPatientId",
-    v.StoredQueryId.FIND_DOCUMENTS_BY_REFERENCE_ID: "$XDSDocumentEntryPatientId",
-    v.StoredQueryId.FIND_SUBMISSION_SETS: "$XDSSubmissionSetPatientId",
-    v.StoredQueryId.FIND_FOLDERS: "$XDSFolderPatientId",
-    v.StoredQueryId.GET_ALL: "$patientId",
-}
 
 State = Literal["pending", "answered", "timeout", "failed"]
 Progress = Callable[["PartnerOutcome"], None]

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from lxml import etree
 from lxml.etree import _Element
 
+from xds_node import safexml
+
 from .trust import to_certificate
 
 # --- namespaces and URIs ---------------------------------------------------------------------
@@ -108,9 +110,7 @@ def utcnow() -> datetime:
 
 def safe_parser() -> etree.XMLParser:
     """The parser for untrusted XML: no entities, no network, no DTD, no huge trees."""
-    return etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_blank_text=False
-    )
+    return safexml.parser()
 
 
 def parse_xml(data: bytes) -> _Element:

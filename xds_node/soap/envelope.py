@@ -23,6 +23,8 @@ from urllib.parse import unquote
 from lxml import etree
 from lxml.etree import _Element
 
+from xds_node import safexml
+
 from .fault import SOAP_ENV, SoapFault
 from .mtom import Attachment, build_multipart, new_content_id, parse_content_type, split_mtom
 
@@ -85,15 +87,7 @@ _FIRST_ELEMENT = re.compile(rb"<[A-Za-z_:\x80-\xff]")
 
 
 def _new_parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_pis=True,
-        collect_ids=False,
-    )
+    return safexml.parser(remove_pis=True)
 
 
 def safe_parser() -> etree.XMLParser:

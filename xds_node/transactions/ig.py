@@ -41,7 +41,8 @@ from typing import Any
 from xds_node.ebxml import rim, xdsb
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError
-from xds_node.gateway.initiating import PATIENT_PARAM, InitiatingGateway
+from xds_node.ebxml.query import PATIENT_PARAM
+from xds_node.gateway.initiating import InitiatingGateway
 from xds_node.gateway.outbound import AssertionCache, OutboundClient, make_ssl_context
 from xds_node.security.saml import RequesterContext
 from xds_node.soap.app import Endpoint

@@ -28,16 +28,6 @@ log = logging.getLogger(__name__)
 ACTION = v.Action.ITI38
 E = v.ErrorCode
 
-#: The patient-id parameter of each patient-keyed query.
-PATIENT_PARAM = {
-    v.StoredQueryId.FIND_DOCUMENTS: "$XDSDocumentEntryPatientId",
-    v.StoredQueryId.FIND_DOCUMENTS_BY_REFERENCE_ID: "$XDSDocumentEntryPatientId",
-    v.StoredQueryId.FIND_SUBMISSION_SETS: "$XDSSubmissionSetPatientId",
-    v.StoredQueryId.FIND_FOLDERS: "$XDSFolderPatientId",
-    v.StoredQueryId.GET_ALL: "$patientId",
-}
-
-
 @dataclass
 class XcaQueryResult:
     """What the gateway answered, for the audit trail."""
@@ -77,7 +67,7 @@ def respond(registry: Registry, body: etree._Element, *, home: str,
     outcome = registry.query(query)
     if outcome.params is not None and spec is not None:
         if spec.patient_keyed:
-            pid = outcome.params.one(PATIENT_PARAM[query.query_id])
+            pid = outcome.params.one(spec.patient_param)
             result.patient_ids = [pid] if pid else []
             if pid and (not consent(pid) or (outcome.status == v.ResponseStatus.SUCCESS and not outcome.rows
                                              and not registry.store.has_patient(pid))):
