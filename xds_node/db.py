@@ -37,12 +37,35 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA cache_size=-65536")
+            # checkpoint every ~40 MB of WAL rather than 4 MB: fewer fsyncs while loading in bulk
+            cur.execute("PRAGMA wal_autocheckpoint=10000")
             cur.close()
 
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+_INSERTS: dict[tuple[str, str], str] = {}
+
+
+def insert_rows(conn, table, rows: list[dict]) -> None:
+    """executemany ``rows`` into ``table`` with cached driver-level INSERT text.
+
+    Registration writes a handful of small inserts per document; SQLAlchemy's statement machinery
+    costs more than SQLite takes to run them, so the hot write paths use this instead.
+    """
+    if not rows:
+        return
+    style = conn.dialect.paramstyle
+    sql = _INSERTS.get((style, table.name))
+    if sql is None:
+        mark = ":{}" if style in ("qmark", "named", "numeric") else "%({})s"
+        cols = [c.name for c in table.columns]
+        sql = _INSERTS[(style, table.name)] = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
+                                               f"({', '.join(mark.format(c) for c in cols)})")
+    conn.exec_driver_sql(sql, rows)
 
 
 def make_test_engine(url: str) -> Engine:

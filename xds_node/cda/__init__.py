@@ -7,6 +7,7 @@ from xds_node.cda.metadata import (
     extract_metadata,
     is_cda,
     normalize_ts,
+    parse_header,
 )
 
-__all__ = ["FORMAT_CODES", "CdaDefaults", "CdaError", "extract_metadata", "is_cda", "normalize_ts"]
+__all__ = ["FORMAT_CODES", "CdaDefaults", "CdaError", "extract_metadata", "is_cda", "normalize_ts", "parse_header"]

@@ -202,6 +202,11 @@ def _parse_header(data: bytes, name: str) -> tuple[etree._Element, bool]:
     return root, non_xml
 
 
+def parse_header(data: bytes, *, source_name: str = "<document>") -> etree._Element:
+    """The ClinicalDocument header (everything before the body), hardened; CdaError if not a CDA."""
+    return _parse_header(data, source_name)[0]
+
+
 def is_cda(data: bytes) -> bool:
     """Cheap check: is the root element ``{urn:hl7-org:v3}ClinicalDocument``? (no DTDs allowed)"""
     if not data or _has_doctype(data):

@@ -34,8 +34,6 @@ from xds_node.patients.model import (
     normalize_name,
     parse_cx,
 )
-from xds_node.soap.envelope import parse_xml
-from xds_node.soap.fault import SoapFault
 
 __all__ = ["Correlation", "PatientIndex", "demographics_from_cda"]
 
@@ -100,11 +98,14 @@ class PatientIndex:
                 counts[self._add(conn, p)] += 1
         return counts
 
-    def _add(self, conn: Connection, patient: Patient) -> Literal["created", "updated", "unchanged"]:
+    def _add(self, conn: Connection, patient: Patient, *, stored: Any = False) -> Literal["created", "updated",
+                                                                                           "unchanged"]:
+        """Insert or replace; ``stored`` is the row the caller already read (False: read it here)."""
         d = patient.demographics
         data = json.dumps(d.to_dict(), separators=(",", ":"))
         pid = patient.patient_id
-        stored = conn.execute(select(t.patient.c.data, t.patient.c.source).where(t.patient.c.patient_id == pid)).first()
+        if stored is False:
+            stored = self._stored(conn, pid)
         if stored is not None and stored.data == data and stored.source == (patient.source or ""):
             return "unchanged"  # ingest sees the same recordTarget in every document of a patient
         now = _now()
@@ -240,12 +241,24 @@ class PatientIndex:
                      conn: Connection | None = None) -> Patient:
         """Index the recordTarget of a C-CDA document (in ``conn``'s transaction when given)."""
         patient_id, demo = demographics_from_cda(data, prefer_root=prefer_root)
-        patient = Patient(patient_id, demo, source)
         if conn is None:
-            self.add(patient)
-        else:
-            self._add(conn, patient)
+            with self.engine.begin() as own:
+                return self._merge_in(own, Patient(patient_id, demo, source))
+        return self._merge_in(conn, Patient(patient_id, demo, source))
+
+    def _merge_in(self, conn: Connection, patient: Patient) -> Patient:
+        """Fold a document's view of a patient into what we hold (documents disagree over time)."""
+        row = self._stored(conn, patient.patient_id)
+        if row is not None:
+            patient = Patient(patient.patient_id, merge_demographics(_patient(row).demographics,
+                                                                     patient.demographics), patient.source)
+        self._add(conn, patient, stored=row)
         return patient
+
+    @staticmethod
+    def _stored(conn: Connection, patient_id: str):
+        return conn.execute(select(t.patient.c.patient_id, t.patient.c.data, t.patient.c.source)
+                            .where(t.patient.c.patient_id == patient_id)).first()
 
     # --- correlations (initiating gateway) -----------------------------------------------------
 
@@ -289,6 +302,28 @@ class PatientIndex:
 
 
 # --- row <-> model ------------------------------------------------------------------------------
+
+
+def merge_demographics(held: Demographics, new: Demographics) -> Demographics:
+    """Every address, phone and identifier either side knows; name, gender and birth date from
+    ``new`` where it has them. Merging the same document again changes nothing."""
+    def union(a: list, b: list) -> list:
+        out = list(a)
+        for item in b:
+            if item not in out:
+                out.append(item)
+        return out
+
+    return Demographics(
+        given=new.given or held.given,
+        family=new.family or held.family,
+        gender=new.gender or held.gender,
+        birth_date=new.birth_date or held.birth_date,
+        addresses=union(held.addresses, [a for a in new.addresses if not a.is_empty()]),
+        telecoms=union(held.telecoms, new.telecoms),
+        ids=union(held.ids, new.ids),
+        mothers_maiden_name=new.mothers_maiden_name or held.mothers_maiden_name,
+    )
 
 
 def _patient(row: Any) -> Patient:
@@ -400,12 +435,12 @@ def read_name(el: etree._Element) -> tuple[list[str], str | None]:
 
 def demographics_from_cda(data: bytes, *, prefer_root: str | None = None) -> tuple[str, Demographics]:
     """recordTarget/patientRole of a C-CDA -> (CX patient id, Demographics)."""
+    from xds_node.cda import CdaError, parse_header
+
     try:
-        root = parse_xml(data)  # hardened: no DTD, no entities, no network
-    except SoapFault as exc:
+        root = parse_header(data)  # hardened, and stops before the body: recordTarget is in the header
+    except CdaError as exc:
         raise ValueError(f"not a usable CDA document: {exc}") from exc
-    if root.tag != f"{{{HL7}}}ClinicalDocument":
-        raise ValueError("not a CDA ClinicalDocument")
     role = root.find(_q("recordTarget/patientRole"))
     if role is None:
         raise ValueError("CDA document has no recordTarget/patientRole")

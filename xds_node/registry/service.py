@@ -66,10 +66,11 @@ class Registry:
         self.home_community_id = home_community_id
 
     # --- ITI-42 ---------------------------------------------------------------------------------
-    def register(self, sub: Submission, *, transaction: str = "ITI-42", also=None) -> RegistryResponse:
+    def register(self, sub: Submission, *, transaction: str = "ITI-42", also=None, conn=None) -> RegistryResponse:
         """Validate ``sub`` completely, then store it atomically; every violation is reported.
 
-        ``also(conn)`` runs inside the registration transaction (see RegistryStore.register).
+        ``also(conn)`` runs inside the registration transaction (see RegistryStore.register);
+        ``conn`` makes that transaction a savepoint of the caller's (bulk loading).
         """
         assign_uuids(sub)
         ctx = ValidationContext(transaction=transaction, lookup=self.lookup,
@@ -92,7 +93,7 @@ class Registry:
                              if val[2] == "Folder"}
         try:
             self.store.register(sub, deprecate=deprecations(sub), touched_folders=sorted(existing_folders),
-                                now=now, also=also)
+                                now=now, also=also, conn=conn)
         except DuplicateError as exc:
             log.info("registration rejected by a unique index: %s", exc)
             return RegistryResponse.from_errors([RegistryError(

@@ -15,7 +15,7 @@ from lxml import etree
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from xds_node.db import Sql, metadata
+from xds_node.db import Sql, insert_rows, metadata
 from xds_node.ebxml import rim
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import Association, DocumentEntry, Folder, Submission, SubmissionSet
@@ -116,11 +116,12 @@ class RegistryStore:
     # --- registration ---------------------------------------------------------------------------
     def register(self, sub: Submission, *, deprecate: Sequence[str] = (),
                  touched_folders: Sequence[str] = (), now: str | None = None,
-                 also: Callable[[Connection], None] | None = None) -> None:
+                 also: Callable[[Connection], None] | None = None, conn: Connection | None = None) -> None:
         """Store a validated submission, deprecate replaced entries, bump folders; all or nothing.
 
         ``also`` runs inside the same transaction: a co-located repository records its documents
-        there, so metadata and content index commit (or roll back) together.
+        there, so metadata and content index commit (or roll back) together. With ``conn`` the
+        submission is written under a savepoint of the caller's transaction (bulk loading).
         """
         doc_rows, ss_rows, folder_rows, assoc_rows = [], [], [], []
         code_rows, author_rows, refid_rows = [], [], []
@@ -141,21 +142,29 @@ class RegistryStore:
             code_rows.extend({"obj_id": fd.id, "scheme": v.FOLDER_CODE_LIST, "key": c.key()} for c in fd.codes)
         for assoc in sub.associations:
             assoc_rows.append(_association_row(assoc))
+        tables = ((t.documents, doc_rows), (t.submission_sets, ss_rows), (t.folders, folder_rows),
+                  (t.associations, assoc_rows), (t.codes, code_rows), (t.authors, author_rows),
+                  (t.reference_ids, refid_rows))
+
+        def write(c: Connection) -> None:
+            for table, rows in tables:
+                if rows:
+                    insert_rows(c, table, rows)
+            for doc_id in deprecate:
+                self._set_status(c, t.documents, doc_id, v.Status.DEPRECATED)
+            for folder_id in touched_folders:
+                if now:
+                    self._touch_folder(c, folder_id, now)
+            if also is not None:
+                also(c)
+
         try:
-            with self.engine.begin() as conn:
-                for table, rows in ((t.documents, doc_rows), (t.submission_sets, ss_rows),
-                                    (t.folders, folder_rows), (t.associations, assoc_rows),
-                                    (t.codes, code_rows), (t.authors, author_rows),
-                                    (t.reference_ids, refid_rows)):
-                    if rows:
-                        conn.execute(insert(table), rows)
-                for doc_id in deprecate:
-                    self._set_status(conn, t.documents, doc_id, v.Status.DEPRECATED)
-                for folder_id in touched_folders:
-                    if now:
-                        self._touch_folder(conn, folder_id, now)
-                if also is not None:
-                    also(conn)
+            if conn is None:
+                with self.engine.begin() as own:
+                    write(own)
+            else:
+                with conn.begin_nested():
+                    write(conn)
         except IntegrityError as exc:
             raise DuplicateError(str(exc.orig) if exc.orig else str(exc)) from exc
 

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
 
 from xds_node.cda import CdaDefaults, CdaError, extract_metadata
+from xds_node.db import insert_rows
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import Association, Author, DocumentEntry, Submission, SubmissionSet
 from xds_node.ebxml.rim import new_uuid
@@ -58,6 +59,11 @@ def submission_for(entry: DocumentEntry, *, source_id: str) -> Submission:
     return Submission(submission_set=ss, documents=[entry], associations=[link])
 
 
+#: "this uniqueId is taken": found by validation, or by the unique index when the other file is in
+#: the same, not yet committed, batch
+_ID_TAKEN = {v.ErrorCode.NON_IDENTICAL_HASH, v.ErrorCode.DUPLICATE_UNIQUE_ID}
+
+
 class FolderIndexer:
     def __init__(self, repository: Repository, registry: Registry, folder: FolderSource, *,
                  source_id: str, defaults: CdaDefaults | None = None,
@@ -70,26 +76,34 @@ class FolderIndexer:
         self.on_registered = on_registered  # e.g. feed the patient index from the recordTarget
         repository.add_source(folder)
 
+    #: Files committed together. Each file still succeeds or fails alone (a savepoint each); the
+    #: batch saves a commit per file, which is a third of the cost of indexing one.
+    BATCH = 100
+
     def sync(self, progress: Callable[[Path], None] | None = None) -> SyncReport:
         report = SyncReport()
         known = {row["locator"]: row for row in self.repository.rows_for_source(self.folder.name)}
         seen: set[str] = set()
-        for path in self.folder.files():
-            locator = self.folder.locator_for(path)
-            seen.add(locator)
-            try:
-                self._index_file(path, locator, known.get(locator), report)
-            except OSError as exc:
-                report.rejected.append((str(path), f"cannot read: {exc.strerror or exc}"))
-            if progress:
-                progress(path)
+        files = self.folder.files()
+        for start in range(0, len(files), self.BATCH):
+            with self.repository.engine.begin() as conn:
+                for path in files[start:start + self.BATCH]:
+                    locator = self.folder.locator_for(path)
+                    seen.add(locator)
+                    try:
+                        self._index_file(path, locator, known.get(locator), report, conn)
+                    except OSError as exc:
+                        report.rejected.append((str(path), f"cannot read: {exc.strerror or exc}"))
+                    if progress:
+                        progress(path)
         for locator, row in known.items():
             if locator not in seen:
                 self._removed(row)
                 report.removed.append(locator)
         return report
 
-    def _index_file(self, path: Path, locator: str, previous: dict | None, report: SyncReport) -> None:
+    def _index_file(self, path: Path, locator: str, previous: dict | None, report: SyncReport,
+                    conn: Connection) -> None:
         st = path.stat()
         if previous is not None and previous["mtime_ns"] == st.st_mtime_ns and previous["size"] == st.st_size:
             report.unchanged += 1
@@ -98,9 +112,8 @@ class FolderIndexer:
         sha1 = hashlib.sha1(data).hexdigest()
         if previous is not None and previous["sha1"] == sha1:
             report.unchanged += 1  # touched but identical; remember the new mtime next time round
-            with self.repository.engine.begin() as conn:
-                conn.execute(t.documents.update().where(t.documents.c.unique_id == previous["unique_id"])
-                             .values(mtime_ns=st.st_mtime_ns))
+            conn.execute(t.documents.update().where(t.documents.c.unique_id == previous["unique_id"])
+                         .values(mtime_ns=st.st_mtime_ns))
             return
         try:
             entry = extract_metadata(data, source_name=path.name, defaults=self.defaults)
@@ -109,19 +122,19 @@ class FolderIndexer:
             return
         entry.size, entry.hash = len(data), sha1
         entry.repository_unique_id = self.repository.unique_id
-        response = self._register(entry, data, path, locator, previous, sha1, st.st_mtime_ns)
-        if [e.code for e in response.errors] == [v.ErrorCode.NON_IDENTICAL_HASH]:
+        response = self._register(entry, data, path, locator, previous, sha1, st.st_mtime_ns, conn)
+        if response.errors and {e.code for e in response.errors} <= _ID_TAKEN:
             # the same ClinicalDocument/id with other bytes (a new version written over the file,
             # or two files reusing an id): this content gets a uniqueId of its own
             entry.unique_id = "2.25." + str(int(sha1[:30], 16))
-            response = self._register(entry, data, path, locator, previous, sha1, st.st_mtime_ns)
+            response = self._register(entry, data, path, locator, previous, sha1, st.st_mtime_ns, conn)
         if response.status != v.ResponseStatus.SUCCESS:
             report.rejected.append((str(path), "; ".join(e.context for e in response.errors)))
         else:
             (report.replaced if previous is not None else report.registered).append(locator)
 
     def _register(self, entry: DocumentEntry, data: bytes, path: Path, locator: str, previous: dict | None,
-                  sha1: str, mtime_ns: int):
+                  sha1: str, mtime_ns: int, conn: Connection):
         """One file as one submission (RPLC of its previous version), repository row in the same commit."""
         entry.id = new_uuid()
         sub = submission_for(entry, source_id=self.source_id)
@@ -134,19 +147,18 @@ class FolderIndexer:
                "mtime_ns": mtime_ns, "state": "current", "version": (previous or {}).get("version", 0) + 1}
 
         def record(conn) -> None:
-            conn.execute(insert(t.documents), [row])
+            insert_rows(conn, t.documents, [row])
             if previous is not None:
                 Repository.set_state(conn, previous["unique_id"], "replaced")
             if self.on_registered is not None:
-                # same transaction (one commit per document), under a savepoint: a recordTarget the
-                # side index cannot take must not undo the registration
+                # same transaction as the registration; a recordTarget the side index cannot read
+                # fails while parsing, before it writes anything, and must not undo the registration
                 try:
-                    with conn.begin_nested():
-                        self.on_registered(data, entry, conn)
-                except Exception as exc:
+                    self.on_registered(data, entry, conn)
+                except ValueError as exc:
                     log.warning("%s: registered, but post-processing failed: %s", path, exc)
 
-        return self.registry.register(sub, transaction="ITI-41", also=record)
+        return self.registry.register(sub, transaction="ITI-41", also=record, conn=conn)
 
     def _removed(self, row: dict) -> None:
         """A file gone from the source: its entry is deprecated, retrieval answers 'unknown'."""

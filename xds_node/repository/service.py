@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, select, update
 
+from xds_node.db import insert_rows
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, Submission
 from xds_node.repository import tables as t
@@ -134,8 +135,7 @@ class Repository:
             by_uid = {de.unique_id: de.id for de in sub.documents}
             for row in rows:
                 row["entry_uuid"] = by_uid.get(row["unique_id"], row["entry_uuid"])
-            if rows:
-                conn.execute(insert(t.documents), rows)
+            insert_rows(conn, t.documents, rows)
 
         try:
             if co_located:
