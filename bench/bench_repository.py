@@ -6,9 +6,9 @@
   the folder adapter, as `xds-node load` does: documents per second, end to end (parse, metadata,
   validation, registration, repository index, patient index).
 * retrieve: ITI-43 over loopback HTTP against `xds-node serve` (1 worker), MTOM responses, for
-  10 KB, 1 MB and 20 MB documents, with 4 concurrent clients: requests/s and MB/s, next to a plain
-  read of the same file in the same run (the floor); and the server's peak RSS growth while it
-  serves 20 MB documents.
+  10 KB, 1 MB and 20 MB documents, with 4 concurrent clients: requests/s and MB/s, next to the
+  same bytes served as a plain HTTP response by uvicorn in the same run (the floor: no SOAP, no
+  MTOM, no database); and the server's peak RSS growth while it serves 20 MB documents.
 """
 
 from __future__ import annotations
@@ -85,6 +85,27 @@ def rss_now_kb(pid: int) -> int:
     return 0
 
 
+def plain_http_floor(path: Path, port: int, duration: float) -> float:
+    """MB/s of the same file served as a plain HTTP response by uvicorn, same clients (the floor)."""
+    env = {**os.environ, "XDS_BENCH_FILE": str(path)}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.plain_file_server:app", "--port", str(port),
+                             "--log-level", "warning", "--no-access-log", "--loop", "uvloop", "--http", "httptools"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        get = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        res = asyncio.run(run_load("127.0.0.1", port, lambda _r: get, concurrency=4, duration=duration, warmup=0.5))
+        return res.rps * path.stat().st_size / 1e6
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def bench_retrieve(duration: float) -> None:
     from xds_node.node import Node
 
@@ -132,14 +153,10 @@ def bench_retrieve(duration: float) -> None:
                                            duration=duration, warmup=0.5))
                 mbps = res.rps * size / 1e6
                 path = next(p for p in (work / "documents").rglob("*") if p.is_file() and p.stat().st_size == size)
-                t0 = time.perf_counter()
-                reads = 0
-                while time.perf_counter() - t0 < 1.0:
-                    path.read_bytes()
-                    reads += 1
-                floor = reads * size / (time.perf_counter() - t0) / 1e6
+                floor = plain_http_floor(path, port + 1, duration)
                 print(f"retrieve {label:6}: {res.rps:8.1f} req/s {mbps:8.1f} MB/s  p50 {res.pct(50):7.2f} ms  "
-                      f"p99 {res.pct(99):7.2f} ms | plain file read {floor:8.1f} MB/s | ratio {mbps / floor:.2f}")
+                      f"p99 {res.pct(99):7.2f} ms | same bytes as plain HTTP {floor:8.1f} MB/s | "
+                      f"ratio {mbps / floor:.2f}")
             peak = rss_peak_kb(proc.pid)
             print(f"server RSS: {base_rss / 1024:.0f} MB at start, peak {peak / 1024:.0f} MB after the 20 MB "
                   f"retrieves: growth {(peak - base_rss) / 1024:.0f} MB = {(peak - base_rss) * 1024 / (20 << 20):.2f}x "

@@ -137,11 +137,13 @@ class SoapApp:
 
     @staticmethod
     async def _send_stream(send: Any, chunks: Iterator[bytes], content_type: bytes) -> None:
-        # Chunks may come from files: read them off the event loop.
+        # Chunks may come from files: large ones are read off the event loop.
         headers = [(b"content-type", content_type)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        blocking = getattr(chunks, "blocking", True)
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            while (chunk := (await asyncio.to_thread(next, chunks, None) if blocking else next(chunks, None))) \
+                    is not None:
                 if chunk:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})

@@ -291,12 +291,45 @@ def build_multipart(
     segments.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
     if not streaming:
         return b"".join(segments), content_type  # type: ignore[arg-type]
-    return _stream(segments, chunk_size), content_type
+    return ChunkStream(segments, chunk_size), content_type
+
+
+#: File-backed parts up to this many bytes in total are read on the caller's thread: a page-cache
+#: read of a few MB costs less than handing each chunk to a worker thread.
+INLINE_READ_LIMIT = 4 * 1024 * 1024
+
+
+class ChunkStream:
+    """The chunks of a streamed MTOM message; ``blocking`` says whether reading may take long."""
+
+    def __init__(self, segments: list[bytes | Attachment], chunk_size: int):
+        self._it = _stream(segments, chunk_size)
+        file_bytes = 0
+        for seg in segments:
+            if isinstance(seg, Attachment):
+                file_bytes += seg.size if seg.size is not None else INLINE_READ_LIMIT + 1
+        self.blocking = file_bytes > INLINE_READ_LIMIT
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
 
 
 def _stream(segments: list[bytes | Attachment], chunk_size: int) -> Iterator[bytes]:
+    """Yield the message; consecutive in-memory pieces (headers, the SOAP part) go out as one chunk."""
+    pending: list[bytes] = []
     for seg in segments:
         if isinstance(seg, Attachment):
+            if pending:
+                yield b"".join(pending)
+                pending = []
             yield from seg.iter_chunks(chunk_size)
         else:
-            yield seg
+            pending.append(seg)
+    if pending:
+        yield b"".join(pending)
