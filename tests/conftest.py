@@ -29,6 +29,8 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=[
 def _database_url(backend: str, tmp_path: Path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'registry.db'}"
+    import xds_node.node  # noqa: F401  (registers every table on the metadata, so all are dropped)
+
     engine = make_test_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
     metadata.drop_all(engine)
     engine.dispose()

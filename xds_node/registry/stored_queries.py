@@ -172,7 +172,12 @@ class QueryRunner:
             sql += " AND id IN (SELECT doc_id FROM xds_reference_id WHERE value IN " + sql.in_(group) + ")"
         sql += f" LIMIT {self.max_results + 1}"
         with self.store.engine.connect() as conn:
-            return [Row("doc", r[0], r[1], r[2], r[3]) for r in conn.exec_driver_sql(sql.text, sql.bound)]
+            cursor = conn.connection.cursor()  # the DBAPI cursor: no per-row result wrapping
+            try:
+                cursor.execute(sql.text, sql.bound)
+                return [Row("doc", r[0], r[1], bytes(r[2]), r[3]) for r in cursor.fetchall()]
+            finally:
+                cursor.close()
 
     def find_submission_sets(self, params: Params) -> list[Row]:
         s = t.submission_sets
