@@ -47,24 +47,40 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-_INSERTS: dict[tuple[str, str], str] = {}
+_INSERTS: dict[tuple[str, str], tuple[str, list]] = {}
 
 
 def insert_rows(conn, table, rows: list[dict]) -> None:
     """executemany ``rows`` into ``table`` with cached driver-level INSERT text.
 
-    Registration writes a handful of small inserts per document; SQLAlchemy's statement machinery
-    costs more than SQLite takes to run them, so the hot write paths use this instead.
+    Registration and auditing write a handful of small rows per request; SQLAlchemy's statement
+    machinery costs more than the database takes to run them. Column types still convert values
+    exactly as SQLAlchemy would (its bind processors), so rows read back the same either way.
     """
     if not rows:
         return
-    style = conn.dialect.paramstyle
-    sql = _INSERTS.get((style, table.name))
-    if sql is None:
-        mark = ":{}" if style in ("qmark", "named", "numeric") else "%({})s"
+    dialect = conn.dialect
+    key = (dialect.name + ":" + dialect.paramstyle, table.name)
+    cached = _INSERTS.get(key)
+    if cached is None:
+        mark = ":{}" if dialect.paramstyle in ("qmark", "named", "numeric") else "%({})s"
+        quote = dialect.identifier_preparer.quote  # some column names are SQL keywords
         cols = [c.name for c in table.columns]
-        sql = _INSERTS[(style, table.name)] = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES "
-                                               f"({', '.join(mark.format(c) for c in cols)})")
+        sql = (f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) VALUES "
+               f"({', '.join(mark.format(c) for c in cols)})")
+        processors = [(c.name, p) for c in table.columns
+                      if (p := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+        cached = _INSERTS[key] = (sql, processors)
+    sql, processors = cached
+    if processors:
+        rows = [dict(r) for r in rows]
+        for r in rows:
+            for name, proc in processors:
+                if r.get(name) is not None:
+                    r[name] = proc(r[name])
+    defaults = {c.name: c.default.arg for c in table.columns if c.default is not None and not callable(c.default.arg)}
+    if defaults:
+        rows = [{**defaults, **r} for r in rows]
     conn.exec_driver_sql(sql, rows)
 
 

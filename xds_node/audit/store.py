@@ -15,10 +15,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
 
-from sqlalchemy import Column, DateTime, Engine, Index, String, Table, Text, insert, or_, select
+from sqlalchemy import Column, DateTime, Engine, Index, String, Table, Text, or_, select
 
 from xds_node.audit.events import DISCLOSED, TRANSACTION_NAMES, AuditEvent
-from xds_node.db import metadata
+from xds_node.db import insert_rows, metadata
 
 log = logging.getLogger("xds_node.audit")
 
@@ -115,7 +115,7 @@ class AuditLog:
             "reason": event.reason,
         }
         with self.engine.begin() as conn:
-            conn.execute(insert(audit_events), row)
+            insert_rows(conn, audit_events, [row])  # one per request: the cheap driver-level path
         for sink in self.sinks:
             try:
                 sink.send(event)
