@@ -19,6 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from xml.sax.saxutils import escape as xml_escape
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -470,3 +471,46 @@ class ReplayCache:
             self._expiry[key] = expires
             heapq.heappush(self._heap, (expires, key))
             return False
+
+
+# --- per-message Security header from a template (outbound hot path) -----------------------------
+_TS_TEMPLATE = (f'<wsu:Timestamp xmlns:wsu="{WSU}" wsu:Id="{{id}}"><wsu:Created>{{created}}</wsu:Created>'
+                f"<wsu:Expires>{{expires}}</wsu:Expires></wsu:Timestamp>")
+_SI_TEMPLATE = (f'<ds:SignedInfo xmlns:ds="{DS}"><ds:CanonicalizationMethod Algorithm="{EXC_C14N}">'
+                f'</ds:CanonicalizationMethod><ds:SignatureMethod Algorithm="{{sig_alg}}"></ds:SignatureMethod>'
+                f'<ds:Reference URI="#{{id}}"><ds:Transforms><ds:Transform Algorithm="{EXC_C14N}"></ds:Transform>'
+                f'</ds:Transforms><ds:DigestMethod Algorithm="{{digest_alg}}"></ds:DigestMethod>'
+                f"<ds:DigestValue>{{digest}}</ds:DigestValue></ds:Reference></ds:SignedInfo>")
+_SECURITY_OPEN = f'<wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}">'.encode()
+_SIGNATURE_OPEN = f'<ds:Signature xmlns:ds="{DS}">'.encode()
+_KEY_INFO = (f'</ds:SignatureValue><ds:KeyInfo><wsse:SecurityTokenReference xmlns:wsse11="{WSSE11}" '
+             f'wsse11:TokenType="{SAML2_TOKEN_TYPE}"><wsse:KeyIdentifier ValueType="{SAML_ID_VALUE_TYPE}">{{id}}'
+             f"</wsse:KeyIdentifier></wsse:SecurityTokenReference></ds:KeyInfo></ds:Signature></wsse:Security>")
+
+
+def security_header_bytes(assertion_id: str, assertion_xml: bytes, key: rsa.RSAPrivateKey, *,
+                          lifetime: timedelta = timedelta(minutes=5), sha1: bool = False,
+                          now: datetime | None = None) -> bytes:
+    """The same ``wsse:Security`` header as :func:`xds_node.security.wss.build_security_header`
+    (fresh Timestamp, the signed assertion, a holder-of-key signature over the Timestamp), written
+    as bytes from a template.
+
+    Why: per message only the Timestamp (id, Created, Expires) and its signature change, and the
+    Timestamp and SignedInfo are written here directly in their exclusive-C14N form, which is
+    also valid XML to send. That skips building, re-parsing and canonicalizing lxml trees per call
+    (~0.25 ms of the ~1 ms a header took); what remains is one RSA signature, which releases the
+    GIL, so callers can run this in a worker thread. The tests check the bytes against lxml's
+    exclusive C14N and against :class:`xds_node.security.saml.InboundVerifier`.
+    """
+    if not assertion_id:
+        raise ValueError("assertion has no ID")
+    created = now or utcnow()
+    ts_id = f"TS-{uuid.uuid4()}"
+    ts = _TS_TEMPLATE.format(id=ts_id, created=format_datetime(created),
+                             expires=format_datetime(created + lifetime)).encode()
+    sig_alg, digest_alg = (RSA_SHA1, SHA1) if sha1 else (RSA_SHA256, SHA256)
+    digest = base64.b64encode(hashlib.new(DIGEST_HASHES[digest_alg], ts).digest()).decode("ascii")
+    si = _SI_TEMPLATE.format(id=ts_id, sig_alg=sig_alg, digest_alg=digest_alg, digest=digest).encode()
+    value = key.sign(si, padding.PKCS1v15(), SIGNATURE_HASHES[sig_alg]())
+    return b"".join((_SECURITY_OPEN, ts, assertion_xml, _SIGNATURE_OPEN, si, b"<ds:SignatureValue>",
+                     base64.b64encode(value), _KEY_INFO.format(id=xml_escape(assertion_id)).encode()))

@@ -38,6 +38,21 @@ async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+async def read_capped(resp: httpx.Response, url: str, cap: int) -> bytes:
+    """The response body, refused (SoapTransportError) as soon as it is known to exceed ``cap``."""
+    length = resp.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > cap:
+        raise SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=resp.status_code)
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.aiter_bytes():
+        total += len(chunk)
+        if total > cap:
+            raise SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=resp.status_code)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class SoapClient:
     """A reusable async SOAP client (one connection pool; create once, ``aclose`` at shutdown)."""
 
@@ -116,15 +131,4 @@ class SoapClient:
         return message
 
     async def _read(self, resp: httpx.Response, url: str) -> bytes:
-        cap = self.max_response_bytes
-        length = resp.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cap:
-            raise SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=resp.status_code)
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in resp.aiter_bytes():
-            total += len(chunk)
-            if total > cap:
-                raise SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=resp.status_code)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_capped(resp, url, self.max_response_bytes)
