@@ -256,6 +256,11 @@ def test_local_consumers_use_the_initiating_gateway_endpoints_unchanged(world):
     for dr in docs:
         assert dr.findtext(f"{{{v.XDSB}}}HomeCommunityId") == HCID["A"]
         assert r.binary(dr.find(f"{{{v.XDSB}}}Document")) in originals
+    # the consumer's own requests are audited too, beside the outbound calls they caused
+    local = [e for e in node.audit.list() if e.direction == "inbound" and e.endpoint.startswith("/ig/")]
+    assert {(e.transaction, e.outcome) for e in local} >= {("ITI-18", "partial"), ("ITI-43", "success")}
+    assert any(e.patient_id == ALEX_ID for e in local if e.transaction == "ITI-18")
+    assert any(len(e.document_ids) == 3 for e in local if e.transaction == "ITI-43")
 
 
 def test_command_line_json(world, capsys, monkeypatch):

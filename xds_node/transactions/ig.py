@@ -180,6 +180,21 @@ def _patient_from_slot(values: list[list[str]] | None) -> str | None:
     return raw.strip("'").strip() or None
 
 
+def _audit_local(gateways: _PerLoop, req: SoapRequest, transaction: str, status: str, *,
+                 patient_id: str | None = None, documents: list[str] | None = None) -> None:
+    """The local consumer's own request, audited beside the outbound calls it caused."""
+    from xds_node.audit.events import AuditEvent
+
+    outcome = {v.ResponseStatus.SUCCESS: "success", v.ResponseStatus.PARTIAL_SUCCESS: "partial"}.get(status, "failure")
+    try:
+        gateways.node.audit.record(AuditEvent.from_principal(
+            req.principal, transaction=transaction, outcome=outcome, direction="inbound", patient_id=patient_id,
+            document_ids=documents or [], message_id=req.message_id or "", endpoint=req.path,
+            remote_address=req.remote_address or "", reason="initiating gateway request from a local consumer"))
+    except Exception:
+        log.exception("could not audit the %s request at %s", transaction, req.path)
+
+
 def make_query_handler(gateways: _PerLoop):
     async def handle(req: SoapRequest) -> SoapResponse:
         expect_body(req.body, v.QUERY, "AdhocQueryRequest")
@@ -195,6 +210,7 @@ def make_query_handler(gateways: _PerLoop):
             return SoapResponse(action, rim.adhoc_query_response_bytes(v.ResponseStatus.FAILURE, errors=[
                 RegistryError(v.ErrorCode.STORED_QUERY_MISSING_PARAM, f"{param} is required")]))
         result = await gateways.get().query(pid, gateways.ig.requester(req.principal), template=query)
+        _audit_local(gateways, req, "ITI-18", result.status, patient_id=pid)
         return SoapResponse(action, result.response_bytes())
 
     return handle
@@ -217,6 +233,7 @@ def make_retrieve_handler(gateways: _PerLoop, *, keep_seconds: float = 600.0):
             return response.attach(doc.path if doc.path is not None else (doc.data or b""), d.mime_type)
 
         response.body = xdsb.write_retrieve_response(result.status, result.errors, docs, attach)
+        _audit_local(gateways, req, "ITI-43", result.status, documents=[d.document_unique_id for d in docs])
         return response
 
     return handle
