@@ -80,6 +80,7 @@ async def run_load(host: str, port: int, make_request: Callable[[random.Random],
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + duration
+    last_answer = [start]
 
     async def worker(seed: int) -> None:
         rng = random.Random(seed)
@@ -89,10 +90,15 @@ async def run_load(host: str, port: int, make_request: Callable[[random.Random],
                 now = time.perf_counter()
                 if now >= stop_at or result.requests >= max_requests:
                     return
-                writer.write(make_request(rng))
+                try:
+                    request = make_request(rng)
+                except StopIteration:  # a finite supply of pre-built requests ran out
+                    return
+                writer.write(request)
                 t0 = time.perf_counter()
                 status, _ = await _read_response(reader)
                 t1 = time.perf_counter()
+                last_answer[0] = t1
                 if t0 >= measure_from and t1 <= stop_at:
                     result.requests += 1
                     result.latencies_ms.append((t1 - t0) * 1000)
@@ -104,4 +110,7 @@ async def run_load(host: str, port: int, make_request: Callable[[random.Random],
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     result.seconds = min(time.perf_counter(), stop_at) - measure_from
+    if result.latencies_ms and result.seconds > 0:
+        # a run that ended early (supply exhausted) is measured up to its last answer
+        result.seconds = max(min(result.seconds, last_answer[0] - measure_from), 1e-9)
     return result
