@@ -21,6 +21,7 @@ from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError
 from xds_node.ebxml.query import QUERIES
 from xds_node.registry.service import QueryOutcome, Registry
+from xds_node.security.trust import normalize_hcid
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.transactions import blocking, iti18, notify
 
@@ -60,7 +61,7 @@ def respond(registry: Registry, body: etree._Element, *, home: str,
             outcome = QueryOutcome(v.ResponseStatus.FAILURE, errors=[RegistryError(
                 E.MISSING_HOME_COMMUNITY_ID, f"{spec.name} is not keyed by patient id: homeCommunityId is required")])
             return _finish(outcome, home, result)
-        if _norm(query.home) != _norm(home):
+        if normalize_hcid(query.home) != normalize_hcid(home):
             outcome = QueryOutcome(v.ResponseStatus.FAILURE, errors=[RegistryError(
                 E.UNKNOWN_COMMUNITY, f"homeCommunityId {query.home} is not this community")])
             return _finish(outcome, home, result)
@@ -69,9 +70,10 @@ def respond(registry: Registry, body: etree._Element, *, home: str,
         if spec.patient_keyed:
             pid = outcome.params.one(spec.patient_param)
             result.patient_ids = [pid] if pid else []
-            if pid and (not consent(pid) or (outcome.status == v.ResponseStatus.SUCCESS and not outcome.rows
-                                             and not registry.store.has_patient(pid))):
-                result.withheld = not consent(pid)
+            allowed = consent(pid) if pid else True
+            if pid and (not allowed or (outcome.status == v.ResponseStatus.SUCCESS and not outcome.rows
+                                        and not registry.store.has_patient(pid))):
+                result.withheld = not allowed
                 return _finish(_unknown_patient(home), home, result)
         else:
             # id-keyed queries: drop what belongs to patients who have not opted in
@@ -98,9 +100,6 @@ def _finish(outcome: QueryOutcome, home: str, result: XcaQueryResult) -> tuple[b
     result.errors = [e.code for e in outcome.errors]
     return iti18.outcome_bytes(outcome, home=home, location=home), result
 
-
-def _norm(hcid: str) -> str:
-    return hcid.strip().removeprefix("urn:oid:")
 
 
 def make_handler(registry: Registry, *, home: str, consent: Callable[[str], bool] = lambda pid: True,

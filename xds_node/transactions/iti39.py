@@ -15,6 +15,7 @@ from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError
 from xds_node.registry.service import Registry
 from xds_node.repository.service import Repository, RetrieveOutcome
+from xds_node.security.trust import normalize_hcid
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.transactions import blocking, iti43, notify
 
@@ -31,16 +32,13 @@ class XcaRetrieveResult:
     withheld: bool = False
 
 
-def _norm(hcid: str | None) -> str:
-    return (hcid or "").strip().removeprefix("urn:oid:")
-
 
 def retrieve(repository: Repository, registry: Registry, triples, *, home: str,
              consent: Callable[[str], bool] = lambda pid: True) -> tuple[RetrieveOutcome, XcaRetrieveResult]:
     def check_home(requested: str | None) -> RegistryError | None:
         if not requested:
             return RegistryError(E.MISSING_HOME_COMMUNITY_ID, "DocumentRequest has no HomeCommunityId", location=home)
-        if _norm(requested) != _norm(home):
+        if normalize_hcid(requested) != normalize_hcid(home):
             return RegistryError(E.UNKNOWN_COMMUNITY, f"HomeCommunityId {requested} is not this community",
                                  location=home)
         return None
