@@ -136,6 +136,9 @@ class Expect:
     fault: bool | str | None = None
     #: The request must be refused: a SOAP fault, or a Failure that returns nothing.
     refused: bool = False
+    #: No patient data may come back: a SOAP fault, or any status with no object, document or subject
+    #: (consent withheld answers look like an unknown patient, so both forms are accepted).
+    withheld: bool = False
     #: Exact counts: ExtrinsicObject, ObjectRef, RegistryPackage, Association, DocumentResponse, subject.
     counts: dict[str, int] = field(default_factory=dict)
     min_counts: dict[str, int] = field(default_factory=dict)

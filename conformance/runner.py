@@ -253,6 +253,11 @@ def judge(expect: Expect, ex: Exchange, obs: Observed) -> list[str]:
             out.append(f"expected the request to be refused (a SOAP fault, or a Failure returning nothing), "
                        f"but the target answered {obs.summary()}")
         return out
+    if expect.withheld:
+        if obs.fault is None and returned:
+            out.append(f"expected nothing about this patient to be disclosed, but the target returned "
+                       f"{returned} object(s): {obs.summary()}")
+        return out
     if expect.fault:
         if obs.fault is None:
             out.append(f"expected a SOAP fault, got {obs.summary()}")

@@ -178,6 +178,14 @@ def _unknown_audience(s: Signer) -> etree._Element:
     return _header(s, ctx=replace(s.requester, audience="urn:example:not-this-gateway"))
 
 
+def _issuer_mismatch(s: Signer) -> etree._Element:
+    """Validly signed with the pinned key, but the Issuer names somebody else (another DN)."""
+    def mutate(a: etree._Element) -> None:
+        a.find(_a("Issuer")).text = "CN=Another Organisation,O=Elsewhere,C=US"
+
+    return _header(s, mutate=mutate)
+
+
 def _missing_timestamp(s: Signer) -> etree._Element:
     h = _header(s)
     ts = h.find(f"{{{WSU}}}Timestamp")
@@ -200,6 +208,7 @@ NEGATIVES: dict[str, Callable[[Signer], etree._Element]] = {
     "disallowed_purpose": _disallowed_purpose,
     "unknown_audience": _unknown_audience,
     "missing_timestamp": _missing_timestamp,
+    "issuer_mismatch": _issuer_mismatch,
 }
 
 

@@ -24,6 +24,8 @@ SAMPLES = ROOT / "sample_documents"
 REQUESTER_HOME = "urn:oid:1.3.6.1.4.1.21367.2026.2.1"
 AUDIENCE = "urn:xds-node:conformance-selftest"
 PATIENT = "VET0001^^^&1.3.6.1.4.1.21367.2026.1.9&ISO"
+#: Granted before the node starts, revoked by the CLI (another process) while it runs.
+REVOKED = "VET0002^^^&1.3.6.1.4.1.21367.2026.1.9&ISO"
 VARIABLES = {"home": DEMO_HOME_COMMUNITY_ID, "gw_patient": PATIENT, "ig_patient": PATIENT,
              "given": "Alex", "family": "Testpatient", "gender": "M", "birth_time": "19780412"}
 
@@ -58,21 +60,53 @@ def harness(tmp_path_factory):
         report = node.folder_indexer(SAMPLES).sync()
         assert report.registered, report.rejected
         node.consent_store.grant(PATIENT, source="test")
+        node.consent_store.grant(REVOKED, source="test")
+        from sqlalchemy import select
+
+        from xds_node.registry.tables import documents
+        with node.engine.connect() as conn:
+            revoked_doc = conn.execute(
+                select(documents.c.id).where(documents.c.patient_id == REVOKED)).scalars().first()
+        assert revoked_doc
         node.patients.save_correlation(PATIENT, DEMO_HOME_COMMUNITY_ID, PATIENT.split("^")[0], PATIENT.split("&")[1])
     finally:
         node.close()
     live = LiveNode(data, extra_env={"XDS_AUDIENCE": AUDIENCE}, port=port)
     signer = Signer.from_files(key_path, cert_path, home_community_id=REQUESTER_HOME, audience=AUDIENCE)
     try:
-        yield live, signer
+        _disclosed_then_revoked(live, signer, revoked_doc, data)
+        yield live, signer, revoked_doc
     finally:
         live.stop()
 
 
+def _disclosed_then_revoked(live: LiveNode, signer: Signer, doc_uuid: str, data: Path) -> None:
+    """The running node discloses REVOKED's document, then the CLI revokes (another process).
+
+    Asking first means any per-process cache of the decision is warm when the revocation lands;
+    the security suite's consent cases then run immediately against the same process.
+    """
+    import subprocess
+    import sys
+
+    from conformance.cases import Case, Expect, Step, Suite
+
+    probe = Suite(name="probe", title="probe", path=load_suite("security").path, cases=[Case(
+        id="probe", title="probe", steps=[Step(
+            id="get", transaction="ITI-38", role="xca_query", template="templates/get_documents_uuid_home.xml",
+            set={"doc_uuid": doc_uuid, "query_home": DEMO_HOME_COMMUNITY_ID}, security="saml",
+            expect=Expect(status=["Success"], counts={"ExtrinsicObject": 1}))])])
+    result = Runner(Target(live.url, timeout=20), signer=signer, variables=VARIABLES).run(probe)
+    assert result.ok, [c.reason for c in result.cases]
+    subprocess.run([sys.executable, "-m", "xds_node.cli", "consent", "revoke", REVOKED, "--data-dir", str(data),
+                    "--source", "paper form"], check=True, capture_output=True, cwd=ROOT)
+
+
 @pytest.fixture(scope="module")
 def results(harness) -> dict[str, RunResult]:
-    live, signer = harness
-    runner = Runner(Target(live.url, timeout=20), signer=signer, variables=VARIABLES)
+    live, signer, revoked_doc = harness
+    variables = {**VARIABLES, "revoked_patient": REVOKED, "revoked_doc_uuid": revoked_doc}
+    runner = Runner(Target(live.url, timeout=20), signer=signer, variables=variables)
     return {name: runner.run(load_suite(name)) for name in list_suites()}
 
 
@@ -83,7 +117,7 @@ def _failures(result: RunResult) -> list[str]:
 @pytest.mark.parametrize("suite", ["registry", "repository", "responding_gateway", "security"])
 def test_suite_passes_against_our_node(results, suite):
     result = results[suite]
-    assert _failures(result) == []
+    assert _failures(result) == [], "\n".join(_failures(result))
     assert result.ok
     # every case ran: nothing skipped for a missing variable or key
     assert [(c.id, c.reason) for c in result.cases if c.outcome != "passed"] == []
@@ -122,7 +156,7 @@ def test_nist_testkit_against_our_live_node(harness):
     testkit = CORPUS / "03-messages" / "nist-testkit" / "tests"
     if not testkit.is_dir():
         pytest.skip("corpus not available")
-    live, signer = harness
+    live, signer, _ = harness
     runner = Runner(Target(live.url, timeout=20), signer=signer,
                     variables={"repository_id": load_settings(env={}).repository_unique_id})
     result = runner.run_nist(testkit)
