@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from xds_node.config import load_settings
+from xds_node.config import load_settings, mask_url
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_documents"
 
@@ -25,12 +25,11 @@ def _settings(args: argparse.Namespace, **overrides):
 def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> None:
     import uvicorn
 
-    # uvicorn worker processes rebuild the app from the environment, so export the settings
-    os.environ["XDS_DATA_DIR"] = str(settings.data_dir)
-    os.environ["XDS_HOST"] = settings.host
-    os.environ["XDS_PORT"] = str(settings.port)
-    if settings.database_url:
-        os.environ["XDS_DATABASE_URL"] = settings.database_url
+    from xds_node.config import EFFECTIVE_ENV, effective_json
+
+    # uvicorn worker processes rebuild the app from the environment: hand them every setting as
+    # resolved here (config file, XDS_* and command-line options), not a subset
+    os.environ[EFFECTIVE_ENV] = effective_json(settings)
     workers = workers or settings.workers
     kwargs = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
                   http="httptools", loop="uvloop", timeout_keep_alive=30)
@@ -58,18 +57,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings.base_url = settings.base_url or f"https://{settings.host}:{settings.port}"
         tls = uvicorn_tls_options(settings, args.tls_cert, args.tls_key, mtls=args.mtls)
     mode = " with mutual TLS (partner certificates required)" if args.mtls else ""
-    print(f"xds-node serving on {settings.public_url}{mode} (database {settings.db_url})", flush=True)
+    print(f"xds-node serving on {settings.public_url}{mode} (database {mask_url(settings.db_url)})", flush=True)
     _serve(settings, workers=args.workers, tls=tls)
     return 0
+
+
+#: Written into a directory ``demo`` created, so ``--reset`` can prove a directory is demo data.
+DEMO_MARKER = ".xds-node-demo"
+DEMO_DIR = Path("./xds-demo")
+
+
+def _demo_dir(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The demo's own data directory, or (None, why not): never a node's directory.
+
+    The demo ignores ``data_dir`` from the environment and the config file on purpose: pointing
+    XDS_DATA_DIR at a real node and running the demo must not touch that node's data.
+    """
+    data = Path(args.data_dir) if args.data_dir else DEMO_DIR
+    marked = (data / DEMO_MARKER).exists()
+    if data.exists() and not data.is_dir():
+        return None, f"{data} exists and is not a directory"
+    if data.exists() and any(data.iterdir()) and not marked:
+        return None, (f"{data} is not empty and was not created by `xds-node demo`; it is left alone. "
+                      f"Choose another --data-dir (the demo's default is {DEMO_DIR})")
+    if args.reset and marked:
+        shutil.rmtree(data)
+    data.mkdir(parents=True, exist_ok=True)
+    (data / DEMO_MARKER).write_text("created by `xds-node demo`; `xds-node demo --reset` may delete this directory\n")
+    return data, ""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from xds_node.demo import load_samples, print_banner
 
-    settings = _settings(args, host=args.host, port=args.port, data_dir=args.data_dir)
-    if args.fresh and Path(settings.data_dir).exists():
-        shutil.rmtree(settings.data_dir)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    data, why = _demo_dir(args)
+    if data is None:
+        print(f"xds-node demo: {why}", file=sys.stderr)
+        return 2
+    # its own SQLite database and partners file too, whatever XDS_DATABASE_URL / the config say
+    settings = _settings(args, host=args.host, port=args.port, data_dir=data, database_url="",
+                         partners_file=data / "partners.toml")
     from xds_node.admin import init_keys
     from xds_node.node import Node
 
@@ -178,7 +205,10 @@ def _safe_name(uid: str) -> str:
 def cmd_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     for f in dataclasses.fields(settings):
-        print(f"{f.name} = {getattr(settings, f.name)!r}")
+        value = getattr(settings, f.name)
+        if f.name == "database_url" and value:
+            value = mask_url(value)
+        print(f"{f.name} = {value!r}")
     return 0
 
 
@@ -202,10 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require a client certificate pinned in partners.toml, matched to the SAML issuer")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="fresh embedded registry with the sample documents, then serve")
+    p = sub.add_parser("demo", help="embedded registry with the sample documents in ./xds-demo, then serve")
     net(p)
-    p.add_argument("--keep", dest="fresh", action="store_false", help="keep an existing demo data directory")
-    p.set_defaults(func=cmd_demo, fresh=True)
+    p.add_argument("--reset", action="store_true",
+                   help="start from scratch: delete the demo directory first (only one the demo created)")
+    p.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)  # the old default, kept for scripts
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("load", help="index folders of C-CDA files in place (add, change -> RPLC, remove)")
     p.add_argument("paths", nargs="+", type=Path)

@@ -131,3 +131,38 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
             setattr(settings, key, raw)
     settings.data_dir = Path(settings.data_dir)
     return settings
+
+
+#: Environment variable carrying the complete effective settings from ``serve`` to its workers.
+EFFECTIVE_ENV = "XDS_EFFECTIVE_SETTINGS"
+
+
+def effective_json(settings: Settings) -> str:
+    """Every setting as JSON, so worker processes run with exactly what the parent resolved."""
+    import json
+
+    data = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+    return json.dumps(data, default=str)
+
+
+def from_effective_json(text: str) -> Settings:
+    """The inverse of :func:`effective_json`."""
+    import json
+
+    data = json.loads(text)
+    known = {f.name for f in dataclasses.fields(Settings)}
+    settings = Settings(**{k: val for k, val in data.items() if k in known})
+    settings.data_dir = Path(settings.data_dir)
+    if settings.partners_file is not None:
+        settings.partners_file = Path(settings.partners_file)
+    return settings
+
+
+def mask_url(url: str) -> str:
+    """A database URL fit to print: the password replaced by ``***``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: print nothing that could be a secret
+        return url.split("@", 1)[-1] if "@" in url else url

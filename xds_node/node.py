@@ -214,7 +214,14 @@ def tune_gc() -> None:
 
 
 def create_app() -> SoapApp:
-    """ASGI factory for ``uvicorn --factory xds_node.node:create_app`` (settings from XDS_* env)."""
-    app = Node().app()
+    """ASGI factory for ``uvicorn --factory xds_node.node:create_app``.
+
+    ``serve --workers N`` passes its effective settings in XDS_EFFECTIVE_SETTINGS; without it (a
+    plain uvicorn command line) settings come from XDS_CONFIG / XDS_* as usual.
+    """
+    from xds_node.config import EFFECTIVE_ENV, from_effective_json
+
+    raw = os.environ.get(EFFECTIVE_ENV)
+    app = Node(from_effective_json(raw) if raw else None).app()
     tune_gc()
     return app

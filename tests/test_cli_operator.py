@@ -1,0 +1,127 @@
+"""Operator safety (issue 11), run the way a person would: the CLI in a subprocess.
+
+* ``demo`` never deletes or writes into a directory it did not create as demo data, and never
+  uses the node's data directory or database from the environment.
+* ``serve --workers N --config FILE`` runs every worker with the file's settings.
+* Database passwords are never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 60):
+    return subprocess.run([sys.executable, "-m", "xds_node.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def test_demo_refuses_a_directory_it_did_not_create(tmp_path):
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    (node_dir / "registry.db").write_bytes(b"precious")
+    done = _cli("demo", "--data-dir", str(node_dir), "--reset", "--port", str(free_port()))
+    assert done.returncode == 2
+    assert "was not created by `xds-node demo`" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (node_dir / "registry.db").read_bytes() == b"precious"
+
+
+def test_demo_ignores_the_nodes_data_dir_and_database_from_the_environment(tmp_path):
+    """XDS_DATA_DIR / XDS_DATABASE_URL name a real node: the demo uses ./xds-demo instead."""
+    node_dir = tmp_path / "node"
+    node_dir.mkdir()
+    (node_dir / "registry.db").write_bytes(b"precious")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    port = free_port()
+    env = {"XDS_DATA_DIR": str(node_dir), "XDS_DATABASE_URL": f"sqlite:///{node_dir / 'registry.db'}",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "demo", "--port", str(port)], cwd=work,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert (node_dir / "registry.db").read_bytes() == b"precious"
+    assert sorted(p.name for p in node_dir.iterdir()) == ["registry.db"]
+    assert (work / "xds-demo" / "registry.db").exists()
+    assert (work / "xds-demo" / ".xds-node-demo").exists()
+
+
+def test_demo_reset_deletes_only_a_marked_demo_directory(tmp_path):
+    import argparse
+
+    from xds_node.cli import DEMO_MARKER, _demo_dir
+
+    demo = tmp_path / "demo"
+    made, why = _demo_dir(argparse.Namespace(data_dir=demo, reset=False))
+    assert made == demo and not why and (demo / DEMO_MARKER).exists()
+    (demo / "stale.txt").write_text("old demo data")
+    made, _ = _demo_dir(argparse.Namespace(data_dir=demo, reset=True))
+    assert made == demo and not (demo / "stale.txt").exists()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("not demo data")
+    made, why = _demo_dir(argparse.Namespace(data_dir=other, reset=True))
+    assert made is None and "left alone" in why
+    assert (other / "keep.txt").exists()
+
+
+@pytest.mark.server
+def test_every_worker_runs_with_the_config_files_settings(tmp_path):
+    """``--config FILE serve --workers 2``: a body cap from the file holds on every connection."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\ndata_dir = "{tmp_path / "data"}"\nmax_body_bytes = 2000\n')
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "--config", str(config), "serve",
+                             "--workers", "2", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        up = False
+        while time.monotonic() < deadline and not up:
+            try:
+                up = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert up, "node did not start"
+        statuses = []
+        for _ in range(16):  # a fresh connection each time, so both workers take some
+            with httpx.Client(timeout=10) as client:
+                r = client.post(f"http://127.0.0.1:{port}/xds/registry", content=b"<x/>" * 1000,
+                                headers={"content-type": "application/soap+xml"})
+                statuses.append(r.status_code)
+        assert set(statuses) == {413}, statuses
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_database_password_is_never_printed(tmp_path):
+    env = {"XDS_DATABASE_URL": "postgresql+psycopg://node:s3cret-pw@db.example/xds",
+           "XDS_DATA_DIR": str(tmp_path)}
+    done = _cli("config", env=env)
+    assert done.returncode == 0
+    assert "s3cret-pw" not in done.stdout + done.stderr
+    assert "node:***@db.example" in done.stdout
