@@ -125,3 +125,51 @@ def test_database_password_is_never_printed(tmp_path):
     assert done.returncode == 0
     assert "s3cret-pw" not in done.stdout + done.stderr
     assert "node:***@db.example" in done.stdout
+
+
+@pytest.mark.parametrize(("toml", "words"), [
+    ('home_comunity_id = "urn:oid:1.2.3"\n', "unknown setting 'home_comunity_id' (did you mean 'home_community_id'?)"),
+    ('port = "eighty"\n', "port = 'eighty' is not valid: expected a whole number"),
+    ("port = 99999\n", "expected a TCP port"),
+    ('[node]\nconsent_mode = "maybe"\n', "expected 'opt-in' or 'opt-out'"),
+    ('home_community_id = "urn:oid:1.2"\n[node]\nhome_community_id = "urn:oid:1.3"\n', "set twice"),
+    ("port = \n", "is not valid TOML"),
+])
+def test_settings_mistakes_are_one_line_naming_key_and_file(tmp_path, toml, words):
+    config = tmp_path / "node.toml"
+    config.write_text(toml)
+    done = _cli("--config", str(config), "config", env={"XDS_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2, done.stdout
+    assert words in done.stderr and str(config) in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_top_level_keys_beside_a_node_table_count(tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text('home_community_id = "urn:oid:1.2.840.99"\n[node]\nport = 9090\n')
+    done = _cli("config", "--config", str(config), env={"XDS_DATA_DIR": str(tmp_path)})  # --config after too
+    assert done.returncode == 0, done.stderr
+    assert "home_community_id = 'urn:oid:1.2.840.99'" in done.stdout and "port = 9090" in done.stdout
+
+
+def test_environment_mistakes_name_the_variable(tmp_path):
+    done = _cli("config", env={"XDS_DATA_DIR": str(tmp_path), "XDS_WORKERS": "two"})
+    assert done.returncode == 2 and "XDS_WORKERS: workers = 'two'" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "words"), [
+    (["--config", "/nonexistent/node.toml", "config"], {}, "settings file /nonexistent/node.toml not found"),
+    (["consent", "show", "A^^^&1.2&ISO"], {"XDS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"},
+     "cannot use the database"),
+])
+def test_ordinary_failures_are_one_line_without_traceback(tmp_path, args, env, words):
+    done = _cli(*args, env={"XDS_DATA_DIR": str(tmp_path), **env})
+    assert done.returncode in (1, 2)
+    assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_version_and_debug():
+    done = _cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("xds-node ")
+    done = _cli("--debug", "--config", "/nonexistent/node.toml", "config")
+    assert "Traceback" in done.stderr

@@ -212,10 +212,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xds-node")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xds-node", description="IHE XDS.b / XCA / XCPD document-exchange node")
     parser.add_argument("--config", help="TOML settings file (default: $XDS_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def net(p: argparse.ArgumentParser) -> None:
@@ -268,8 +279,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _accept_config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--config`` before or after the subcommand (``xds-node serve --config f.toml`` works too)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("--config" in a.option_strings for a in sub._actions):
+                    sub.add_argument("--config", default=argparse.SUPPRESS, help="TOML settings file")
+                _accept_config_everywhere(sub)
+
+
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """One line naming what is wrong and how to fix it, and the exit code; None if unexpected."""
+    import ssl
+    import tomllib
+
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    if isinstance(exc, tomllib.TOMLDecodeError):
+        return f"the settings file is not valid TOML: {exc}", 2
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("psycopg"):
+        return ("PostgreSQL needs the psycopg driver: pip install 'xds-node[postgres]' "
+                "(or pip install 'psycopg[binary]')"), 2
+    if isinstance(exc, OperationalError):
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+        return f"cannot use the database: {reason} (check database_url / XDS_DATABASE_URL)", 1
+    if isinstance(exc, ArgumentError):
+        return f"database_url is not a database URL SQLAlchemy understands: {exc}", 2
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS setup failed: {exc.reason or exc} (check the certificate and key files)", 2
+    if isinstance(exc, FileNotFoundError):
+        return f"file not found: {exc.filename or exc}", 2
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or exc}", 1
+    if isinstance(exc, IsADirectoryError | NotADirectoryError):
+        return f"not the expected kind of file: {exc.filename or exc}", 2
+    if isinstance(exc, OSError) and exc.errno == 98:  # EADDRINUSE
+        return "the address is already in use: another process listens on that port (choose --port)", 1
+    if isinstance(exc, ValueError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _accept_config_everywhere(parser)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
@@ -278,6 +333,23 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `xds-node audit | head`: the reader left; say nothing more and keep Python from
+        # complaining about the flush at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        known = explain(exc)
+        if known is None:
+            print(f"xds-node: unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)",
+                  file=sys.stderr)
+            return 1
+        message, code = known
+        print(f"xds-node: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

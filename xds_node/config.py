@@ -71,7 +71,12 @@ class Settings:
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{Path(self.data_dir) / 'registry.db'}"
+        url = self.database_url or f"sqlite:///{Path(self.data_dir) / 'registry.db'}"
+        # the scheme Heroku-style tools and libpq users write; SQLAlchemy wants a dialect+driver
+        for plain in ("postgres://", "postgresql://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain):]
+        return url
 
     @property
     def public_url(self) -> str:
@@ -91,45 +96,143 @@ class Settings:
         return self.home_community_id.removeprefix("urn:oid:")
 
 
-def _coerce(name: str, current: Any, raw: Any) -> Any:
-    """Convert a TOML or environment value to the type of the field's default."""
+class ConfigError(ValueError):
+    """A setting that cannot be used, named with where it came from (file or variable)."""
+
+
+#: Keys read from ``settings.extra`` by other modules (the initiating gateway's system user, see
+#: transactions/ig.py); anything else not a Settings field is a mistake, most often a misspelling.
+EXTRA_KEYS = frozenset({
+    "ig_subject_id", "ig_organization", "ig_organization_id", "ig_role", "ig_purpose_of_use", "ig_npi",
+    "ig_match_mode", "ig_signing_key", "ig_signing_cert", "ig_tls_verify", "ig_tls_ca_file",
+    "ig_tls_client_cert", "ig_tls_client_key", "ig_spool_dir", "ig_max_connections",
+})
+_PATH_FIELDS = {"data_dir", "partners_file"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+#: Values that have the right type but cannot work: key -> (test, what is expected).
+_RULES: dict[str, tuple[Any, str]] = {
+    "port": (lambda v: 0 < v < 65536, "a TCP port, 1-65535"),
+    "workers": (lambda v: v >= 1, "at least 1"),
+    "max_body_bytes": (lambda v: v > 0, "a positive number of bytes"),
+    "max_header_bytes": (lambda v: v > 0, "a positive number of bytes"),
+    "max_query_results": (lambda v: v >= 1, "at least 1"),
+    "clock_skew_seconds": (lambda v: 0 <= v <= 3600, "0-3600 seconds"),
+    "consent_mode": (lambda v: v in ("opt-in", "opt-out"), "'opt-in' or 'opt-out'"),
+}
+
+
+def _coerce(name: str, current: Any, raw: Any, where: str) -> Any:
+    """Convert a TOML or environment value to the type of the field's default, or say why not."""
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{where}: {name} = {raw!r} is not valid: expected {expected}")
+
+    from_env = isinstance(raw, str) and where.startswith("XDS_")
     if isinstance(current, bool):
         if isinstance(raw, bool):
             return raw
-        return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if from_env and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise bad("true or false")
     if isinstance(current, int):
-        return int(raw)
-    if isinstance(current, Path) or name in {"data_dir", "partners_file"}:
-        return Path(raw) if raw not in (None, "") else None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if from_env and raw.strip().lstrip("-").isdigit():
+            return int(raw)
+        raise bad("a whole number")
+    if isinstance(current, Path) or name in _PATH_FIELDS:
+        if raw in (None, ""):
+            return None
+        if not isinstance(raw, str):
+            raise bad("a path")
+        return Path(raw)
     if isinstance(current, list):
-        return list(raw) if isinstance(raw, list) else [x.strip() for x in str(raw).split(",") if x.strip()]
+        if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            return list(raw)
+        if isinstance(raw, str):
+            return [x.strip() for x in raw.split(",") if x.strip()]
+        raise bad("a list of strings")
+    if isinstance(current, str) and not isinstance(raw, str):
+        raise bad("a string")
     return raw
 
 
-def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build settings from defaults, then the TOML file (``[node]`` table or top level), env, overrides."""
-    env = dict(os.environ if env is None else env)
-    settings = Settings()
-    names = {f.name for f in dataclasses.fields(Settings)}
-    path = path or env.get("XDS_CONFIG")
-    if path:
+def _unknown(key: str, where: str, names: set[str]) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(names | EXTRA_KEYS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown setting {key!r}{hint}")
+
+
+def _read_file(path: str | Path, names: set[str]) -> dict[str, Any]:
+    where = str(path)
+    try:
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
-        doc = doc.get("node", doc)
-        for key, raw in doc.items():
+    except FileNotFoundError:
+        raise ConfigError(f"settings file {where} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {where}: {exc.strerror or exc}") from None
+    node = doc.pop("node", {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{where}: [node] must be a table")
+    merged: dict[str, Any] = {}
+    for table in (doc, node):  # keys at top level and under [node] both count
+        for key, raw in table.items():
             key = key.replace("-", "_")
+            if isinstance(raw, dict):
+                raise ConfigError(f"{where}: unknown table [{key}] (settings go at top level or under [node])")
+            if key not in names and key not in EXTRA_KEYS:
+                raise _unknown(key, where, names)
+            if key in merged:
+                raise ConfigError(f"{where}: {key} is set twice (at top level and under [node])")
+            merged[key] = raw
+    return merged
+
+
+def _check(settings: Settings, sources: dict[str, str]) -> None:
+    for name, (ok, expected) in _RULES.items():
+        value = getattr(settings, name)
+        if not ok(value):
+            where = sources.get(name, "default")
+            raise ConfigError(f"{where}: {name} = {value!r} is not valid: expected {expected}")
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, then the TOML file (``[node]`` table or top level), env, overrides.
+
+    Every value is checked as it is read: an unknown key (a misspelling would otherwise leave the
+    node running on a demo value), a wrong type or an impossible value is a :class:`ConfigError`
+    naming the key and the file or variable it came from.
+    """
+    env = dict(os.environ if env is None else env)
+    settings = Settings()
+    names = {f.name for f in dataclasses.fields(Settings)} - {"extra"}
+    sources: dict[str, str] = {}
+    path = path or env.get("XDS_CONFIG")
+    if path:
+        for key, raw in _read_file(path, names).items():
             if key in names:
-                setattr(settings, key, _coerce(key, getattr(settings, key), raw))
+                setattr(settings, key, _coerce(key, getattr(Settings(), key), raw, str(path)))
+                sources[key] = str(path)
             else:
                 settings.extra[key] = raw
     for key in names:
-        raw = env.get("XDS_" + key.upper())
+        var = "XDS_" + key.upper()
+        raw = env.get(var)
         if raw is not None:
-            setattr(settings, key, _coerce(key, getattr(settings, key), raw))
+            setattr(settings, key, _coerce(key, getattr(Settings(), key), raw, var))
+            sources[key] = var
     for key, raw in overrides.items():
         if raw is not None:
             setattr(settings, key, raw)
+            sources[key] = "command line"
     settings.data_dir = Path(settings.data_dir)
+    _check(settings, sources)
     return settings
 
 
