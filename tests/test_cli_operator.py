@@ -173,3 +173,16 @@ def test_version_and_debug():
     assert done.returncode == 0 and done.stdout.startswith("xds-node ")
     done = _cli("--debug", "--config", "/nonexistent/node.toml", "config")
     assert "Traceback" in done.stderr
+
+
+def test_admin_commands_never_create_a_stray_database(tmp_path):
+    """Run from the wrong folder: an error naming the directory, and nothing created."""
+    done = _cli("consent", "grant", "VET0002^^^&1.3.6.1.4.1.21367.2026.1.9&ISO", cwd=tmp_path,
+                env={"PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2
+    assert f"data directory {tmp_path / 'data'} does not exist" in done.stderr
+    assert not (tmp_path / "data").exists()
+    done = _cli("consent", "show", "VET0002^^^&1.3.6.1.4.1.21367.2026.1.9&ISO", "--init", cwd=tmp_path,
+                env={"PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "data" / "registry.db").exists()

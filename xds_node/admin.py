@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from xds_node.config import Settings, load_settings
+from xds_node.config import Settings, load_settings, require_data_dir
 
 #: The demo partner `keys init` creates: a fictional hospital community signing with its own key.
 DEMO_PARTNER_HCID = "urn:oid:1.3.6.1.4.1.21367.2026.2.1"
@@ -32,7 +32,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _node(args: argparse.Namespace):
     from xds_node.node import Node
 
-    return Node(_settings(args))
+    settings = _settings(args)
+    require_data_dir(settings, init=getattr(args, "init", False))
+    return Node(settings)
 
 
 def _when(value: str | None) -> datetime | None:
@@ -245,6 +247,7 @@ def add_parsers(sub) -> None:
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--data-dir", type=Path)
+        p.add_argument("--init", action="store_true", help="create the data directory if it does not exist")
         return p
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_command", required=True)

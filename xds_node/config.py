@@ -269,3 +269,16 @@ def mask_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not a URL SQLAlchemy understands: print nothing that could be a secret
         return url.split("@", 1)[-1] if "@" in url else url
+
+
+def require_data_dir(settings: Settings, *, init: bool = False) -> None:
+    """Admin commands act on a node that exists: a missing data directory is an error, not a new node.
+
+    Run from the wrong folder, ``./data`` would otherwise be created with an empty registry and
+    the command would report success about a database the running node never reads.
+    """
+    data = Path(settings.data_dir)
+    if data.is_dir() or init:
+        return
+    raise ConfigError(f"data directory {data.resolve()} does not exist: run where the node's data lives, "
+                      f"pass --data-dir DIR or set XDS_DATA_DIR (--init creates a new node there)")

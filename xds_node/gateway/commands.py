@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from xds_node.config import load_settings
+from xds_node.config import load_settings, require_data_dir
 from xds_node.ebxml import vocabulary as v
 
 STATE_STYLE = {"pending": ("waiting", "yellow"), "answered": ("answered", "green"),
@@ -73,7 +73,9 @@ def add_parsers(sub: Any) -> None:
 # --- plumbing ---------------------------------------------------------------------------------
 def _settings(args: argparse.Namespace):
     overrides = {"data_dir": args.data_dir} if getattr(args, "data_dir", None) else {}
-    return load_settings(getattr(args, "config", None), **overrides)
+    settings = load_settings(getattr(args, "config", None), **overrides)
+    require_data_dir(settings, init=False)
+    return settings
 
 
 def _ctx(args: argparse.Namespace, ig: Any):
