@@ -186,3 +186,13 @@ def test_admin_commands_never_create_a_stray_database(tmp_path):
                 env={"PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "data" / "registry.db").exists()
+
+
+def test_patient_id_root_setting_decides_the_xds_patient_id(tmp_path):
+    """`load` with patient_id_root naming a root the documents lack: each is refused, naming the root."""
+    done = _cli("load", str(ROOT / "sample_documents" / "alex-testpatient"), "--data-dir", str(tmp_path / "d"),
+                env={"XDS_PATIENT_ID_ROOT": "1.2.840.99999.1"})
+    assert done.returncode == 1
+    assert "no id with root 1.2.840.99999.1" in done.stdout + done.stderr
+    done = _cli("config", env={"XDS_PATIENT_ID_ROOT": "not-an-oid", "XDS_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2 and "XDS_PATIENT_ID_ROOT" in done.stderr

@@ -66,6 +66,14 @@ class Settings:
     audience: str = ""
     consent_mode: str = "opt-in"  # or "opt-out"
 
+    # C-CDA ingest (`xds-node load`): what the document header does not decide
+    #: Which recordTarget id root becomes the XDS patient id (the affinity domain's assigning
+    #: authority). Empty: the first id that is not a Social Security Number; an SSN never is.
+    patient_id_root: str = ""
+    #: healthcareFacilityTypeCode / practiceSettingCode when the document has none: CODE^SYSTEM^DISPLAY
+    facility_type_code: str = "394777002^2.16.840.1.113883.6.96^Health Encounter Site"
+    practice_setting_code: str = "408443003^2.16.840.1.113883.6.96^General medical practice"
+
     # free-form extras for later modules
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -120,7 +128,21 @@ _RULES: dict[str, tuple[Any, str]] = {
     "max_query_results": (lambda v: v >= 1, "at least 1"),
     "clock_skew_seconds": (lambda v: 0 <= v <= 3600, "0-3600 seconds"),
     "consent_mode": (lambda v: v in ("opt-in", "opt-out"), "'opt-in' or 'opt-out'"),
+    "patient_id_root": (lambda v: not v or _is_oid(v), "an OID such as 2.16.840.1.113883.3.42.10001.100001.12"),
+    "facility_type_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
+    "practice_setting_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
 }
+
+
+def _is_oid(value: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*))+", value)) and len(value) <= 64
+
+
+def _is_coded(value: str) -> bool:
+    parts = value.split("^")
+    return len(parts) == 3 and bool(parts[0].strip()) and _is_oid(parts[1].strip())
 
 
 def _coerce(name: str, current: Any, raw: Any, where: str) -> Any:

@@ -159,13 +159,12 @@ class Node:
 
     def folder_indexer(self, folder: Path):
         """An indexer for a source system's folder of C-CDA files (``xds-node load``)."""
-        from xds_node.cda import CdaDefaults
         from xds_node.repository.ingest import FolderIndexer
         from xds_node.repository.sources import FolderSource
 
         return FolderIndexer(self.repository, self.registry, FolderSource(folder),
                              source_id=self.settings.registry_unique_id,
-                             defaults=CdaDefaults(repository_unique_id=self.settings.repository_unique_id),
+                             defaults=cda_defaults(self.settings),
                              on_registered=self.index_patient)
 
     def index_patient(self, data: bytes, entry, conn=None) -> None:
@@ -177,6 +176,21 @@ class Node:
     def close(self) -> None:
         self.audit.close()
         self.engine.dispose()
+
+
+def cda_defaults(settings: Settings):
+    """What C-CDA ingest fills in from settings (patient id root, facility, practice setting)."""
+    from xds_node.cda import CdaDefaults
+    from xds_node.ebxml.model import Code
+
+    def coded(value: str) -> Code:
+        code, system, display = (p.strip() for p in value.split("^"))
+        return Code(code, system, display)
+
+    return CdaDefaults(repository_unique_id=settings.repository_unique_id,
+                       patient_id_root=settings.patient_id_root or None,
+                       healthcare_facility_type_code=coded(settings.facility_type_code),
+                       practice_setting_code=coded(settings.practice_setting_code))
 
 
 def _audit_sinks(settings: Settings) -> list:

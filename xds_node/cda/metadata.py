@@ -549,14 +549,20 @@ def _patient(
     ids = [(r, e) for r, e in _ids(role, _P["id"]) if e and _as_oid(r)]
     if not ids:
         raise CdaError(f"{name}: no usable patient id (root and extension) in recordTarget/patientRole")
-    chosen = None
-    if defaults.patient_id_root:
-        chosen = next((i for i in ids if i[0] == defaults.patient_id_root), None)
-    # SSNs identify the person everywhere; prefer any other id so they do not spread into
-    # registry metadata, and use one only when the document offers nothing else.
+    # SSNs identify the person everywhere: never the XDS patient id unless the affinity domain
+    # really is the SSN (patient_id_root set to it), so they do not spread into registry metadata.
     non_ssn = [i for i in ids if i[0] != SSN_ROOT]
     local = non_ssn[0] if non_ssn else ids[0]
-    chosen = chosen or local
+    if defaults.patient_id_root:
+        chosen = next((i for i in ids if i[0] == defaults.patient_id_root), None)
+        if chosen is None:
+            raise CdaError(f"{name}: recordTarget/patientRole has no id with root {defaults.patient_id_root} "
+                           f"(the configured patient_id_root)")
+    elif non_ssn:
+        chosen = non_ssn[0]
+    else:
+        raise CdaError(f"{name}: the only patient id is a Social Security Number; it is never used as the "
+                       f"XDS patient id unless patient_id_root = \"{SSN_ROOT}\" says so")
     patient_id = _cx(chosen[1], chosen[0])
     source_id = _cx(local[1], local[0])
     assert patient_id and source_id  # ids were filtered on _as_oid above
