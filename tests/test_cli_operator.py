@@ -196,3 +196,28 @@ def test_patient_id_root_setting_decides_the_xds_patient_id(tmp_path):
     assert "no id with root 1.2.840.99999.1" in done.stdout + done.stderr
     done = _cli("config", env={"XDS_PATIENT_ID_ROOT": "not-an-oid", "XDS_DATA_DIR": str(tmp_path)})
     assert done.returncode == 2 and "XDS_PATIENT_ID_ROOT" in done.stderr
+
+
+@pytest.mark.server
+def test_json_logs_and_access_log_on_demand(tmp_path):
+    import json
+
+    port = free_port()
+    env = {**os.environ, "XDS_LOG_FORMAT": "json", "XDS_ACCESS_LOG": "true", "XDS_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "serve", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)
+    assert any(r["logger"] == "uvicorn.access" and "/health" in r["message"] for r in lines)
+    assert not any("color_message" in r for r in lines)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import shutil
 import sys
@@ -31,7 +30,7 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> 
     # resolved here (config file, XDS_* and command-line options), not a subset
     os.environ[EFFECTIVE_ENV] = effective_json(settings)
     workers = workers or settings.workers
-    kwargs = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
+    kwargs = dict(host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log,
                   http="httptools", loop="uvloop", timeout_keep_alive=30)
     kwargs.update(tls or {})
     if workers > 1:
@@ -321,14 +320,24 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
     return None
 
 
+def _logging_from(args: argparse.Namespace) -> None:
+    """Log level and format from the settings, ``-v`` meaning debug; defaults if settings are broken
+    (the command then reports that error itself)."""
+    from xds_node.logs import setup_logging
+
+    try:
+        settings = load_settings(getattr(args, "config", None))
+        level, fmt, access = settings.log_level, settings.log_format, settings.access_log
+    except Exception:
+        level, fmt, access = "info", "text", False
+    setup_logging("debug" if args.verbose else level, fmt, access_log=access)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     _accept_config_everywhere(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    _logging_from(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -66,6 +66,11 @@ class Settings:
     audience: str = ""
     consent_mode: str = "opt-in"  # or "opt-out"
 
+    # logs
+    log_level: str = "info"  # debug, info, warning, error (`-v` means debug)
+    log_format: str = "text"  # text, or json: one JSON object per line for log shippers
+    access_log: bool = False  # one line per HTTP request (uvicorn's access log)
+
     # C-CDA ingest (`xds-node load`): what the document header does not decide
     #: Which recordTarget id root becomes the XDS patient id (the affinity domain's assigning
     #: authority). Empty: the first id that is not a Social Security Number; an SSN never is.
@@ -128,6 +133,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "max_query_results": (lambda v: v >= 1, "at least 1"),
     "clock_skew_seconds": (lambda v: 0 <= v <= 3600, "0-3600 seconds"),
     "consent_mode": (lambda v: v in ("opt-in", "opt-out"), "'opt-in' or 'opt-out'"),
+    "log_level": (lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
+    "log_format": (lambda v: v in ("text", "json"), "text or json"),
     "patient_id_root": (lambda v: not v or _is_oid(v), "an OID such as 2.16.840.1.113883.3.42.10001.100001.12"),
     "facility_type_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
     "practice_setting_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),

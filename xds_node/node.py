@@ -234,8 +234,11 @@ def create_app() -> SoapApp:
     plain uvicorn command line) settings come from XDS_CONFIG / XDS_* as usual.
     """
     from xds_node.config import EFFECTIVE_ENV, from_effective_json
+    from xds_node.logs import setup_logging
 
     raw = os.environ.get(EFFECTIVE_ENV)
-    app = Node(from_effective_json(raw) if raw else None).app()
+    settings = from_effective_json(raw) if raw else load_settings()
+    setup_logging(settings.log_level, settings.log_format, access_log=settings.access_log)
+    app = Node(settings).app()
     tune_gc()
     return app
