@@ -43,6 +43,9 @@ __all__ = [
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
+#: Transactions that store documents or metadata in the target.
+WRITING_TRANSACTIONS = frozenset({"ITI-41", "ITI-42"})
+
 #: Endpoint roles and their default paths on a node laid out like ours (overridable per run).
 ROLES: dict[str, str] = {
     "registry": "/xds/registry",
@@ -222,6 +225,11 @@ class Case:
     #: Run options this case needs (``--var``); missing ones skip the case with a clear reason.
     needs: list[str] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> bool:
+        """Does the case store something in the target (ITI-41 / ITI-42)? Skipped unless allowed."""
+        return any(step.transaction in WRITING_TRANSACTIONS for step in self.steps)
 
 
 @dataclass

@@ -47,6 +47,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--ca", type=Path, help="CA bundle to verify the target's TLS certificate")
     run.add_argument("--insecure", action="store_true", help="do not verify the target's TLS certificate")
     run.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    run.add_argument("--allow-writes", action="store_true",
+                     help="also run the cases that store test documents in the target (ITI-41/ITI-42)")
     for role, default in ROLES.items():
         run.add_argument(f"--{role.replace('_', '-')}-path", dest=f"path_{role}", default=default,
                          help=f"{role} endpoint path or full URL (default {default})")
@@ -68,6 +70,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         console.print(f"[bold]{name}[/] - {suite.title}")
         for case in suite.cases:
             needs = f"  [dim](needs {', '.join(case.needs)})[/]" if case.needs else ""
+            if case.writes:
+                needs += "  [dim](writes: --allow-writes)[/]"
             console.print(f"  {case.id}: {case.title}{needs}")
     return 0
 
@@ -102,7 +106,7 @@ def build_runner(args: argparse.Namespace, progress=None):
         signer = Signer.from_files(args.sign_with, args.cert, home_community_id=args.requester_home,
                                    purpose=args.purpose, audience=args.audience)
     kwargs = {"progress": progress} if progress is not None else {}
-    return Runner(target, signer=signer, variables=_variables(args), **kwargs)
+    return Runner(target, signer=signer, variables=_variables(args), allow_writes=args.allow_writes, **kwargs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

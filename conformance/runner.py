@@ -439,8 +439,11 @@ class Runner:
     """Runs suites and NIST testkits against one target."""
 
     def __init__(self, target: Target, *, signer: Signer | None = None, variables: dict[str, str] | None = None,
-                 progress: Progress = _noop, transport: httpx.AsyncBaseTransport | None = None):
+                 progress: Progress = _noop, transport: httpx.AsyncBaseTransport | None = None,
+                 allow_writes: bool = True):
         self.target = target
+        #: Cases that store documents in the target run only when allowed (the CLI asks first).
+        self.allow_writes = allow_writes
         self.signer = signer
         self.variables = dict(variables or {})
         self.progress = progress
@@ -483,6 +486,9 @@ class Runner:
             cr.outcome, cr.reason = "skipped", str(exc)
             return cr
         headers: dict[str, etree._Element | None] = {}
+        if case.writes and not self.allow_writes:
+            cr.outcome, cr.reason = "skipped", "writes into the target (ITI-41/ITI-42): run with --allow-writes"
+            return cr
         missing = [n for n in case.needs if not values.get(n)]
         if missing:
             cr.outcome, cr.reason = "skipped", "needs " + ", ".join(f"--var {n}=..." for n in missing)

@@ -223,12 +223,26 @@ def test_cli_options_build_the_target_and_exit_status(tmp_path, monkeypatch, cap
     assert runner.target.url("xca_query") == "https://other.example/q"
     assert runner.target.url("repository") == "https://partner.example" + ROLES["repository"]
     assert runner.variables == {"home": "urn:oid:1"}
+    assert runner.allow_writes is False  # the CLI never stores test documents in a partner unasked
+
     args = parser.parse_args(["conformance", "run", "--target", "http://127.0.0.1:9", "--suite", str(_suite(tmp_path)),
                               "--case", "after", "--timeout", "2", "--quiet", "--junit", str(tmp_path / "j.xml"),
                               "--html", str(tmp_path / "h.html"), "--var", "patient=1^^^&1.2&ISO",
                               "--var", "return_type=LeafClass"])
     assert args.func(args) == 1
     assert (tmp_path / "j.xml").is_file() and (tmp_path / "h.html").is_file()
+
+
+def test_cases_that_write_are_skipped_unless_allowed():
+    from conformance.runner import Runner, Target
+
+    suite = load_suite("repository")
+    writing = [c for c in suite.cases if c.writes]
+    assert writing
+    result = Runner(Target("http://127.0.0.1:9", timeout=0.5), allow_writes=False).run(
+        suite, only=[writing[0].id])
+    case = result.cases[0]
+    assert case.outcome == "skipped" and "--allow-writes" in case.reason
 
 
 @pytest.mark.skipif(not TESTKIT.is_dir(), reason="corpus not available")

@@ -27,7 +27,8 @@ PATIENT = "VET0001^^^&1.3.6.1.4.1.21367.2026.1.9&ISO"
 #: Granted before the node starts, revoked by the CLI (another process) while it runs.
 REVOKED = "VET0002^^^&1.3.6.1.4.1.21367.2026.1.9&ISO"
 VARIABLES = {"home": DEMO_HOME_COMMUNITY_ID, "gw_patient": PATIENT, "ig_patient": PATIENT,
-             "given": "Alex", "family": "Testpatient", "gender": "M", "birth_time": "19780412"}
+             "given": "Alex", "family": "Testpatient", "gender": "M", "birth_time": "19780412",
+             "audience": AUDIENCE}
 
 pytestmark = pytest.mark.server
 
