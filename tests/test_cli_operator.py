@@ -221,3 +221,27 @@ def test_json_logs_and_access_log_on_demand(tmp_path):
     assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)
     assert any(r["logger"] == "uvicorn.access" and "/health" in r["message"] for r in lines)
     assert not any("color_message" in r for r in lines)
+
+
+def test_serve_refuses_a_read_only_data_directory(tmp_path):
+    if os.geteuid() == 0:
+        # root writes through permission bits: make the directory a file's child instead
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        data = blocker / "data"
+    else:
+        data = tmp_path / "ro"
+        data.mkdir()
+        data.chmod(0o500)
+    done = _cli("serve", "--data-dir", str(data), "--port", str(free_port()), timeout=30)
+    assert done.returncode in (1, 2)
+    assert "data directory" in done.stderr and "not writable" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_an_unreachable_database(tmp_path):
+    done = _cli("serve", "--data-dir", str(tmp_path), "--port", str(free_port()), timeout=30,
+                env={"XDS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert done.returncode == 1
+    assert "cannot use the database" in done.stderr and "Traceback" not in done.stderr
+    assert "serving on" not in done.stdout

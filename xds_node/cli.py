@@ -44,8 +44,39 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> 
         uvicorn.run(app, **kwargs)
 
 
+def writable_data_dir(settings) -> None:
+    """Refuse to start on a data directory the node cannot write (content store, keys, SQLite),
+    instead of failing on the first ITI-41 or audit row."""
+    import tempfile
+
+    from xds_node.config import ConfigError
+
+    data = Path(settings.data_dir)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"data directory {data.resolve()} is not writable: {exc.strerror or exc}") from None
+
+
+def database_answers(settings) -> None:
+    """Connect once before announcing anything: a wrong URL, role or port is one line, not a
+    traceback from every worker."""
+    from xds_node.db import make_engine
+
+    engine = make_engine(settings.db_url)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port, data_dir=args.data_dir)
+    writable_data_dir(settings)
+    database_answers(settings)
     tls = None
     if args.tls_cert or args.tls_key or args.mtls:
         if not (args.tls_cert and args.tls_key):
