@@ -290,14 +290,15 @@ def export(events: Iterable[AuditEvent], fmt: Literal["json", "csv"], out: TextI
     """Write events as a JSON array or as CSV (document ids joined with ``;``); returns the count.
 
     JSON is exact. CSV cells that a spreadsheet would evaluate (``=``, ``+``, ``-``, ``@``, tab,
-    CR, LF first) get a leading apostrophe (OWASP CSV injection); the csv module quotes the rest.
+    CR, LF first) get a leading apostrophe (OWASP CSV injection), and every cell is quoted.
     """
     rows = [e.to_dict() for e in events]
     if fmt == "json":
         json.dump(rows, out, indent=2, ensure_ascii=False)
         out.write("\n")
     elif fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=list(EXPORT_FIELDS), lineterminator="\n")
+        # every cell quoted: QUOTE_MINIMAL leaves a lone CR unquoted with "\n" rows (a forged row)
+        writer = csv.DictWriter(out, fieldnames=list(EXPORT_FIELDS), lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writeheader()
         for r in rows:
             r["document_ids"] = ";".join(r["document_ids"])
