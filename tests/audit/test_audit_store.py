@@ -325,3 +325,27 @@ def test_csv_a_carriage_return_inside_a_cell_does_not_start_a_row(engine):
     export(log.list(), "csv", buf)
     rows = list(csv.reader(io.StringIO(buf.getvalue(), newline="")))
     assert len(rows) == 2 and rows[1][EXPORT_FIELDS.index("user_subject_id")] == 'Dr. A\r2024-01-01,"forged",row'
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "returns-awaitable"])
+def test_notify_fails_closed_for_every_kind_of_recorder(kind, caplog):
+    import asyncio
+
+    from xds_node.soap.fault import SoapFault
+    from xds_node.transactions import notify
+
+    def sync(req, tx, result):
+        raise OSError(28, "No space left on device")
+
+    async def coro(req, tx, result):
+        raise OSError(28, "No space left on device")
+
+    recorder = {"sync": sync, "async": coro, "returns-awaitable": lambda *a: coro(*a)}[kind]
+    with pytest.raises(SoapFault) as info:
+        asyncio.run(notify(recorder, object(), "ITI-38", object()))
+    fault = info.value
+    assert (fault.code, fault.http_status, fault.http_headers) == ("Receiver", 503, [("Retry-After", "30")])
+    assert "No space" not in fault.reason  # nothing about our internals goes to the caller
+    assert any(r.levelname == "ERROR" and "audit of ITI-38 could not be written" in r.getMessage()
+               for r in caplog.records)
+    asyncio.run(notify(lambda *a: None, object(), "ITI-38", object()))  # a committed row: no fault
