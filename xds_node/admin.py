@@ -187,7 +187,10 @@ def cmd_consent(args: argparse.Namespace) -> int:
 
 # --- audit --------------------------------------------------------------------------------------
 def cmd_audit(args: argparse.Namespace) -> int:
+    from rich.text import Text
+
     from xds_node.audit.store import export, format_accounting
+    from xds_node.audit.text import printable
 
     node = _node(args)
     try:
@@ -202,11 +205,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
             export(events, args.format, sys.stdout)
             return 0
         table = Table("time (UTC)", "transaction", "outcome", "partner", "user", "purpose", "patient", "documents",
-                      "reason")
+                      "reason", "caller")
         for e in events:
-            table.add_row(e.time.strftime("%Y-%m-%d %H:%M:%S"), e.transaction, e.outcome,
-                          e.partner_organization or e.partner_community, e.user_subject_id, e.purpose_of_use,
-                          e.patient_id or "", str(len(e.document_ids)) if e.document_ids else "", e.reason)
+            # plain Text cells: partner-supplied values are shown, never read as rich markup, and
+            # printable() escapes control characters (no forged lines, no terminal escapes)
+            table.add_row(*(Text(printable(c)) for c in (
+                e.time.strftime("%Y-%m-%d %H:%M:%S"), e.transaction, e.outcome,
+                e.partner_organization or e.partner_community, e.user_subject_id, e.purpose_of_use,
+                e.patient_id or "", str(len(e.document_ids)) if e.document_ids else "", e.reason,
+                f"{e.partner or '-'} ({e.caller_kind})" if e.caller_kind else e.partner)))
         Console().print(table)
     finally:
         node.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.audit.events import AuditEvent, default_action_code
-from xds_node.audit.store import AuditLog, export, format_accounting
+from xds_node.audit.store import EXPORT_FIELDS, AuditLog, export, format_accounting
 from xds_node.db import make_engine, metadata
 from xds_node.security.principal import NHIN_PURPOSE, SNOMED_CT, CodedValue, Principal
 
@@ -196,3 +197,155 @@ def test_accounting_of_disclosures(engine):
     assert "2024-03-01 09:03:00" in lines[5] and "General Hospital" in lines[5] and "Dr. Jane Smith" in lines[5]
     assert lines[-1] == "3 disclosures"
     assert "no disclosures" in format_accounting([])
+
+
+# --- bounds, caller identity, output safety (issue 9) -------------------------------------------
+def test_bound_text_truncates_with_marker_and_digest():
+    from xds_node.audit.events import MAX_FIELD_BYTES, MAX_FIELD_CHARS, bound_text
+
+    assert bound_text("urn:uuid:1") == "urn:uuid:1"
+    exact = "x" * MAX_FIELD_CHARS
+    assert bound_text(exact) == exact  # at the limit: kept whole
+    long = "y" * 5000
+    out = bound_text(long)
+    digest = hashlib.sha256(long.encode()).hexdigest()
+    assert len(out) == MAX_FIELD_CHARS and out.endswith(f"\u2026[truncated 5000 chars sha256={digest}]")
+    assert out.startswith("y" * 900)
+    wide = "\U0001f600" * 1024  # 1,024 characters but 4,096 bytes: too big for a btree entry
+    out = bound_text(wide)
+    assert len(out.encode()) <= MAX_FIELD_BYTES and "\u2026[truncated 1024 chars" in out
+    assert bound_text("a\x00b") == "a\\x00b"  # PostgreSQL text cannot hold NUL
+    for value in (long, wide, "z" * 1025):
+        assert bound_text(bound_text(value)) == bound_text(value)  # idempotent
+
+
+def test_bound_ids_caps_count_and_size():
+    from xds_node.audit.events import MAX_DOCUMENT_IDS, bound_ids
+
+    ids = [f"1.2.3.{i}" for i in range(MAX_DOCUMENT_IDS + 5)]
+    out = bound_ids(ids)
+    assert len(out) == MAX_DOCUMENT_IDS and out[:-1] == ids[: MAX_DOCUMENT_IDS - 1]
+    rest = ids[MAX_DOCUMENT_IDS - 1:]
+    digest = hashlib.sha256("\n".join(rest).encode()).hexdigest()
+    assert out[-1] == f"\u2026[{len(rest)} more document ids sha256={digest}]"
+    assert bound_ids(out) == out
+    big = ["q" * 5000] * 2000  # each id bounded, the whole list within its character budget
+    out = bound_ids(big)
+    assert all(len(i) <= 1024 for i in out) and sum(map(len, out)) <= 1_000_000
+    assert out[-1].startswith("\u2026[") and bound_ids(out) == out
+    assert bound_ids(["a", "b"]) == ["a", "b"]
+
+
+def test_every_field_is_bounded_for_allowed_and_denied_events(engine):
+    from xds_node.audit.events import BOUNDED_FIELDS
+
+    huge = "h" * 100_000
+    log = AuditLog(engine)
+    for outcome in ("success", "denied"):
+        e = AuditEvent(transaction="ITI-38", outcome=outcome, **{f: huge for f in BOUNDED_FIELDS if f != "transaction"},
+                       document_ids=[huge, "1.2.3"])
+        log.record(e)
+    for back in log.list():
+        d = back.to_dict()
+        assert all(len(d[f]) <= 1024 for f in d if isinstance(d[f], str)), d
+        assert back.message_id.endswith("]") and back.document_ids[1] == "1.2.3"
+
+
+def test_from_principal_fills_partner_and_caller_kind():
+    from types import SimpleNamespace
+
+    coded = CodedValue("TREATMENT", NHIN_PURPOSE, "Treatment")
+    partner = SimpleNamespace(subject_id="Dr. A", partner="general", role=coded, purpose_of_use=coded)
+    e = AuditEvent.from_principal(partner, transaction="ITI-38")
+    assert (e.partner, e.caller_kind) == ("general", "partner")  # a Principal without `kind` is a partner's
+    internal = SimpleNamespace(subject_id="ehr", partner="our-ehr", kind="internal", role=None, purpose_of_use=None)
+    e = AuditEvent.from_principal(internal, transaction="ITI-18")
+    assert (e.partner, e.caller_kind) == ("our-ehr", "internal")
+    assert AuditEvent.from_principal(None, transaction="ITI-43").caller_kind == "anonymous"
+    with pytest.raises(ValueError):
+        AuditEvent(transaction="ITI-38", caller_kind="root")  # type: ignore[arg-type]
+
+
+def test_partner_columns_are_stored_listed_and_accounted(engine):
+    log = AuditLog(engine)
+    log.record(event(time=T0, partner="general", caller_kind="partner"))
+    [back] = log.list(partner="general")
+    assert (back.partner, back.caller_kind) == ("general", "partner")
+    [row] = log.accounting_of_disclosures(PID)
+    assert row["recipient_partner"] == "general"
+    text = format_accounting([row], patient_id=PID)
+    assert text.splitlines()[1].split()[:5] == ["date", "(UTC)", "recipient", "community", "partner"]
+    assert "general" in text.splitlines()[3]
+
+
+def test_text_outputs_escape_control_characters():
+    from xds_node.audit.text import printable
+
+    assert printable("Dr. Smith") == "Dr. Smith"
+    assert printable("a\nb\rc\td\x1b[2Je\x9bf\x85g\u2028h\u202ei\x00") == \
+        "a\\nb\\rc\\td\\x1b[2Je\\x9bf\\x85g\\u2028h\\u202ei\\x00"
+    rows = [{"date": "2024-03-01T09:00:00Z", "recipient_organization": "Evil\nCorp", "recipient_organization_id": "",
+             "recipient_community": "c", "recipient_partner": "p", "purpose": "TREATMENT", "transaction": "ITI-38",
+             "documents": [], "description": "d\r\n2024-01-01 forged", "user": "u\x1b]0;pwned\x07",
+             "user_role": "", "event_id": "e"}]
+    text = format_accounting(rows, patient_id="P\n1")
+    assert len(text.splitlines()) == 5 and "\x1b" not in text and "\x07" not in text
+    assert "Evil\\nCorp" in text and "d\\r\\n2024-01-01 forged" in text and "P\\n1" in text
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", "\n=1",
+                                  '=HYPERLINK("http://x","y")'])
+def test_csv_cells_are_neutralised(engine, cell):
+    log = AuditLog(engine)
+    log.record(event(user_subject_id=cell, reason=cell, partner=cell))
+    buf = io.StringIO()
+    export(log.list(), "csv", buf)
+    [row] = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert row["user_subject_id"] == row["reason"] == row["partner"] == "'" + cell
+    buf = io.StringIO()
+    export(log.list(), "json", buf)
+    assert json.loads(buf.getvalue())[0]["user_subject_id"] == cell  # JSON stays exact
+
+
+def test_an_old_audit_table_is_reported_at_start(tmp_path, caplog):
+    from sqlalchemy import text
+
+    engine = make_engine(f"sqlite:///{tmp_path}/old.db")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE audit_event (event_id VARCHAR(64) PRIMARY KEY, time DATETIME)"))
+    AuditLog(engine).create_schema()
+    assert "audit_event table predates this version" in caplog.text and "caller_kind" in caplog.text
+    engine.dispose()
+
+
+def test_csv_a_carriage_return_inside_a_cell_does_not_start_a_row(engine):
+    log = AuditLog(engine)
+    log.record(event(user_subject_id='Dr. A\r2024-01-01,"forged",row'))
+    buf = io.StringIO()
+    export(log.list(), "csv", buf)
+    rows = list(csv.reader(io.StringIO(buf.getvalue(), newline="")))
+    assert len(rows) == 2 and rows[1][EXPORT_FIELDS.index("user_subject_id")] == 'Dr. A\r2024-01-01,"forged",row'
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "returns-awaitable"])
+def test_notify_fails_closed_for_every_kind_of_recorder(kind, caplog):
+    import asyncio
+
+    from xds_node.soap.fault import SoapFault
+    from xds_node.transactions import notify
+
+    def sync(req, tx, result):
+        raise OSError(28, "No space left on device")
+
+    async def coro(req, tx, result):
+        raise OSError(28, "No space left on device")
+
+    recorder = {"sync": sync, "async": coro, "returns-awaitable": lambda *a: coro(*a)}[kind]
+    with pytest.raises(SoapFault) as info:
+        asyncio.run(notify(recorder, object(), "ITI-38", object()))
+    fault = info.value
+    assert (fault.code, fault.http_status, fault.http_headers) == ("Receiver", 503, [("Retry-After", "30")])
+    assert "No space" not in fault.reason  # nothing about our internals goes to the caller
+    assert any(r.levelname == "ERROR" and "audit of ITI-38 could not be written" in r.getMessage()
+               for r in caplog.records)
+    asyncio.run(notify(lambda *a: None, object(), "ITI-38", object()))  # a committed row: no fault

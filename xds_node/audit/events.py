@@ -8,6 +8,7 @@ raw header values) so an audit line can be trusted as much as the authorization 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +16,82 @@ from typing import Any, Literal
 
 Outcome = Literal["success", "partial", "denied", "failure", "error"]
 Direction = Literal["inbound", "outbound"]
+#: Who the caller was: a pinned partner community, one of our own internal clients, or nobody we
+#: could authenticate ("" when unknown, e.g. an outbound row built from a local requester context).
+CallerKind = Literal["partner", "internal", "anonymous", ""]
+CALLER_KINDS = frozenset({"partner", "internal", "anonymous", ""})
+
+#: Every stored text field holds at most this many characters (issue 9: a stranger's 9 MB
+#: wsa:MessageID must neither fill the disk nor overflow a column and lose the row) ...
+MAX_FIELD_CHARS = 1024
+#: ... and at most this many UTF-8 bytes, so an indexed value always fits a PostgreSQL btree
+#: entry (about 2,700 bytes) even when it is 1,024 four-byte characters.
+MAX_FIELD_BYTES = 2048
+#: ``document_ids`` keeps at most this many ids (above the default ``max_query_results``) and this
+#: many characters in all; the rest is summarised by one marker entry carrying their SHA-256.
+MAX_DOCUMENT_IDS = 10_000
+MAX_DOCUMENT_IDS_CHARS = 1_000_000
+
+#: The free-text fields bounded by :func:`bound_text` when an event is built.
+BOUNDED_FIELDS = (
+    "transaction", "partner_community", "partner_organization", "partner_organization_id", "partner",
+    "user_subject_id", "user_role_code", "user_role_display", "user_role_system", "purpose_of_use",
+    "purpose_of_use_display", "purpose_of_use_system", "patient_id", "repository_unique_id", "query_id",
+    "message_id", "remote_address", "endpoint", "reason", "reply_to",
+)  # fmt: skip
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def bound_text(value: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``value`` if it fits, else its head plus ``…[truncated N chars sha256=HEX]`` (N and the
+    digest describe the full value), never more than ``limit`` characters or MAX_FIELD_BYTES bytes.
+
+    NUL becomes the text ``\\x00`` (PostgreSQL text cannot hold it). Idempotent, so a row read back
+    and built into an event again is unchanged.
+    """
+    if len(value) <= limit // 4 and "\x00" not in value:  # fast path: cannot exceed either bound
+        return value
+    full = value
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    if len(value) <= limit and len(value.encode("utf-8", "surrogatepass")) <= MAX_FIELD_BYTES:
+        return value
+    marker = f"\u2026[truncated {len(full)} chars sha256={_sha256(full)}]"
+    head = value[: max(0, limit - len(marker))]
+    room = MAX_FIELD_BYTES - len(marker.encode("utf-8"))
+    encoded = head.encode("utf-8", "surrogatepass")
+    if len(encoded) > room:
+        head = encoded[:room].decode("utf-8", "ignore")  # drops a character cut in half
+    return head + marker
+
+
+def bound_ids(ids: list[str]) -> list[str]:
+    """Bounded ids, at most MAX_DOCUMENT_IDS entries and MAX_DOCUMENT_IDS_CHARS characters; what
+    does not fit is replaced by one last ``…[N more document ids sha256=HEX]`` entry (digest of the
+    omitted ids joined by newlines). Idempotent, like :func:`bound_text`."""
+    out: list[str] = []
+    used = 0
+    for raw in ids:
+        item = bound_text(raw)
+        used += len(item)
+        out.append(item)
+        if len(out) > MAX_DOCUMENT_IDS or used > MAX_DOCUMENT_IDS_CHARS:
+            break
+    else:
+        return out
+    kept: list[str] = []
+    used = 0
+    for item in out:  # leave room for the marker entry
+        if len(kept) >= MAX_DOCUMENT_IDS - 1 or used + len(item) > MAX_DOCUMENT_IDS_CHARS - 256:
+            break
+        kept.append(item)
+        used += len(item)
+    rest = ids[len(kept):]
+    return [*kept, f"\u2026[{len(rest)} more document ids sha256={_sha256(chr(10).join(rest))}]"]
+
 
 #: DICOM PS3.15 A.5 EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure,
 #: 12 major failure. A partial answer (XCA PartialSuccess) is a minor failure; a policy denial or a
@@ -73,6 +150,8 @@ class AuditEvent:
     time: datetime = field(default_factory=utcnow)
     action_code: str = ""  # "" -> default_action_code(transaction, direction)
     partner_community: str = ""
+    partner: str = ""  # trust-store partner name or internal client name of the caller
+    caller_kind: CallerKind = ""
     partner_organization: str = ""
     partner_organization_id: str = ""
     user_subject_id: str = ""
@@ -98,6 +177,15 @@ class AuditEvent:
             raise ValueError(f"unknown audit outcome {self.outcome!r}")
         if self.direction not in ("inbound", "outbound"):
             raise ValueError(f"unknown audit direction {self.direction!r}")
+        if self.caller_kind not in CALLER_KINDS:
+            raise ValueError(f"unknown caller kind {self.caller_kind!r}")
+        # bounded here, once, so allowed and denied rows, the syslog copy and the table agree
+        for name in BOUNDED_FIELDS:
+            value = getattr(self, name)
+            if value:
+                setattr(self, name, bound_text(value))
+        if self.document_ids:
+            self.document_ids = bound_ids(self.document_ids)
         if self.time.tzinfo is None:
             self.time = self.time.replace(tzinfo=UTC)
         if not self.action_code:
@@ -117,10 +205,14 @@ class AuditEvent:
         """Build an event from a verified :class:`xds_node.security.principal.Principal`.
 
         Duck-typed (reads ``subject_id``, ``organization``, ``organization_id``,
-        ``home_community_id``, ``role`` and ``purpose_of_use`` coded values) so audit does not
-        depend on the SAML code; ``principal`` may be ``None`` (request rejected before SAML).
+        ``home_community_id``, ``role`` and ``purpose_of_use`` coded values, ``partner`` and
+        ``kind``) so audit does not depend on the SAML code; ``principal`` may be ``None`` (request
+        rejected before SAML, or an anonymous caller): the row then says ``anonymous``. An object
+        without ``partner`` (a local requester context on an outbound row) leaves the kind unknown.
         """
-        if principal is not None:
+        if principal is None:
+            kwargs = {"caller_kind": "anonymous"} | kwargs
+        else:
             role = getattr(principal, "role", None)
             pou = getattr(principal, "purpose_of_use", None)
             base: dict[str, Any] = {
@@ -129,6 +221,8 @@ class AuditEvent:
                 "partner_organization_id": getattr(principal, "organization_id", "") or "",
                 "user_subject_id": getattr(principal, "subject_id", "") or "",
             }
+            if hasattr(principal, "partner"):
+                base |= {"partner": principal.partner or "", "caller_kind": getattr(principal, "kind", "partner")}
             if role is not None:
                 base |= {"user_role_code": role[0] or "", "user_role_display": _display(role)}
                 if len(role) > 1 and role[1]:
@@ -151,6 +245,8 @@ class AuditEvent:
             "outcome_indicator": self.outcome_indicator,
             "direction": self.direction,
             "partner_community": self.partner_community,
+            "partner": self.partner,
+            "caller_kind": self.caller_kind,
             "partner_organization": self.partner_organization,
             "partner_organization_id": self.partner_organization_id,
             "user_subject_id": self.user_subject_id,

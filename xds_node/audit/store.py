@@ -17,35 +17,41 @@ from typing import Any, Literal, Protocol, TextIO
 
 from sqlalchemy import Column, DateTime, Engine, Index, String, Table, Text, or_, select
 
-from xds_node.audit.events import DISCLOSED, TRANSACTION_NAMES, AuditEvent
+from xds_node.audit.events import DISCLOSED, MAX_FIELD_CHARS, TRANSACTION_NAMES, AuditEvent
+from xds_node.audit.text import csv_cell, printable
 from xds_node.db import insert_rows, metadata
 
 log = logging.getLogger("xds_node.audit")
+
+#: Column width of every free-text field: it holds any value :func:`bound_text` leaves.
+TEXT = String(MAX_FIELD_CHARS)
 
 audit_events = Table(
     "audit_event",
     metadata,
     Column("event_id", String(64), primary_key=True),
     Column("time", DateTime, nullable=False),  # naive UTC
-    Column("transaction", String(16), nullable=False),
+    Column("transaction", TEXT, nullable=False),
     Column("action_code", String(1), nullable=False),
     Column("outcome", String(16), nullable=False),
     Column("direction", String(8), nullable=False),
-    Column("partner_community", String(128), nullable=False, default=""),
-    Column("partner_organization", String(256), nullable=False, default=""),
-    Column("partner_organization_id", String(256), nullable=False, default=""),
-    Column("user_subject_id", String(256), nullable=False, default=""),
-    Column("user_role_code", String(64), nullable=False, default=""),
-    Column("user_role_display", String(256), nullable=False, default=""),
-    Column("purpose_of_use", String(64), nullable=False, default=""),
-    Column("patient_id", String(256)),
-    Column("document_ids", Text, nullable=False, default="[]"),  # JSON list
-    Column("repository_unique_id", String(128)),
-    Column("query_id", String(128)),
-    Column("message_id", String(256), nullable=False, default=""),
-    Column("remote_address", String(64), nullable=False, default=""),
-    Column("endpoint", String(512), nullable=False, default=""),
-    Column("reason", Text, nullable=False, default=""),
+    Column("partner_community", TEXT, nullable=False, default=""),
+    Column("partner_organization", TEXT, nullable=False, default=""),
+    Column("partner_organization_id", TEXT, nullable=False, default=""),
+    Column("user_subject_id", TEXT, nullable=False, default=""),
+    Column("user_role_code", TEXT, nullable=False, default=""),
+    Column("user_role_display", TEXT, nullable=False, default=""),
+    Column("purpose_of_use", TEXT, nullable=False, default=""),
+    Column("patient_id", TEXT),
+    Column("document_ids", Text, nullable=False, default="[]"),  # JSON list, bounded by bound_ids
+    Column("repository_unique_id", TEXT),
+    Column("query_id", TEXT),
+    Column("message_id", TEXT, nullable=False, default=""),
+    Column("remote_address", TEXT, nullable=False, default=""),
+    Column("endpoint", TEXT, nullable=False, default=""),
+    Column("reason", TEXT, nullable=False, default=""),
+    Column("partner", TEXT, nullable=False, default=""),  # trust-store partner / internal client name
+    Column("caller_kind", String(16), nullable=False, default=""),  # partner | internal | anonymous
     Index("ix_audit_event_time", "time"),
     Index("ix_audit_event_patient_time", "patient_id", "time"),
     Index("ix_audit_event_partner_time", "partner_community", "time"),
@@ -58,6 +64,7 @@ EXPORT_FIELDS = (
     "partner_community", "partner_organization", "partner_organization_id", "user_subject_id",
     "user_role_code", "user_role_display", "purpose_of_use", "patient_id", "document_ids",
     "repository_unique_id", "query_id", "message_id", "remote_address", "endpoint", "reason",
+    "partner", "caller_kind",
 )  # fmt: skip
 
 
@@ -88,6 +95,21 @@ class AuditLog:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        """Say at start, not per request, when an older audit table would refuse bounded rows:
+        every audited answer fails closed until the database is migrated."""
+        from sqlalchemy import inspect
+
+        found = {c["name"]: c["type"] for c in inspect(self.engine).get_columns(audit_events.name)}
+        missing = [c.name for c in audit_events.columns if c.name not in found]
+        narrow = [c.name for c in audit_events.columns if isinstance(c.type, String) and c.type.length
+                  and c.name in found and (getattr(found[c.name], "length", None) or c.type.length) < c.type.length]
+        if missing or narrow:
+            log.error("the audit_event table predates this version (missing columns: %s; narrower columns: %s): "
+                      "audited requests will be refused until the database is migrated",
+                      ", ".join(missing) or "none", ", ".join(narrow) or "none")
 
     def record(self, event: AuditEvent) -> AuditEvent:
         """Insert the event (raises if the database refuses), then offer it to every sink."""
@@ -113,6 +135,8 @@ class AuditLog:
             "remote_address": event.remote_address,
             "endpoint": event.endpoint,
             "reason": event.reason,
+            "partner": event.partner,
+            "caller_kind": event.caller_kind,
         }
         with self.engine.begin() as conn:
             insert_rows(conn, audit_events, [row])  # one per request: the cheap driver-level path
@@ -146,8 +170,8 @@ class AuditLog:
     ) -> list[AuditEvent]:
         """Events matching every given filter, newest first. ``until`` is exclusive.
 
-        ``partner`` matches the partner's homeCommunityId (with or without ``urn:oid:``) or its
-        organization id / name.
+        ``partner`` matches the partner's homeCommunityId (with or without ``urn:oid:``), its
+        organization id / name, or the caller's trust-store partner / internal client name.
         """
         t = audit_events
         stmt = select(t)
@@ -163,6 +187,7 @@ class AuditLog:
                     t.c.partner_community.in_(_community_forms(partner)),
                     t.c.partner_organization_id.in_(_community_forms(partner)),
                     t.c.partner_organization == partner,
+                    t.c.partner == partner,
                 )
             )
         if transaction is not None:
@@ -225,6 +250,8 @@ def _row_to_event(row) -> AuditEvent:
         remote_address=row.remote_address or "",
         endpoint=row.endpoint or "",
         reason=row.reason or "",
+        partner=row.partner or "",
+        caller_kind=row.caller_kind or "",
     )
 
 
@@ -248,6 +275,7 @@ def _accounting_line(e: AuditEvent) -> dict[str, Any]:
         "recipient_organization": e.partner_organization,
         "recipient_organization_id": e.partner_organization_id,
         "recipient_community": e.partner_community,
+        "recipient_partner": e.partner,
         "purpose": e.purpose_of_use,
         "transaction": e.transaction,
         "documents": list(e.document_ids),
@@ -259,17 +287,22 @@ def _accounting_line(e: AuditEvent) -> dict[str, Any]:
 
 
 def export(events: Iterable[AuditEvent], fmt: Literal["json", "csv"], out: TextIO) -> int:
-    """Write events as a JSON array or as CSV (document ids joined with ``;``); returns the count."""
+    """Write events as a JSON array or as CSV (document ids joined with ``;``); returns the count.
+
+    JSON is exact. CSV cells that a spreadsheet would evaluate (``=``, ``+``, ``-``, ``@``, tab,
+    CR, LF first) get a leading apostrophe (OWASP CSV injection), and every cell is quoted.
+    """
     rows = [e.to_dict() for e in events]
     if fmt == "json":
         json.dump(rows, out, indent=2, ensure_ascii=False)
         out.write("\n")
     elif fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=list(EXPORT_FIELDS), lineterminator="\n")
+        # every cell quoted: QUOTE_MINIMAL leaves a lone CR unquoted with "\n" rows (a forged row)
+        writer = csv.DictWriter(out, fieldnames=list(EXPORT_FIELDS), lineterminator="\n", quoting=csv.QUOTE_ALL)
         writer.writeheader()
         for r in rows:
             r["document_ids"] = ";".join(r["document_ids"])
-            writer.writerow({k: "" if r[k] is None else r[k] for k in EXPORT_FIELDS})
+            writer.writerow({k: csv_cell(r[k]) for k in EXPORT_FIELDS})
     else:
         raise ValueError(f"unknown export format {fmt!r} (json or csv)")
     return len(rows)
@@ -286,21 +319,27 @@ def _text_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def format_accounting(rows: Sequence[dict[str, Any]], *, patient_id: str | None = None) -> str:
-    """The accounting of disclosures as a readable text table (for the CLI and for letters)."""
-    title = f"Accounting of disclosures for patient {patient_id}" if patient_id else "Accounting of disclosures"
+    """The accounting of disclosures as a readable text table (for the CLI and for letters).
+
+    Every cell is passed through :func:`printable`: a control character in a partner's claims
+    cannot start a line of its own or drive the reader's terminal.
+    """
+    title = (f"Accounting of disclosures for patient {printable(patient_id)}" if patient_id
+             else "Accounting of disclosures")
     if not rows:
         return f"{title}\nno disclosures recorded"
     table = _text_table(
-        ["date (UTC)", "recipient", "community", "purpose", "disclosed", "requested by"],
+        ["date (UTC)", "recipient", "community", "partner", "purpose", "disclosed", "requested by"],
         [
-            [
+            [printable(c) for c in (
                 r["date"].replace("T", " ")[:19],
                 r["recipient_organization"] or r["recipient_organization_id"] or "-",
                 r["recipient_community"] or "-",
+                r.get("recipient_partner") or "-",
                 r["purpose"] or "-",
                 r["description"],
                 r["user"] + (f" ({r['user_role']})" if r["user_role"] else "") if r["user"] else "-",
-            ]
+            )]
             for r in rows
         ],
     )

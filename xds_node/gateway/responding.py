@@ -75,15 +75,18 @@ class SecurityGate:
         return partner is not None and partner.name == principal.partner
 
     def _denied(self, req: SoapRequest, fault: SecurityFault) -> None:
+        """Audit a refusal (fields bounded by AuditEvent, so a stranger's 9 MB MessageID still
+        leaves a row). A refusal discloses nothing, so if the row cannot be written the request
+        is still refused with its own fault, and the failure is logged as an error."""
         if self.audit is None:
             return
         try:
             self.audit.record(AuditEvent(
                 transaction=TRANSACTION_OF_ACTION.get(req.action, req.action), outcome="denied",
-                message_id=req.message_id or "", endpoint=req.path, remote_address=_remote(req),
-                reason=f"{fault.code}: {fault.reason}"))
+                caller_kind="anonymous", message_id=req.message_id or "", endpoint=req.path,
+                remote_address=_remote(req), reason=f"{fault.code}: {fault.reason}"))
         except Exception:
-            log.exception("could not audit a refused request")
+            log.error("could not audit a refused request (it is refused anyway)", exc_info=True)
 
 
 class ConsentCheck:

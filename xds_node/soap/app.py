@@ -155,6 +155,7 @@ class SoapApp:
     async def _send_fault(self, send: Any, fault: SoapFault, req: SoapRequest | None) -> None:
         body = fault_envelope(fault, relates_to=req.message_id if req is not None else None)
         extra = [(b"connection", b"close")] if fault.http_status == 413 else []
+        extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in fault.http_headers]
         await self._send_bytes(send, fault.http_status, body, _FAULT_CT, extra)
 
     def _report(self, exc: BaseException, req: SoapRequest | None) -> None:

@@ -47,7 +47,8 @@ class SoapFault(Exception):
     """A SOAP 1.2 fault; raise it anywhere in request processing to answer with a fault envelope.
 
     ``headers`` are extra SOAP header blocks for the fault envelope (``env:NotUnderstood``,
-    ``env:Upgrade``), which SOAP 1.2 asks for with MustUnderstand/VersionMismatch faults.
+    ``env:Upgrade``), which SOAP 1.2 asks for with MustUnderstand/VersionMismatch faults;
+    ``http_headers`` are extra HTTP response headers (``Retry-After`` with a 503).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class SoapFault(Exception):
         detail: _Element | None = None,
         http_status: int | None = None,
         headers: Sequence[_Element] = (),
+        http_headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         if code not in FAULT_CODES:
             raise ValueError(f"not a SOAP 1.2 fault code: {code!r}")
@@ -69,6 +71,7 @@ class SoapFault(Exception):
         self.detail = detail
         self.http_status = http_status if http_status is not None else _DEFAULT_STATUS.get(code, 500)
         self.headers: list[_Element] = list(headers)
+        self.http_headers: list[tuple[str, str]] = list(http_headers)
 
     def __repr__(self) -> str:
         return f"SoapFault({self.code!r}, {self.reason!r}, subcodes={self.subcodes!r})"

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from lxml import etree
 
@@ -34,16 +34,46 @@ async def blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+#: Seconds a caller is asked to wait (``Retry-After``) when the audit trail cannot be written.
+AUDIT_RETRY_AFTER = 30
+
+log = logging.getLogger("xds_node.audit")
+
+
+def audit_unavailable() -> SoapFault:
+    """The answer when a disclosure cannot be audited: a SOAP 1.2 Receiver fault ("our fault, try
+    again") with HTTP 503 and Retry-After instead of the SOAP binding's default 500, because the
+    condition is temporary (a full disk, a database fail-over) and says nothing about the request."""
+    return SoapFault("Receiver", "Temporarily unable to answer: please retry later", http_status=503,
+                     http_headers=[("Retry-After", str(AUDIT_RETRY_AFTER))])
+
+
+async def audited(record: Callable[..., Any], *args: Any, what: str) -> None:
+    """Run one audit ``record(*args)``; if the row is not committed, log an ERROR and raise the
+    :func:`audit_unavailable` fault so the answer (and the patient data in it) never leaves.
+
+    A synchronous recorder runs like other database work (:func:`blocking`); a coroutine recorder
+    is awaited. The optional syslog copy is the store's business and never raises here.
+    """
+    try:
+        if inspect.iscoroutinefunction(record):
+            await record(*args)
+        else:
+            res = await blocking(record, *args)
+            if inspect.isawaitable(res):
+                await res
+    except SoapFault:
+        raise
+    except Exception:
+        log.error("audit of %s could not be written: the answer is withheld", what, exc_info=True)
+        raise audit_unavailable() from None
+
+
 async def notify(audit, req, transaction: str, result) -> None:
-    """Hand a transaction's outcome to the audit recorder; an audit failure never fails the answer."""
+    """Audit a transaction's outcome before its answer is sent; fails closed (see :func:`audited`)."""
     if audit is None:
         return
-    try:
-        res = audit(req, transaction, result)
-        if inspect.isawaitable(res):
-            await res
-    except Exception:
-        logging.getLogger("xds_node.audit").exception("audit of %s failed", transaction)
+    await audited(audit, req, transaction, result, what=transaction)
 
 
 def expect_body(body: etree._Element, ns: str, local: str) -> None:

@@ -11,7 +11,6 @@ call we say AnswerNotAvailable only if at least one of them consented; otherwise
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from xds_node.patients.hl7v3 import XcpdQuery, XcpdRequestError, build_prpa_in20
 from xds_node.patients.index import PatientIndex
 from xds_node.patients.matching import CANDIDATE_THRESHOLD, CLOSE_MARGIN, match
 from xds_node.soap.envelope import SoapRequest, SoapResponse
-from xds_node.transactions import blocking
+from xds_node.transactions import audited, blocking
 
 __all__ = ["ACTION", "RESPONSE_ACTION", "XcpdOutcome", "make_handler", "respond"]
 
@@ -127,13 +126,8 @@ def make_handler(
     async def handle(req: SoapRequest) -> SoapResponse:
         element, outcome = await blocking(respond, index, req.body, home_community_id=home, device_oid=device,
                                           consent=consent, require_birth_date=require_birth_date)
-        if audit is not None:
-            try:
-                res = audit(req, outcome)
-                if inspect.isawaitable(res):
-                    await res
-            except Exception:  # an audit sink failure must not turn an answer into a fault
-                log.exception("ITI-55 audit failed")
+        if audit is not None:  # the match leaves only once its audit row is committed
+            await audited(audit, req, outcome, what="ITI-55")
         return SoapResponse(action=RESPONSE_ACTION, body=element)
 
     return handle
