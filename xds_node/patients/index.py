@@ -3,6 +3,13 @@
 Writes keep the searchable columns (normalized names, birth date, identifiers, postal codes,
 phone digits) in step with the JSON copy of the demographics, so that :meth:`PatientIndex.candidates`
 is a handful of indexed lookups and the (Python) matcher only ever scores a few dozen rows.
+
+Who may change a patient: the operator (``patients add|import``) replaces demographics; a
+registered document may create a patient the index does not know yet, and may fill in what the
+current version lacks, but a document that *contradicts* the current version (family or first
+given name, birth date, gender) changes nothing: a matching answer must not be steerable by
+whoever can submit a C-CDA. Each change is a new row of ``patient_version``; each contradiction
+a row of ``patient_discrepancy`` for a human to resolve (with ``patients add``).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import csv
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,13 +42,60 @@ from xds_node.patients.model import (
     parse_cx,
 )
 
-__all__ = ["Correlation", "PatientIndex", "demographics_from_cda"]
+__all__ = [
+    "Correlation",
+    "Discrepancy",
+    "DocumentOutcome",
+    "PatientIndex",
+    "Version",
+    "contradictions",
+    "demographics_from_cda",
+    "fill_in",
+]
 
 log = logging.getLogger("xds_node.patients")
 
 HL7 = "urn:hl7-org:v3"
 SSN_ROOT = "2.16.840.1.113883.4.1"
-_TABLES = [t.patient, t.patient_identifier, t.patient_address, t.patient_telecom, t.patient_correlation]
+_TABLES = [t.patient, t.patient_identifier, t.patient_address, t.patient_telecom, t.patient_correlation,
+           t.patient_version, t.patient_discrepancy]
+#: The demographics a document may not contradict (they decide XCPD matching).
+CORE_FIELDS = ("family", "given", "gender", "birth_date")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One entry of a patient's demographics history (newest has the highest number)."""
+
+    patient_id: str
+    version: int
+    source: str  # what: "cli", an import file name, "cda", ...
+    actor: str  # who: the operator, or the document that made the change
+    recorded: datetime
+    demographics: Demographics
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """A registered document's recordTarget disagreeing with the index (which stays as it was)."""
+
+    patient_id: str
+    field: str
+    indexed_value: str
+    document_value: str
+    document_unique_id: str = ""
+    entry_uuid: str = ""
+    source: str = ""
+    recorded: datetime | None = None
+
+
+@dataclass
+class DocumentOutcome:
+    """What indexing one document's recordTarget did."""
+
+    patient_id: str
+    outcome: Literal["created", "updated", "unchanged", "contradicted"]
+    discrepancies: list[Discrepancy] = field(default_factory=list)
 
 
 @dataclass
@@ -85,38 +139,40 @@ class PatientIndex:
 
     # --- patients ---------------------------------------------------------------------------
 
-    def add(self, patient: Patient) -> Literal["created", "updated", "unchanged"]:
-        """Insert or replace one patient (demographics, identifiers, addresses, telecoms)."""
+    def add(self, patient: Patient, *, actor: str = "") -> Literal["created", "updated", "unchanged"]:
+        """Insert or replace one patient (demographics, identifiers, addresses, telecoms) as a new
+        version: the operator's way to create a patient or correct one."""
         with self.engine.begin() as conn:
-            return self._add(conn, patient)
+            return self._add(conn, patient, actor=actor)
 
-    def add_many(self, patients: Iterable[Patient]) -> dict[str, int]:
-        """Bulk load in one transaction; returns ``{"created": n, "updated": m}``."""
+    def add_many(self, patients: Iterable[Patient], *, actor: str = "") -> dict[str, int]:
+        """Bulk load in one transaction; returns ``{"created": n, "updated": m, "unchanged": k}``."""
         counts = {"created": 0, "updated": 0, "unchanged": 0}
         with self.engine.begin() as conn:
             for p in patients:
-                counts[self._add(conn, p)] += 1
+                counts[self._add(conn, p, actor=actor)] += 1
         return counts
 
-    def _add(self, conn: Connection, patient: Patient, *, stored: Any = False) -> Literal["created", "updated",
-                                                                                           "unchanged"]:
-        """Insert or replace; ``stored`` is the row the caller already read (False: read it here)."""
+    def _add(self, conn: Connection, patient: Patient, *, stored: Any = False, actor: str = ""
+             ) -> Literal["created", "updated", "unchanged"]:
+        """Insert or replace, and append the new version; ``stored`` is the row the caller already
+        read (False: read it here)."""
         d = patient.demographics
         data = json.dumps(d.to_dict(), separators=(",", ":"))
-        pid = patient.patient_id
+        pid = _checked_id(patient.patient_id)
         if stored is False:
             stored = self._stored(conn, pid)
-        if stored is not None and stored.data == data and stored.source == (patient.source or ""):
+        if stored is not None and stored.data == data and stored.source == _clip(patient.source, 200):
             return "unchanged"  # ingest sees the same recordTarget in every document of a patient
         now = _now()
         row = {
-            "family": d.family,
-            "given": " ".join(d.given) or None,
-            "family_norm": normalize_name(d.family),
-            "given_norm": " ".join(normalize_name(g) for g in d.given),
+            "family": _clip(d.family, 200) or None,
+            "given": _clip(" ".join(d.given), 400) or None,
+            "family_norm": _clip(normalize_name(d.family), 200),
+            "given_norm": _clip(" ".join(normalize_name(g) for g in d.given), 400),
             "gender": normalize_gender(d.gender),
             "birth_date": normalize_date(d.birth_date),
-            "source": patient.source or "",
+            "source": _clip(patient.source, 200),
             "data": data,
             "updated": now,
         }
@@ -127,11 +183,18 @@ class PatientIndex:
                 conn.execute(delete(child).where(child.c.patient_id == pid))
         else:
             conn.execute(insert(t.patient).values(patient_id=pid, created=now, **row))
+        # after the write above: on PostgreSQL the patient row is locked (or newly inserted) by now,
+        # so a concurrent writer of the same patient waits here and then sees this version
+        last = conn.scalar(select(func.max(t.patient_version.c.version)).where(t.patient_version.c.patient_id == pid))
+        conn.execute(insert(t.patient_version), [{
+            "patient_id": pid, "version": (last or 0) + 1, "source": row["source"], "actor": _clip(actor, 400),
+            "recorded": now, "data": data}])
 
         ids: list[PatientId] = []
         primary = parse_cx(pid)
         for ident in ([primary] if primary else []) + list(d.ids):
-            if ident not in ids and ident.extension and ident.root:
+            if ident not in ids and ident.extension and ident.root and len(ident.root) <= 128 \
+                    and len(ident.extension) <= 256:
                 ids.append(ident)
         for ident in ids:
             owner = conn.scalar(
@@ -149,12 +212,14 @@ class PatientIndex:
         addresses = [a for a in d.addresses if not a.is_empty()]
         if addresses:
             conn.execute(insert(t.patient_address), [
-                {"patient_id": pid, "street": ", ".join(a.street) or None, "city": a.city, "state": a.state,
-                 "postal_code": a.postal_code, "country": a.country} for a in addresses
+                {"patient_id": pid, "street": _clip(", ".join(a.street), 400) or None, "city": _clip(a.city, 200),
+                 "state": _clip(a.state, 100), "postal_code": _clip(a.postal_code, 40),
+                 "country": _clip(a.country, 100)} for a in addresses
             ])
         if d.telecoms:
             conn.execute(insert(t.patient_telecom), [
-                {"patient_id": pid, "value": tel, "digits": digits(tel) if not tel.startswith("mailto:") else ""}
+                {"patient_id": pid, "value": _clip(tel, 400),
+                 "digits": digits(tel) if not tel.startswith("mailto:") else ""}
                 for tel in d.telecoms
             ])
         return "updated" if exists else "created"
@@ -224,8 +289,8 @@ class PatientIndex:
 
     # --- bulk import --------------------------------------------------------------------------
 
-    def import_file(self, path: str | Path, *, default_root: str | None = None, source: str | None = None
-                    ) -> dict[str, int]:
+    def import_file(self, path: str | Path, *, default_root: str | None = None, source: str | None = None,
+                    actor: str = "") -> dict[str, int]:
         """Load a CSV (header: patient_id, family, given, gender, birth_date, street, city, state,
         postal_code, country, phone, email) or JSON lines (same keys, or ``{"patient_id",
         "demographics": {...}}``). A bare ``patient_id`` needs ``default_root`` to become a CX."""
@@ -235,25 +300,69 @@ class PatientIndex:
             patients = list(_read_jsonl(path, default_root, src))
         else:
             patients = list(_read_csv(path, default_root, src))
-        return self.add_many(patients)
+        return self.add_many(patients, actor=actor)
 
     def add_from_cda(self, data: bytes, *, source: str = "cda", prefer_root: str | None = None,
-                     conn: Connection | None = None) -> Patient:
-        """Index the recordTarget of a C-CDA document (in ``conn``'s transaction when given)."""
-        patient_id, demo = demographics_from_cda(data, prefer_root=prefer_root)
-        if conn is None:
-            with self.engine.begin() as own:
-                return self._merge_in(own, Patient(patient_id, demo, source))
-        return self._merge_in(conn, Patient(patient_id, demo, source))
+                     conn: Connection | None = None, document_unique_id: str = "",
+                     entry_uuid: str = "") -> DocumentOutcome:
+        """Index the recordTarget of a registered C-CDA (in ``conn``'s transaction when given).
 
-    def _merge_in(self, conn: Connection, patient: Patient) -> Patient:
-        """Fold a document's view of a patient into what we hold (documents disagree over time)."""
-        row = self._stored(conn, patient.patient_id)
-        if row is not None:
-            patient = Patient(patient.patient_id, merge_demographics(_patient(row).demographics,
-                                                                     patient.demographics), patient.source)
-        self._add(conn, patient, stored=row)
-        return patient
+        Creates an unknown patient and fills in what the current version lacks; a recordTarget
+        that contradicts the current version changes nothing and is recorded as discrepancies.
+        The common case (the same demographics again) is one indexed read and no write.
+        """
+        patient_id, demo = demographics_from_cda(data, prefer_root=prefer_root)
+        _checked_id(patient_id)
+        observed = Patient(patient_id, demo, source)
+        doc = (document_unique_id or "", entry_uuid or "")
+        if conn is not None:
+            return self._observe(conn, observed, doc)
+        try:
+            with self.engine.begin() as own:
+                return self._observe(own, observed, doc)
+        except IntegrityError:  # another process created the same patient first: compare with it
+            with self.engine.begin() as own:
+                return self._observe(own, observed, doc)
+
+    def _observe(self, conn: Connection, patient: Patient, doc: tuple[str, str]) -> DocumentOutcome:
+        pid = patient.patient_id
+        actor = f"document {doc[0]}" if doc[0] else "document"
+        row = self._stored(conn, pid)
+        if row is None:
+            return DocumentOutcome(pid, self._add(conn, patient, stored=None, actor=actor))
+        held = Demographics.from_dict(json.loads(row.data))
+        found = contradictions(held, patient.demographics)
+        if found:
+            now = _now()
+            discrepancies = [Discrepancy(pid, f, ih, dv, doc[0], doc[1], patient.source, now) for f, ih, dv in found]
+            conn.execute(insert(t.patient_discrepancy), [{
+                "patient_id": pid, "document_unique_id": _clip(d.document_unique_id, 256),
+                "entry_uuid": _clip(d.entry_uuid, 64), "field": d.field, "indexed_value": _clip(d.indexed_value, 400),
+                "document_value": _clip(d.document_value, 400), "source": _clip(d.source, 200),
+                "recorded": now} for d in discrepancies])
+            log.warning("patient %s: document %r contradicts the index (%s); the index is unchanged",
+                        pid, doc[0], ", ".join(f"{f}: indexed {ih!r}, document {dv!r}" for f, ih, dv in found))
+            return DocumentOutcome(pid, "contradicted", discrepancies)
+        merged = fill_in(held, patient.demographics)
+        if merged == held:
+            return DocumentOutcome(pid, "unchanged")
+        return DocumentOutcome(pid, self._add(conn, Patient(pid, merged, patient.source), stored=row, actor=actor))
+
+    def history(self, patient_id: str) -> list[Version]:
+        """Every version of a patient's demographics, oldest first."""
+        v = t.patient_version.c
+        stmt = select(t.patient_version).where(v.patient_id == patient_id).order_by(v.version)
+        with self.engine.connect() as conn:
+            return [Version(r.patient_id, r.version, r.source, r.actor or "", r.recorded,
+                            Demographics.from_dict(json.loads(r.data))) for r in conn.execute(stmt)]
+
+    def discrepancies(self, patient_id: str) -> list[Discrepancy]:
+        """Documents that contradicted the index for this patient, oldest first."""
+        d = t.patient_discrepancy.c
+        stmt = select(t.patient_discrepancy).where(d.patient_id == patient_id).order_by(d.recorded, d.id)
+        with self.engine.connect() as conn:
+            return [Discrepancy(r.patient_id, r.field, r.indexed_value, r.document_value, r.document_unique_id,
+                                r.entry_uuid, r.source, r.recorded) for r in conn.execute(stmt)]
 
     @staticmethod
     def _stored(conn: Connection, patient_id: str):
@@ -304,9 +413,42 @@ class PatientIndex:
 # --- row <-> model ------------------------------------------------------------------------------
 
 
-def merge_demographics(held: Demographics, new: Demographics) -> Demographics:
-    """Every address, phone and identifier either side knows; name, gender and birth date from
-    ``new`` where it has them. Merging the same document again changes nothing."""
+def _first_given(d: Demographics) -> str:
+    return normalize_name(d.given[0]) if d.given else ""
+
+
+def _known_gender(value: str | None) -> str | None:
+    g = normalize_gender(value)
+    return g if g in ("M", "F") else None  # UN says nothing
+
+
+def contradictions(held: Demographics, doc: Demographics) -> list[tuple[str, str, str]]:
+    """``(field, indexed value, document value)`` for each core field both sides state differently.
+
+    A missing value is never a contradiction; neither is a less precise birth date (1978 vs
+    19780412), an initial for a given name (A vs Alex), nor gender UN. Names compare normalized
+    (case, accents and punctuation ignored).
+    """
+    out: list[tuple[str, str, str]] = []
+    hf, df = normalize_name(held.family), normalize_name(doc.family)
+    if hf and df and hf != df:
+        out.append(("family", held.family or "", doc.family or ""))
+    hg, dg = _first_given(held), _first_given(doc)
+    if hg and dg and hg != dg and not (len(dg) == 1 and hg.startswith(dg)) and not (len(hg) == 1 and dg.startswith(hg)):
+        out.append(("given", " ".join(held.given), " ".join(doc.given)))
+    hx, dx = _known_gender(held.gender), _known_gender(doc.gender)
+    if hx and dx and hx != dx:
+        out.append(("gender", hx, dx))
+    hb, db = normalize_date(held.birth_date), normalize_date(doc.birth_date)
+    if hb and db and not (hb.startswith(db) or db.startswith(hb)):
+        out.append(("birth_date", hb, db))
+    return out
+
+
+def fill_in(held: Demographics, doc: Demographics) -> Demographics:
+    """``held`` completed from a document that does not contradict it: core fields only where
+    ``held`` has none (or a less precise birth date), every new address, phone and identifier
+    added. Never replaces a value: folding the same document in again changes nothing."""
     def union(a: list, b: list) -> list:
         out = list(a)
         for item in b:
@@ -314,16 +456,30 @@ def merge_demographics(held: Demographics, new: Demographics) -> Demographics:
                 out.append(item)
         return out
 
+    hb, db = normalize_date(held.birth_date), normalize_date(doc.birth_date)
     return Demographics(
-        given=new.given or held.given,
-        family=new.family or held.family,
-        gender=new.gender or held.gender,
-        birth_date=new.birth_date or held.birth_date,
-        addresses=union(held.addresses, [a for a in new.addresses if not a.is_empty()]),
-        telecoms=union(held.telecoms, new.telecoms),
-        ids=union(held.ids, new.ids),
-        mothers_maiden_name=new.mothers_maiden_name or held.mothers_maiden_name,
+        given=held.given or doc.given,
+        family=held.family or doc.family,
+        gender=held.gender if _known_gender(held.gender) else (doc.gender or held.gender),
+        birth_date=db if hb and db and len(db) > len(hb) and db.startswith(hb) else (hb or db),
+        addresses=union(held.addresses, [a for a in doc.addresses if not a.is_empty()]),
+        telecoms=union(held.telecoms, doc.telecoms),
+        ids=union(held.ids, doc.ids),
+        mothers_maiden_name=held.mothers_maiden_name or doc.mothers_maiden_name,
     )
+
+
+def _clip(value: str | None, limit: int) -> str:
+    """At most ``limit`` characters, so a long value from a document never fails a write on
+    PostgreSQL (which refuses what SQLite would store); the JSON copy keeps the whole value."""
+    value = value or ""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _checked_id(patient_id: str) -> str:
+    if not patient_id or len(patient_id) > 256:
+        raise ValueError(f"patient id of {len(patient_id or '')} characters (1 to 256 allowed)")
+    return patient_id
 
 
 def _patient(row: Any) -> Patient:
