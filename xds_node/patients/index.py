@@ -5,11 +5,12 @@ phone digits) in step with the JSON copy of the demographics, so that :meth:`Pat
 is a handful of indexed lookups and the (Python) matcher only ever scores a few dozen rows.
 
 Who may change a patient: the operator (``patients add|import``) replaces demographics; a
-registered document may create a patient the index does not know yet, and may fill in what the
-current version lacks, but a document that *contradicts* the current version (family or first
-given name, birth date, gender) changes nothing: a matching answer must not be steerable by
-whoever can submit a C-CDA. Each change is a new row of ``patient_version``; each contradiction
-a row of ``patient_discrepancy`` for a human to resolve (with ``patients add``).
+registered document may create a patient the index does not know yet, and a document that names
+the patient as we do (same family name and birth date) may fill in what the current version
+lacks; a document that *contradicts* the current version (family or first given name, birth
+date, gender) changes nothing: a matching answer must not be steerable by whoever can submit a
+C-CDA. Each change is a new row of ``patient_version``; each contradiction a row of
+``patient_discrepancy`` for a human to resolve (with ``patients add``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "PatientIndex",
     "Version",
     "contradictions",
+    "corroborates",
     "demographics_from_cda",
     "fill_in",
 ]
@@ -343,6 +345,8 @@ class PatientIndex:
             log.warning("patient %s: document %r contradicts the index (%s); the index is unchanged",
                         pid, doc[0], ", ".join(f"{f}: indexed {ih!r}, document {dv!r}" for f, ih, dv in found))
             return DocumentOutcome(pid, "contradicted", discrepancies)
+        if not corroborates(held, patient.demographics):
+            return DocumentOutcome(pid, "unchanged")  # says too little about who it is to add anything
         merged = fill_in(held, patient.demographics)
         if merged == held:
             return DocumentOutcome(pid, "unchanged")
@@ -443,6 +447,17 @@ def contradictions(held: Demographics, doc: Demographics) -> list[tuple[str, str
     if hb and db and not (hb.startswith(db) or db.startswith(hb)):
         out.append(("birth_date", hb, db))
     return out
+
+
+def corroborates(held: Demographics, doc: Demographics) -> bool:
+    """Whether a (non-contradicting) document names the patient as we do: the same family name
+    and, when we hold one, a birth date. Only such a document may complete the index, so one that
+    states nothing (or only an identifier) cannot attach identifiers or phones to a patient."""
+    hf = normalize_name(held.family)
+    if not hf or hf != normalize_name(doc.family):
+        return False
+    hb, db = normalize_date(held.birth_date), normalize_date(doc.birth_date)
+    return not hb or bool(db and (hb.startswith(db) or db.startswith(hb)))
 
 
 def fill_in(held: Demographics, doc: Demographics) -> Demographics:
