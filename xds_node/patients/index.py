@@ -15,23 +15,20 @@ C-CDA. Each change is a new row of ``patient_version``; each contradiction a row
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from lxml import etree
 from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.db import metadata
 from xds_node.patients import tables as t
 from xds_node.patients.model import (
-    Address,
     Demographics,
     Patient,
     PatientId,
@@ -42,6 +39,15 @@ from xds_node.patients.model import (
     normalize_name,
     parse_cx,
 )
+from xds_node.patients.provenance import (
+    Discrepancy,
+    DocumentOutcome,
+    Version,
+    contradictions,
+    corroborates,
+    fill_in,
+)
+from xds_node.patients.readers import demographics_from_cda, read_addr, read_csv, read_jsonl, read_name
 
 __all__ = [
     "Correlation",
@@ -53,51 +59,14 @@ __all__ = [
     "corroborates",
     "demographics_from_cda",
     "fill_in",
+    "read_addr",
+    "read_name",
 ]
 
 log = logging.getLogger("xds_node.patients")
 
-HL7 = "urn:hl7-org:v3"
-SSN_ROOT = "2.16.840.1.113883.4.1"
 _TABLES = [t.patient, t.patient_identifier, t.patient_address, t.patient_telecom, t.patient_correlation,
            t.patient_version, t.patient_discrepancy]
-#: The demographics a document may not contradict (they decide XCPD matching).
-CORE_FIELDS = ("family", "given", "gender", "birth_date")
-
-
-@dataclass(frozen=True)
-class Version:
-    """One entry of a patient's demographics history (newest has the highest number)."""
-
-    patient_id: str
-    version: int
-    source: str  # what: "cli", an import file name, "cda", ...
-    actor: str  # who: the operator, or the document that made the change
-    recorded: datetime
-    demographics: Demographics
-
-
-@dataclass(frozen=True)
-class Discrepancy:
-    """A registered document's recordTarget disagreeing with the index (which stays as it was)."""
-
-    patient_id: str
-    field: str
-    indexed_value: str
-    document_value: str
-    document_unique_id: str = ""
-    entry_uuid: str = ""
-    source: str = ""
-    recorded: datetime | None = None
-
-
-@dataclass
-class DocumentOutcome:
-    """What indexing one document's recordTarget did."""
-
-    patient_id: str
-    outcome: Literal["created", "updated", "unchanged", "contradicted"]
-    discrepancies: list[Discrepancy] = field(default_factory=list)
 
 
 @dataclass
@@ -299,9 +268,9 @@ class PatientIndex:
         path = Path(path)
         src = source or path.name
         if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            patients = list(_read_jsonl(path, default_root, src))
+            patients = list(read_jsonl(path, default_root, src))
         else:
-            patients = list(_read_csv(path, default_root, src))
+            patients = list(read_csv(path, default_root, src))
         return self.add_many(patients, actor=actor)
 
     def add_from_cda(self, data: bytes, *, source: str = "cda", prefer_root: str | None = None,
@@ -417,71 +386,7 @@ class PatientIndex:
 # --- row <-> model ------------------------------------------------------------------------------
 
 
-def _first_given(d: Demographics) -> str:
-    return normalize_name(d.given[0]) if d.given else ""
-
-
-def _known_gender(value: str | None) -> str | None:
-    g = normalize_gender(value)
-    return g if g in ("M", "F") else None  # UN says nothing
-
-
-def contradictions(held: Demographics, doc: Demographics) -> list[tuple[str, str, str]]:
-    """``(field, indexed value, document value)`` for each core field both sides state differently.
-
-    A missing value is never a contradiction; neither is a less precise birth date (1978 vs
-    19780412), an initial for a given name (A vs Alex), nor gender UN. Names compare normalized
-    (case, accents and punctuation ignored).
-    """
-    out: list[tuple[str, str, str]] = []
-    hf, df = normalize_name(held.family), normalize_name(doc.family)
-    if hf and df and hf != df:
-        out.append(("family", held.family or "", doc.family or ""))
-    hg, dg = _first_given(held), _first_given(doc)
-    if hg and dg and hg != dg and not (len(dg) == 1 and hg.startswith(dg)) and not (len(hg) == 1 and dg.startswith(hg)):
-        out.append(("given", " ".join(held.given), " ".join(doc.given)))
-    hx, dx = _known_gender(held.gender), _known_gender(doc.gender)
-    if hx and dx and hx != dx:
-        out.append(("gender", hx, dx))
-    hb, db = normalize_date(held.birth_date), normalize_date(doc.birth_date)
-    if hb and db and not (hb.startswith(db) or db.startswith(hb)):
-        out.append(("birth_date", hb, db))
-    return out
-
-
-def corroborates(held: Demographics, doc: Demographics) -> bool:
-    """Whether a (non-contradicting) document names the patient as we do: the same family name
-    and, when we hold one, a birth date. Only such a document may complete the index, so one that
-    states nothing (or only an identifier) cannot attach identifiers or phones to a patient."""
-    hf = normalize_name(held.family)
-    if not hf or hf != normalize_name(doc.family):
-        return False
-    hb, db = normalize_date(held.birth_date), normalize_date(doc.birth_date)
-    return not hb or bool(db and (hb.startswith(db) or db.startswith(hb)))
-
-
-def fill_in(held: Demographics, doc: Demographics) -> Demographics:
-    """``held`` completed from a document that does not contradict it: core fields only where
-    ``held`` has none (or a less precise birth date), every new address, phone and identifier
-    added. Never replaces a value: folding the same document in again changes nothing."""
-    def union(a: list, b: list) -> list:
-        out = list(a)
-        for item in b:
-            if item not in out:
-                out.append(item)
-        return out
-
-    hb, db = normalize_date(held.birth_date), normalize_date(doc.birth_date)
-    return Demographics(
-        given=held.given or doc.given,
-        family=held.family or doc.family,
-        gender=held.gender if _known_gender(held.gender) else (doc.gender or held.gender),
-        birth_date=db if hb and db and len(db) > len(hb) and db.startswith(hb) else (hb or db),
-        addresses=union(held.addresses, [a for a in doc.addresses if not a.is_empty()]),
-        telecoms=union(held.telecoms, doc.telecoms),
-        ids=union(held.ids, doc.ids),
-        mothers_maiden_name=held.mothers_maiden_name or doc.mothers_maiden_name,
-    )
+# --- row <-> model ------------------------------------------------------------------------------
 
 
 def _clip(value: str | None, limit: int) -> str:
@@ -506,136 +411,10 @@ def _correlation(row: Any) -> Correlation:
                        row.created, row.last_confirmed)
 
 
-def _patient_id(raw: str, default_root: str | None, where: str) -> str:
-    raw = (raw or "").strip()
-    if not raw:
-        raise ValueError(f"{where}: patient_id is empty")
-    if parse_cx(raw):
-        return raw
-    if default_root:
-        return cx(raw, default_root)
-    raise ValueError(f"{where}: patient_id {raw!r} is not ext^^^&root&ISO and no default_root was given")
+def _patient(row: Any) -> Patient:
+    return Patient(row.patient_id, Demographics.from_dict(json.loads(row.data)), row.source or "")
 
 
-def _from_flat(row: dict[str, Any], default_root: str | None, source: str, where: str) -> Patient:
-    def val(key: str) -> str | None:
-        v = row.get(key)
-        v = str(v).strip() if v is not None else ""
-        return v or None
-
-    addr = Address(
-        street=[s.strip() for s in (val("street") or "").split("|") if s.strip()],
-        city=val("city"), state=val("state"), postal_code=val("postal_code"), country=val("country"),
-    )
-    telecoms = []
-    if phone := val("phone"):
-        telecoms.append(phone if phone.startswith("tel:") else f"tel:{phone}")
-    if email := val("email"):
-        telecoms.append(email if email.startswith("mailto:") else f"mailto:{email}")
-    demo = Demographics(
-        given=(val("given") or "").split(),
-        family=val("family"),
-        gender=normalize_gender(val("gender")),
-        birth_date=normalize_date(val("birth_date")),
-        addresses=[] if addr.is_empty() else [addr],
-        telecoms=telecoms,
-        mothers_maiden_name=val("mothers_maiden_name"),
-    )
-    return Patient(_patient_id(val("patient_id") or "", default_root, where), demo, source)
-
-
-def _read_csv(path: Path, default_root: str | None, source: str) -> Iterator[Patient]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for n, row in enumerate(csv.DictReader(fh), start=2):
-            yield _from_flat(row, default_root, source, f"{path.name}:{n}")
-
-
-def _read_jsonl(path: Path, default_root: str | None, source: str) -> Iterator[Patient]:
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            if isinstance(obj.get("demographics"), dict):
-                pid = _patient_id(str(obj.get("patient_id") or ""), default_root, where)
-                yield Patient(pid, Demographics.from_dict(obj["demographics"]), obj.get("source") or source)
-            else:
-                yield _from_flat(obj, default_root, source, where)
-
-
-# --- C-CDA recordTarget ---------------------------------------------------------------------------
-
-
-def _q(path: str) -> str:
-    return "/".join(f"{{{HL7}}}{p}" for p in path.split("/"))
-
-
-def _txt(el: etree._Element | None) -> str | None:
-    if el is None:
-        return None
-    s = " ".join("".join(el.itertext()).split())
-    return s or None
-
-
-def read_addr(el: etree._Element) -> Address:
-    """An HL7 V3 AD element -> Address (shared with the XCPD parser)."""
-    return Address(
-        street=[s for s in (_txt(x) for x in el.findall(_q("streetAddressLine"))) if s],
-        city=_txt(el.find(_q("city"))),
-        state=_txt(el.find(_q("state"))),
-        postal_code=_txt(el.find(_q("postalCode"))),
-        country=_txt(el.find(_q("country"))),
-    )
-
-
-def read_name(el: etree._Element) -> tuple[list[str], str | None]:
-    """An HL7 V3 PN element -> (given names, family name); a bare text PN counts as family."""
-    given = [g for g in (_txt(x) for x in el.findall(_q("given"))) if g]
-    families = [f for f in (_txt(x) for x in el.findall(_q("family"))) if f]
-    family = " ".join(families) if families else None
-    if not given and not family and len(el) == 0:
-        family = _txt(el)
-    return given, family
-
-
-def demographics_from_cda(data: bytes, *, prefer_root: str | None = None) -> tuple[str, Demographics]:
-    """recordTarget/patientRole of a C-CDA -> (CX patient id, Demographics)."""
-    from xds_node.cda import CdaError, parse_header
-
-    try:
-        root = parse_header(data)  # hardened, and stops before the body: recordTarget is in the header
-    except CdaError as exc:
-        raise ValueError(f"not a usable CDA document: {exc}") from exc
-    role = root.find(_q("recordTarget/patientRole"))
-    if role is None:
-        raise ValueError("CDA document has no recordTarget/patientRole")
-    ids = [PatientId(e.get("extension", "").strip(), e.get("root", "").strip()) for e in role.findall(_q("id"))]
-    ids = [i for i in ids if i.extension and i.root]
-    if not ids:
-        raise ValueError("recordTarget/patientRole has no id with root and extension")
-    chosen = next((i for i in ids if prefer_root and i.root == prefer_root), None)
-    chosen = chosen or next((i for i in ids if i.root != SSN_ROOT), ids[0])
-
-    pat = role.find(_q("patient"))
-    given: list[str] = []
-    family = gender = birth = None
-    if pat is not None:
-        names = pat.findall(_q("name"))
-        name = next((n for n in names if "L" in (n.get("use") or "").split()), names[0] if names else None)
-        if name is not None:
-            given, family = read_name(name)
-        g = pat.find(_q("administrativeGenderCode"))
-        gender = normalize_gender(g.get("code")) if g is not None else None
-        b = pat.find(_q("birthTime"))
-        birth = normalize_date(b.get("value")) if b is not None else None
-    addresses = [a for a in (read_addr(x) for x in role.findall(_q("addr"))) if not a.is_empty()]
-    telecoms = [v for v in (x.get("value", "").strip() for x in role.findall(_q("telecom"))) if v]
-    demo = Demographics(given=given, family=family, gender=gender, birth_date=birth, addresses=addresses,
-                        telecoms=telecoms, ids=ids)
-    return chosen.cx, demo
+def _correlation(row: Any) -> Correlation:
+    return Correlation(row.local_patient_id, row.community_id, row.remote_patient_id, row.remote_root,
+                       row.created, row.last_confirmed)
