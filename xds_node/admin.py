@@ -228,7 +228,13 @@ def cmd_patients(args: argparse.Namespace) -> int:
     import dataclasses
 
     from xds_node.patients.model import Address, Demographics, Patient, parse_cx
-    from xds_node.patients.report import patient_report, render_json, render_text
+    from xds_node.patients.report import (
+        discrepancy_report,
+        patient_report,
+        render_discrepancies,
+        render_json,
+        render_text,
+    )
 
     if args.action in ("add", "show") and (not args.patient or parse_cx(args.patient) is None):
         print(f"patients {args.action}: give the patient id as ext^^^&root&ISO, e.g. 'VET0001^^^&1.2.3&ISO'",
@@ -269,6 +275,9 @@ def cmd_patients(args: argparse.Namespace) -> int:
                 print(f"{args.patient}: not in the patient index", file=sys.stderr)
                 return 1
             print(render_json(report) if args.json else render_text(report))
+        elif args.action == "discrepancies":
+            rows = discrepancy_report(node.patients, limit=args.limit)
+            print(render_json(rows) if args.json else render_discrepancies(rows))
     finally:
         node.close()
     return 0
@@ -326,7 +335,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_audit)
 
     p = common(sub.add_parser("patients", help="the XCPD patient index (versions, discrepancies)"))
-    p.add_argument("action", choices=["add", "import", "show"])
+    p.add_argument("action", choices=["add", "import", "show", "discrepancies"])
     p.add_argument("patient", nargs="?", help="patient id (add, show)")
     p.add_argument("files", nargs="*", type=Path, help="CSV or JSON-lines files (import)")
     p.add_argument("--family")
@@ -340,5 +349,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--phone")
     p.add_argument("--root", help="assigning authority OID for bare ids in imported files")
     p.add_argument("--by", default="", help="who makes the change (add, import; default: the OS user)")
-    p.add_argument("--json", action="store_true", help="show: machine-readable output")
+    p.add_argument("--json", action="store_true", help="show, discrepancies: machine-readable output")
+    p.add_argument("--limit", type=int, default=200, help="discrepancies: how many, newest first")
     p.set_defaults(func=cmd_patients)

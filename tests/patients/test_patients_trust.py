@@ -187,6 +187,9 @@ def test_a_document_naming_mallory_does_not_rewrite_the_veteran(world):
     text = world.cli("show", pid)
     assert text.returncode == 0, text.stderr
     assert "Intruder" in text.stdout and uid in text.stdout and "discrepancies (" in text.stdout
+    listed = world.cli("discrepancies")  # what an operator reviews without knowing the patient id
+    assert listed.returncode == 0, listed.stderr
+    assert any(pid in line and "Intruder" in line and uid in line for line in listed.stdout.splitlines())
 
 
 def test_show_escapes_what_a_document_smuggles_in(world):

@@ -329,10 +329,14 @@ class PatientIndex:
             return [Version(r.patient_id, r.version, r.source, r.actor or "", r.recorded,
                             Demographics.from_dict(json.loads(r.data))) for r in conn.execute(stmt)]
 
-    def discrepancies(self, patient_id: str) -> list[Discrepancy]:
-        """Documents that contradicted the index for this patient, oldest first."""
+    def discrepancies(self, patient_id: str | None = None, *, limit: int | None = None) -> list[Discrepancy]:
+        """Documents that contradicted the index: for one patient oldest first, or (without
+        ``patient_id``) the newest ``limit`` for every patient, newest first."""
         d = t.patient_discrepancy.c
-        stmt = select(t.patient_discrepancy).where(d.patient_id == patient_id).order_by(d.recorded, d.id)
+        if patient_id is not None:
+            stmt = select(t.patient_discrepancy).where(d.patient_id == patient_id).order_by(d.recorded, d.id)
+        else:
+            stmt = select(t.patient_discrepancy).order_by(d.recorded.desc(), d.id.desc()).limit(limit or 200)
         with self.engine.connect() as conn:
             return [Discrepancy(r.patient_id, r.field, r.indexed_value, r.document_value, r.document_unique_id,
                                 r.entry_uuid, r.source, r.recorded) for r in conn.execute(stmt)]

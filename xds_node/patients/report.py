@@ -16,7 +16,7 @@ from typing import Any
 from xds_node.patients.index import Discrepancy, PatientIndex, Version
 from xds_node.patients.model import Demographics, Patient
 
-__all__ = ["escape", "patient_report", "render_json", "render_text"]
+__all__ = ["discrepancy_report", "escape", "patient_report", "render_discrepancies", "render_json", "render_text"]
 
 _UNSAFE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
 
@@ -133,3 +133,17 @@ def render_text(report: dict[str, Any]) -> str:
     if report["discrepancies"]:
         lines.append("  to correct the index: xds-node patients add PATIENT --family ... (a new version)")
     return "\n".join(lines)
+
+
+def discrepancy_report(index: PatientIndex, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest discrepancies across every patient (what an operator reviews)."""
+    return [{"patient_id": d.patient_id, **_discrepancy(d)} for d in index.discrepancies(limit=limit)]
+
+
+def render_discrepancies(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no document has contradicted the patient index"
+    return "\n".join(f"{r['recorded']}  {escape(r['patient_id'])}  {escape(r['field'])}: indexed "
+                     f"{_quoted(r['indexed_value'])}, document says {_quoted(r['document_value'])}  "
+                     f"(document {escape(r['document_unique_id'] or '-')}, source {escape(r['source'])})"
+                     for r in rows)
