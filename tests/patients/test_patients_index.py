@@ -322,3 +322,24 @@ def test_long_values_from_a_document_do_not_fail_the_write(node_index):
     assert len(d.document_value) <= 400 and len(d.indexed_value) <= 400 and len(d.document_unique_id) <= 256
     with pytest.raises(ValueError, match="patient id"):
         index.add_from_cda(cda("V" * 300, ["Alex"], "Testpatient", "M", "19780412"))
+
+
+def test_a_patient_created_concurrently_is_compared_not_overwritten(node_index, monkeypatch):
+    """Two workers registering a first document for one patient: the loser's INSERT fails on the
+    primary key, and its document is then compared with what the winner stored."""
+    index = node_index
+    pid = cx("VET9", ROOT)
+    index.add_from_cda(cda("VET9", ["Alex"], "Testpatient", "M", "19780412"))  # the winner
+    real_stored = PatientIndex._stored
+    calls = []
+
+    def not_yet_visible(conn, patient_id):  # the loser read before the winner committed
+        calls.append(patient_id)
+        return None if len(calls) == 1 else real_stored(conn, patient_id)
+
+    monkeypatch.setattr(PatientIndex, "_stored", staticmethod(not_yet_visible))
+    out = index.add_from_cda(cda("VET9", ["Mallory"], "Intruder", "F", "19900101"))
+    assert out.outcome == "contradicted" and len(calls) == 2
+    monkeypatch.undo()
+    assert index.get(pid).demographics.family == "Testpatient"
+    assert [v.version for v in index.history(pid)] == [1]
