@@ -226,6 +226,7 @@ def _operator(args: argparse.Namespace) -> str:
 
 def cmd_patients(args: argparse.Namespace) -> int:
     import dataclasses
+    import re
 
     from xds_node.patients.model import Address, Demographics, Patient, parse_cx
     from xds_node.patients.report import (
@@ -239,6 +240,9 @@ def cmd_patients(args: argparse.Namespace) -> int:
     if args.action in ("add", "show") and (not args.patient or parse_cx(args.patient) is None):
         print(f"patients {args.action}: give the patient id as ext^^^&root&ISO, e.g. 'VET0001^^^&1.2.3&ISO'",
               file=sys.stderr)
+        return 2
+    if args.birth_date and not re.fullmatch(r"\d{4}(-?\d{2}(-?\d{2})?)?", args.birth_date.strip()):
+        print(f"patients add: --birth-date {args.birth_date!r} is not YYYYMMDD (or YYYY, YYYYMM)", file=sys.stderr)
         return 2
     node = _node(args)
     try:
