@@ -343,3 +343,23 @@ def test_a_patient_created_concurrently_is_compared_not_overwritten(node_index, 
     monkeypatch.undo()
     assert index.get(pid).demographics.family == "Testpatient"
     assert [v.version for v in index.history(pid)] == [1]
+
+
+def test_patients_stored_before_versioning_get_their_first_version(node_index):
+    from sqlalchemy import delete
+
+    from xds_node.patients import tables as t
+
+    index = node_index
+    index.add(pat("1", "Eve", "Everywoman", "19750501"))
+    index.add(pat("2", "Ann", "Lee", "19840712"))
+    with index.engine.begin() as conn:  # as a database from before this table existed
+        conn.execute(delete(t.patient_version))
+    index.create_schema()  # what every start does
+    for ext, family in (("1", "Everywoman"), ("2", "Lee")):
+        (v,) = index.history(cx(ext, ROOT))
+        assert (v.version, v.source, v.actor, v.demographics.family) == (1, "test", "before versioning", family)
+    index.create_schema()
+    assert len(index.history(cx("1", ROOT))) == 1
+    index.add(pat("1", "Eve", "Betterhalf", "19750501"))
+    assert [v.version for v in index.history(cx("1", ROOT))] == [1, 2]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.db import metadata
@@ -107,6 +107,21 @@ class PatientIndex:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=_TABLES)
+        try:
+            with self.engine.begin() as conn:
+                self.backfill_versions(conn)
+        except IntegrityError:  # another worker starting at the same moment backfilled them first
+            pass
+
+    @staticmethod
+    def backfill_versions(conn: Connection) -> int:
+        """Give every patient stored before versioning existed its current demographics as
+        version 1, so the history starts where the index stood (one anti-join; none after)."""
+        p, v = t.patient.c, t.patient_version.c
+        missing = select(p.patient_id, literal(1), p.source, literal("before versioning"), p.updated, p.data).where(
+            ~select(v.id).where(v.patient_id == p.patient_id).exists())
+        return conn.execute(insert(t.patient_version).from_select(
+            ["patient_id", "version", "source", "actor", "recorded", "data"], missing)).rowcount or 0
 
     # --- patients ---------------------------------------------------------------------------
 
