@@ -171,10 +171,12 @@ class PatientIndex:
             conn.execute(insert(t.patient).values(patient_id=pid, created=now, **row))
         # after the write above: on PostgreSQL the patient row is locked (or newly inserted) by now,
         # so a concurrent writer of the same patient waits here and then sees this version
-        last = conn.scalar(select(func.max(t.patient_version.c.version)).where(t.patient_version.c.patient_id == pid))
-        conn.execute(insert(t.patient_version), [{
-            "patient_id": pid, "version": (last or 0) + 1, "source": row["source"], "actor": _clip(actor, 400),
-            "recorded": now, "data": data}])
+        v = t.patient_version.c
+        conn.execute(insert(t.patient_version).from_select(
+            ["patient_id", "version", "source", "actor", "recorded", "data"],
+            select(literal(pid), func.coalesce(func.max(v.version), 0) + 1, literal(row["source"]),
+                   literal(_clip(actor, 400)), literal(now, t.patient_version.c.recorded.type), literal(data))
+            .where(v.patient_id == pid)))
 
         ids: list[PatientId] = []
         primary = parse_cx(pid)
