@@ -221,29 +221,76 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 # --- patients -----------------------------------------------------------------------------------
-def cmd_patients(args: argparse.Namespace) -> int:
-    from xds_node.patients.model import Address, Demographics, Patient
+def _operator(args: argparse.Namespace) -> str:
+    """Who is making an operator change: ``--by``, else the OS account running the command."""
+    if getattr(args, "by", None):
+        return args.by
+    import getpass
 
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        return ""
+
+
+def cmd_patients(args: argparse.Namespace) -> int:
+    import dataclasses
+    import re
+
+    from xds_node.patients.model import Address, Demographics, Patient, parse_cx
+    from xds_node.patients.report import (
+        discrepancy_report,
+        patient_report,
+        render_discrepancies,
+        render_json,
+        render_text,
+    )
+
+    if args.action in ("add", "show") and (not args.patient or parse_cx(args.patient) is None):
+        print(f"patients {args.action}: give the patient id as ext^^^&root&ISO, e.g. 'VET0001^^^&1.2.3&ISO'",
+              file=sys.stderr)
+        return 2
+    if args.birth_date and not re.fullmatch(r"\d{4}(-?\d{2}(-?\d{2})?)?", args.birth_date.strip()):
+        print(f"patients add: --birth-date {args.birth_date!r} is not YYYYMMDD (or YYYY, YYYYMM)", file=sys.stderr)
+        return 2
     node = _node(args)
     try:
         if args.action == "add":
-            demo = Demographics(given=args.given or [], family=args.family, gender=args.gender,
-                                birth_date=args.birth_date,
-                                addresses=[Address(street=[args.street] if args.street else [], city=args.city,
-                                                   state=args.state, postal_code=args.postal_code)]
-                                if (args.street or args.city or args.postal_code) else [],
-                                telecoms=[f"tel:{args.phone}"] if args.phone else [])
-            print(node.patients.add(Patient(args.patient, demo, "cli")), args.patient)
+            given = {"given": args.given, "family": args.family, "gender": args.gender,
+                     "birth_date": args.birth_date,
+                     "addresses": [Address(street=[args.street] if args.street else [], city=args.city,
+                                           state=args.state, postal_code=args.postal_code)]
+                     if (args.street or args.city or args.postal_code) else None,
+                     "telecoms": [f"tel:{args.phone}"] if args.phone else None}
+            current = node.patients.get(args.patient)
+            # a correction names only what changes; everything else carries over from the current version
+            base = current.demographics if current is not None else Demographics()
+            demo = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+            demo = Demographics.from_dict(demo.to_dict())  # normalized as every other source is
+            result = node.patients.add(Patient(args.patient, demo, "cli"), actor=_operator(args))
+            history = node.patients.history(args.patient)
+            print(result, args.patient, f"(version {history[-1].version})" if history else "")
         elif args.action == "import":
-            for path in args.files:
-                print(path, node.patients.import_file(path, default_root=args.root))
+            files = ([Path(args.patient)] if args.patient else []) + list(args.files)
+            if not files:
+                print("patients import: give one or more CSV or JSON-lines files", file=sys.stderr)
+                return 2
+            for path in files:
+                try:
+                    counts = node.patients.import_file(path, default_root=args.root, actor=_operator(args))
+                except (OSError, ValueError) as exc:
+                    print(f"{path}: {exc}", file=sys.stderr)
+                    return 1
+                print(path, counts)
         elif args.action == "show":
-            patient = node.patients.get(args.patient)
-            if patient is None:
+            report = patient_report(node.patients, args.patient)
+            if report is None:
                 print(f"{args.patient}: not in the patient index", file=sys.stderr)
                 return 1
-            for key, value in patient.demographics.to_dict().items():
-                print(f"{key:20} {value}")
+            print(render_json(report) if args.json else render_text(report))
+        elif args.action == "discrepancies":
+            rows = discrepancy_report(node.patients, limit=args.limit)
+            print(render_json(rows) if args.json else render_discrepancies(rows))
     finally:
         node.close()
     return 0
@@ -301,8 +348,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--accounting", metavar="PATIENT", help="accounting of disclosures for one patient")
     p.set_defaults(func=cmd_audit)
 
-    p = common(sub.add_parser("patients", help="the XCPD patient index"))
-    p.add_argument("action", choices=["add", "import", "show"])
+    p = common(sub.add_parser("patients", help="the XCPD patient index (versions, discrepancies)"))
+    p.add_argument("action", choices=["add", "import", "show", "discrepancies"])
     p.add_argument("patient", nargs="?", help="patient id (add, show)")
     p.add_argument("files", nargs="*", type=Path, help="CSV or JSON-lines files (import)")
     p.add_argument("--family")
@@ -315,4 +362,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--postal-code")
     p.add_argument("--phone")
     p.add_argument("--root", help="assigning authority OID for bare ids in imported files")
+    p.add_argument("--by", default="", help="who makes the change (add, import; default: the OS user)")
+    p.add_argument("--json", action="store_true", help="show, discrepancies: machine-readable output")
+    p.add_argument("--limit", type=int, default=200, help="discrepancies: how many, newest first")
     p.set_defaults(func=cmd_patients)

@@ -167,11 +167,14 @@ class Node:
                              defaults=cda_defaults(self.settings),
                              on_registered=self.index_patient)
 
-    def index_patient(self, data: bytes, entry, conn=None) -> None:
+    def index_patient(self, data: bytes, entry, conn=None, *, source: str = "cda") -> None:
         """Feed the XCPD patient index from a registered C-CDA's recordTarget, under the same id
-        (inside the caller's transaction when ``conn`` is given)."""
+        (inside the caller's transaction when ``conn`` is given). A recordTarget may add a patient
+        but never contradict one: differences are recorded, not applied (``patients show``).
+        ``source`` says where the document came from (e.g. ``cda:<internal client>``)."""
         root = (entry.patient_id or "").partition("&")[2].partition("&")[0] or None
-        self.patients.add_from_cda(data, source="cda", prefer_root=root, conn=conn)
+        self.patients.add_from_cda(data, source=source, prefer_root=root, conn=conn,
+                                   document_unique_id=entry.unique_id or "", entry_uuid=entry.id or "")
 
     def close(self) -> None:
         self.audit.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xds_node.db import make_engine, metadata
-from xds_node.patients.index import PatientIndex, demographics_from_cda
+from xds_node.patients.index import PatientIndex, contradictions, demographics_from_cda, fill_in
 from xds_node.patients.model import Address, Demographics, Patient, PatientId, cx, parse_cx
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
@@ -186,3 +186,180 @@ def test_correlations_crud(index):
     assert index.delete_correlation(local, "urn:oid:2.2.2") is True
     assert index.delete_correlation(local, "urn:oid:2.2.2") is False
     assert len(index.correlations_for(local)) == 1
+
+
+# --- documents may add, never contradict (issue 9, finding 8) ------------------------------------
+
+
+def cda(ext: str, given: list[str], family: str | None, gender: str | None, birth: str | None, *,
+        root: str = ROOT, extra_ids: str = "", telecom: str = "", street: str = "") -> bytes:
+    names = "".join(f"<given>{g}</given>" for g in given) + (f"<family>{family}</family>" if family else "")
+    return f"""<ClinicalDocument xmlns="urn:hl7-org:v3"><recordTarget><patientRole>
+      <id root="{root}" extension="{ext}"/>{extra_ids}
+      {f'<addr><streetAddressLine>{street}</streetAddressLine></addr>' if street else ''}
+      {f'<telecom value="{telecom}"/>' if telecom else ''}
+      <patient><name use="L">{names}</name>
+      {f'<administrativeGenderCode code="{gender}"/>' if gender else ''}
+      {f'<birthTime value="{birth}"/>' if birth else ''}</patient>
+      </patientRole></recordTarget></ClinicalDocument>""".encode()
+
+
+@pytest.fixture
+def node_index(node):
+    """The index of a full node: SQLite, and PostgreSQL when XDS_TEST_POSTGRES_URL is set."""
+    return node.patients
+
+
+def test_contradiction_rules():
+    held = Demographics(given=["Alex", "Q"], family="Testpatient", gender="M", birth_date="19780412")
+    assert contradictions(held, held) == []
+    # missing values, less precision, initials, UN, case/accents/punctuation: no contradiction
+    assert contradictions(held, Demographics()) == []
+    assert contradictions(held, Demographics(given=["A"], family="TEST-PATIENT", gender="UN",
+                                             birth_date="1978")) == []
+    assert contradictions(Demographics(given=["A"], birth_date="1978"),
+                          Demographics(given=["Alex"], birth_date="19780412")) == []
+    mallory = Demographics(given=["Mallory"], family="Intruder", gender="F", birth_date="19900101")
+    assert contradictions(held, mallory) == [("family", "Testpatient", "Intruder"), ("given", "Alex Q", "Mallory"),
+                                             ("gender", "M", "F"), ("birth_date", "19780412", "19900101")]
+    assert [f for f, *_ in contradictions(held, Demographics(birth_date="19780413"))] == ["birth_date"]
+    assert [f for f, *_ in contradictions(held, Demographics(birth_date="1979"))] == ["birth_date"]
+
+
+def test_fill_in_completes_but_never_replaces():
+    held = Demographics(given=["Alex"], family="Testpatient", gender="UN", birth_date="1978",
+                        telecoms=["tel:1"])
+    doc = Demographics(given=["Alexander"], family="Other", gender="M", birth_date="19780412",
+                       telecoms=["tel:2"], addresses=[Address(["1 Main St"])])
+    got = fill_in(held, doc)
+    assert (got.given, got.family, got.gender, got.birth_date) == (["Alex"], "Testpatient", "M", "19780412")
+    assert got.telecoms == ["tel:1", "tel:2"] and got.addresses == [Address(["1 Main St"])]
+    assert fill_in(got, doc) == got
+
+
+def test_mallory_document_changes_nothing_and_is_recorded(node_index):
+    index = node_index
+    pid = cx("VET9", ROOT)
+    assert index.add_from_cda(cda("VET9", ["Alex"], "Testpatient", "M", "19780412"),
+                              document_unique_id="1.2.3.1", entry_uuid="urn:uuid:a").outcome == "created"
+    before = index.get(pid)
+    evil = cda("VET9", ["Mallory"], "Intruder", "F", "19900101", extra_ids=f'<id root="{SSN}" extension="666"/>',
+               telecom="tel:+1-555-666-0000")
+    out = index.add_from_cda(evil, source="cda:ehr", document_unique_id="1.2.3.2", entry_uuid="urn:uuid:b")
+    assert out.outcome == "contradicted" and len(out.discrepancies) == 4
+    assert index.get(pid) == before  # not one field, phone or identifier from the document
+    assert index.find_by_identifier(SSN, "666") is None
+    assert index.candidates(Demographics(family="Intruder", birth_date="19900101")) == []
+    recorded = index.discrepancies(pid)
+    assert [(d.field, d.indexed_value, d.document_value) for d in recorded] == [
+        ("family", "Testpatient", "Intruder"), ("given", "Alex", "Mallory"), ("gender", "M", "F"),
+        ("birth_date", "19780412", "19900101")]
+    assert {(d.document_unique_id, d.entry_uuid, d.source) for d in recorded} == {("1.2.3.2", "urn:uuid:b", "cda:ehr")}
+    assert all(d.recorded is not None for d in recorded)
+    assert [(v.version, v.source, v.actor) for v in index.history(pid)] == [(1, "cda", "document 1.2.3.1")]
+
+
+def test_same_demographics_again_writes_nothing(node_index):
+    index = node_index
+    doc = cda("VET9", ["Alex"], "Testpatient", "M", "19780412", telecom="tel:1")
+    assert index.add_from_cda(doc).outcome == "created"
+    for _ in range(3):
+        assert index.add_from_cda(doc).outcome == "unchanged"
+    assert len(index.history(cx("VET9", ROOT))) == 1 and index.discrepancies(cx("VET9", ROOT)) == []
+
+
+def test_a_corroborating_document_completes_a_vague_one_adds_nothing(node_index):
+    index = node_index
+    pid = cx("VET9", ROOT)
+    index.add(Patient(pid, Demographics(given=["Alex"], family="Testpatient", gender="M", birth_date="19780412"),
+                      "cli"), actor="alice")
+    # names the patient as we do: its phone, address and identifier are added, as a new version
+    good = cda("VET9", ["Alex"], "Testpatient", "M", "19780412", telecom="tel:+1-555-010-1001",
+               street="12 Imaginary Lane", extra_ids=f'<id root="{SSN}" extension="123"/>')
+    assert index.add_from_cda(good, document_unique_id="1.2.3.3").outcome == "updated"
+    assert index.find_by_identifier(SSN, "123").patient_id == pid
+    # states no name or birth date: cannot attach an identifier or a phone
+    vague = cda("VET9", [], None, None, None, telecom="tel:+1-555-666-0000",
+                extra_ids=f'<id root="{SSN}" extension="666"/>')
+    assert index.add_from_cda(vague).outcome == "unchanged"
+    assert index.find_by_identifier(SSN, "666") is None
+    assert index.get(pid).demographics.telecoms == ["tel:+1-555-010-1001"]
+    assert [(v.version, v.source, v.actor) for v in index.history(pid)] == [
+        (1, "cli", "alice"), (2, "cda", "document 1.2.3.3")]
+
+
+def test_operator_versions_and_matching_uses_the_newest(node_index):
+    from xds_node.patients.matching import match
+
+    index = node_index
+    pid = cx("VET9", ROOT)
+    first = Demographics(given=["Alex"], family="Testpatient", gender="M", birth_date="19780412")
+    assert index.add(Patient(pid, first, "cli"), actor="alice") == "created"
+    assert index.add(Patient(pid, first, "cli"), actor="alice") == "unchanged"
+    second = Demographics(given=["Alex"], family="Rivera", gender="M", birth_date="19780412")
+    assert index.add(Patient(pid, second, "cli"), actor="bob") == "updated"
+    history = index.history(pid)
+    assert [(v.version, v.actor, v.demographics.family) for v in history] == [(1, "alice", "Testpatient"),
+                                                                               (2, "bob", "Rivera")]
+    assert history[0].recorded <= history[1].recorded
+    assert match(second, index).outcome == "match" and match(first, index).outcome == "none"
+    # removing a patient keeps its history (append-only); adding it again continues the numbering
+    assert index.remove(pid)
+    assert len(index.history(pid)) == 2
+    index.add(Patient(pid, first, "import.csv"))
+    assert [v.version for v in index.history(pid)] == [1, 2, 3]
+
+
+def test_long_values_from_a_document_do_not_fail_the_write(node_index):
+    """PostgreSQL refuses a value longer than its column where SQLite would store it."""
+    index = node_index
+    long_family = "X" * 1000
+    assert index.add_from_cda(cda("VET9", ["Alex"], long_family, "M", "19780412")).outcome == "created"
+    assert index.get(cx("VET9", ROOT)).demographics.family == long_family  # the JSON copy is whole
+    out = index.add_from_cda(cda("VET9", ["Alex"], "Y" * 1000, "M", "19780412"), document_unique_id="9" * 999)
+    assert out.outcome == "contradicted"
+    (d,) = index.discrepancies(cx("VET9", ROOT))
+    assert len(d.document_value) <= 400 and len(d.indexed_value) <= 400 and len(d.document_unique_id) <= 256
+    with pytest.raises(ValueError, match="patient id"):
+        index.add_from_cda(cda("V" * 300, ["Alex"], "Testpatient", "M", "19780412"))
+
+
+def test_a_patient_created_concurrently_is_compared_not_overwritten(node_index, monkeypatch):
+    """Two workers registering a first document for one patient: the loser's INSERT fails on the
+    primary key, and its document is then compared with what the winner stored."""
+    index = node_index
+    pid = cx("VET9", ROOT)
+    index.add_from_cda(cda("VET9", ["Alex"], "Testpatient", "M", "19780412"))  # the winner
+    real_stored = PatientIndex._stored
+    calls = []
+
+    def not_yet_visible(conn, patient_id):  # the loser read before the winner committed
+        calls.append(patient_id)
+        return None if len(calls) == 1 else real_stored(conn, patient_id)
+
+    monkeypatch.setattr(PatientIndex, "_stored", staticmethod(not_yet_visible))
+    out = index.add_from_cda(cda("VET9", ["Mallory"], "Intruder", "F", "19900101"))
+    assert out.outcome == "contradicted" and len(calls) == 2
+    monkeypatch.undo()
+    assert index.get(pid).demographics.family == "Testpatient"
+    assert [v.version for v in index.history(pid)] == [1]
+
+
+def test_patients_stored_before_versioning_get_their_first_version(node_index):
+    from sqlalchemy import delete
+
+    from xds_node.patients import tables as t
+
+    index = node_index
+    index.add(pat("1", "Eve", "Everywoman", "19750501"))
+    index.add(pat("2", "Ann", "Lee", "19840712"))
+    with index.engine.begin() as conn:  # as a database from before this table existed
+        conn.execute(delete(t.patient_version))
+    index.create_schema()  # what every start does
+    for ext, family in (("1", "Everywoman"), ("2", "Lee")):
+        (v,) = index.history(cx(ext, ROOT))
+        assert (v.version, v.source, v.actor, v.demographics.family) == (1, "test", "before versioning", family)
+    index.create_schema()
+    assert len(index.history(cx("1", ROOT))) == 1
+    index.add(pat("1", "Eve", "Betterhalf", "19750501"))
+    assert [v.version for v in index.history(cx("1", ROOT))] == [1, 2]

@@ -3,27 +3,32 @@
 Writes keep the searchable columns (normalized names, birth date, identifiers, postal codes,
 phone digits) in step with the JSON copy of the demographics, so that :meth:`PatientIndex.candidates`
 is a handful of indexed lookups and the (Python) matcher only ever scores a few dozen rows.
+
+Who may change a patient: the operator (``patients add|import``) replaces demographics; a
+registered document may create a patient the index does not know yet, and a document that names
+the patient as we do (same family name and birth date) may fill in what the current version
+lacks; a document that *contradicts* the current version (family or first given name, birth
+date, gender) changes nothing: a matching answer must not be steerable by whoever can submit a
+C-CDA. Each change is a new row of ``patient_version``; each contradiction a row of
+``patient_discrepancy`` for a human to resolve (with ``patients add``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from lxml import etree
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.db import metadata
 from xds_node.patients import tables as t
 from xds_node.patients.model import (
-    Address,
     Demographics,
     Patient,
     PatientId,
@@ -34,14 +39,34 @@ from xds_node.patients.model import (
     normalize_name,
     parse_cx,
 )
+from xds_node.patients.provenance import (
+    Discrepancy,
+    DocumentOutcome,
+    Version,
+    contradictions,
+    corroborates,
+    fill_in,
+)
+from xds_node.patients.readers import demographics_from_cda, read_addr, read_csv, read_jsonl, read_name
 
-__all__ = ["Correlation", "PatientIndex", "demographics_from_cda"]
+__all__ = [
+    "Correlation",
+    "Discrepancy",
+    "DocumentOutcome",
+    "PatientIndex",
+    "Version",
+    "contradictions",
+    "corroborates",
+    "demographics_from_cda",
+    "fill_in",
+    "read_addr",
+    "read_name",
+]
 
 log = logging.getLogger("xds_node.patients")
 
-HL7 = "urn:hl7-org:v3"
-SSN_ROOT = "2.16.840.1.113883.4.1"
-_TABLES = [t.patient, t.patient_identifier, t.patient_address, t.patient_telecom, t.patient_correlation]
+_TABLES = [t.patient, t.patient_identifier, t.patient_address, t.patient_telecom, t.patient_correlation,
+           t.patient_version, t.patient_discrepancy]
 
 
 @dataclass
@@ -82,41 +107,58 @@ class PatientIndex:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=_TABLES)
+        try:
+            with self.engine.begin() as conn:
+                self.backfill_versions(conn)
+        except IntegrityError:  # another worker starting at the same moment backfilled them first
+            pass
+
+    @staticmethod
+    def backfill_versions(conn: Connection) -> int:
+        """Give every patient stored before versioning existed its current demographics as
+        version 1, so the history starts where the index stood (one anti-join; none after)."""
+        p, v = t.patient.c, t.patient_version.c
+        missing = select(p.patient_id, literal(1), p.source, literal("before versioning"), p.updated, p.data).where(
+            ~select(v.id).where(v.patient_id == p.patient_id).exists())
+        return conn.execute(insert(t.patient_version).from_select(
+            ["patient_id", "version", "source", "actor", "recorded", "data"], missing)).rowcount or 0
 
     # --- patients ---------------------------------------------------------------------------
 
-    def add(self, patient: Patient) -> Literal["created", "updated", "unchanged"]:
-        """Insert or replace one patient (demographics, identifiers, addresses, telecoms)."""
+    def add(self, patient: Patient, *, actor: str = "") -> Literal["created", "updated", "unchanged"]:
+        """Insert or replace one patient (demographics, identifiers, addresses, telecoms) as a new
+        version: the operator's way to create a patient or correct one."""
         with self.engine.begin() as conn:
-            return self._add(conn, patient)
+            return self._add(conn, patient, actor=actor)
 
-    def add_many(self, patients: Iterable[Patient]) -> dict[str, int]:
-        """Bulk load in one transaction; returns ``{"created": n, "updated": m}``."""
+    def add_many(self, patients: Iterable[Patient], *, actor: str = "") -> dict[str, int]:
+        """Bulk load in one transaction; returns ``{"created": n, "updated": m, "unchanged": k}``."""
         counts = {"created": 0, "updated": 0, "unchanged": 0}
         with self.engine.begin() as conn:
             for p in patients:
-                counts[self._add(conn, p)] += 1
+                counts[self._add(conn, p, actor=actor)] += 1
         return counts
 
-    def _add(self, conn: Connection, patient: Patient, *, stored: Any = False) -> Literal["created", "updated",
-                                                                                           "unchanged"]:
-        """Insert or replace; ``stored`` is the row the caller already read (False: read it here)."""
+    def _add(self, conn: Connection, patient: Patient, *, stored: Any = False, actor: str = ""
+             ) -> Literal["created", "updated", "unchanged"]:
+        """Insert or replace, and append the new version; ``stored`` is the row the caller already
+        read (False: read it here)."""
         d = patient.demographics
         data = json.dumps(d.to_dict(), separators=(",", ":"))
-        pid = patient.patient_id
+        pid = _checked_id(patient.patient_id)
         if stored is False:
             stored = self._stored(conn, pid)
-        if stored is not None and stored.data == data and stored.source == (patient.source or ""):
+        if stored is not None and stored.data == data and stored.source == _clip(patient.source, 200):
             return "unchanged"  # ingest sees the same recordTarget in every document of a patient
         now = _now()
         row = {
-            "family": d.family,
-            "given": " ".join(d.given) or None,
-            "family_norm": normalize_name(d.family),
-            "given_norm": " ".join(normalize_name(g) for g in d.given),
+            "family": _clip(d.family, 200) or None,
+            "given": _clip(" ".join(d.given), 400) or None,
+            "family_norm": _clip(normalize_name(d.family), 200),
+            "given_norm": _clip(" ".join(normalize_name(g) for g in d.given), 400),
             "gender": normalize_gender(d.gender),
             "birth_date": normalize_date(d.birth_date),
-            "source": patient.source or "",
+            "source": _clip(patient.source, 200),
             "data": data,
             "updated": now,
         }
@@ -127,11 +169,20 @@ class PatientIndex:
                 conn.execute(delete(child).where(child.c.patient_id == pid))
         else:
             conn.execute(insert(t.patient).values(patient_id=pid, created=now, **row))
+        # after the write above: on PostgreSQL the patient row is locked (or newly inserted) by now,
+        # so a concurrent writer of the same patient waits here and then sees this version
+        v = t.patient_version.c
+        conn.execute(insert(t.patient_version).from_select(
+            ["patient_id", "version", "source", "actor", "recorded", "data"],
+            select(literal(pid), func.coalesce(func.max(v.version), 0) + 1, literal(row["source"]),
+                   literal(_clip(actor, 400)), literal(now, t.patient_version.c.recorded.type), literal(data))
+            .where(v.patient_id == pid)))
 
         ids: list[PatientId] = []
         primary = parse_cx(pid)
         for ident in ([primary] if primary else []) + list(d.ids):
-            if ident not in ids and ident.extension and ident.root:
+            if ident not in ids and ident.extension and ident.root and len(ident.root) <= 128 \
+                    and len(ident.extension) <= 256:
                 ids.append(ident)
         for ident in ids:
             owner = conn.scalar(
@@ -149,12 +200,14 @@ class PatientIndex:
         addresses = [a for a in d.addresses if not a.is_empty()]
         if addresses:
             conn.execute(insert(t.patient_address), [
-                {"patient_id": pid, "street": ", ".join(a.street) or None, "city": a.city, "state": a.state,
-                 "postal_code": a.postal_code, "country": a.country} for a in addresses
+                {"patient_id": pid, "street": _clip(", ".join(a.street), 400) or None, "city": _clip(a.city, 200),
+                 "state": _clip(a.state, 100), "postal_code": _clip(a.postal_code, 40),
+                 "country": _clip(a.country, 100)} for a in addresses
             ])
         if d.telecoms:
             conn.execute(insert(t.patient_telecom), [
-                {"patient_id": pid, "value": tel, "digits": digits(tel) if not tel.startswith("mailto:") else ""}
+                {"patient_id": pid, "value": _clip(tel, 400),
+                 "digits": digits(tel) if not tel.startswith("mailto:") else ""}
                 for tel in d.telecoms
             ])
         return "updated" if exists else "created"
@@ -224,36 +277,86 @@ class PatientIndex:
 
     # --- bulk import --------------------------------------------------------------------------
 
-    def import_file(self, path: str | Path, *, default_root: str | None = None, source: str | None = None
-                    ) -> dict[str, int]:
+    def import_file(self, path: str | Path, *, default_root: str | None = None, source: str | None = None,
+                    actor: str = "") -> dict[str, int]:
         """Load a CSV (header: patient_id, family, given, gender, birth_date, street, city, state,
         postal_code, country, phone, email) or JSON lines (same keys, or ``{"patient_id",
         "demographics": {...}}``). A bare ``patient_id`` needs ``default_root`` to become a CX."""
         path = Path(path)
         src = source or path.name
         if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            patients = list(_read_jsonl(path, default_root, src))
+            patients = list(read_jsonl(path, default_root, src))
         else:
-            patients = list(_read_csv(path, default_root, src))
-        return self.add_many(patients)
+            patients = list(read_csv(path, default_root, src))
+        return self.add_many(patients, actor=actor)
 
     def add_from_cda(self, data: bytes, *, source: str = "cda", prefer_root: str | None = None,
-                     conn: Connection | None = None) -> Patient:
-        """Index the recordTarget of a C-CDA document (in ``conn``'s transaction when given)."""
-        patient_id, demo = demographics_from_cda(data, prefer_root=prefer_root)
-        if conn is None:
-            with self.engine.begin() as own:
-                return self._merge_in(own, Patient(patient_id, demo, source))
-        return self._merge_in(conn, Patient(patient_id, demo, source))
+                     conn: Connection | None = None, document_unique_id: str = "",
+                     entry_uuid: str = "") -> DocumentOutcome:
+        """Index the recordTarget of a registered C-CDA (in ``conn``'s transaction when given).
 
-    def _merge_in(self, conn: Connection, patient: Patient) -> Patient:
-        """Fold a document's view of a patient into what we hold (documents disagree over time)."""
-        row = self._stored(conn, patient.patient_id)
-        if row is not None:
-            patient = Patient(patient.patient_id, merge_demographics(_patient(row).demographics,
-                                                                     patient.demographics), patient.source)
-        self._add(conn, patient, stored=row)
-        return patient
+        Creates an unknown patient and fills in what the current version lacks; a recordTarget
+        that contradicts the current version changes nothing and is recorded as discrepancies.
+        The common case (the same demographics again) is one indexed read and no write.
+        """
+        patient_id, demo = demographics_from_cda(data, prefer_root=prefer_root)
+        _checked_id(patient_id)
+        observed = Patient(patient_id, demo, source)
+        doc = (document_unique_id or "", entry_uuid or "")
+        if conn is not None:
+            return self._observe(conn, observed, doc)
+        try:
+            with self.engine.begin() as own:
+                return self._observe(own, observed, doc)
+        except IntegrityError:  # another process created the same patient first: compare with it
+            with self.engine.begin() as own:
+                return self._observe(own, observed, doc)
+
+    def _observe(self, conn: Connection, patient: Patient, doc: tuple[str, str]) -> DocumentOutcome:
+        pid = patient.patient_id
+        actor = f"document {doc[0]}" if doc[0] else "document"
+        row = self._stored(conn, pid)
+        if row is None:
+            return DocumentOutcome(pid, self._add(conn, patient, stored=None, actor=actor))
+        held = Demographics.from_dict(json.loads(row.data))
+        found = contradictions(held, patient.demographics)
+        if found:
+            now = _now()
+            discrepancies = [Discrepancy(pid, f, ih, dv, doc[0], doc[1], patient.source, now) for f, ih, dv in found]
+            conn.execute(insert(t.patient_discrepancy), [{
+                "patient_id": pid, "document_unique_id": _clip(d.document_unique_id, 256),
+                "entry_uuid": _clip(d.entry_uuid, 64), "field": d.field, "indexed_value": _clip(d.indexed_value, 400),
+                "document_value": _clip(d.document_value, 400), "source": _clip(d.source, 200),
+                "recorded": now} for d in discrepancies])
+            log.warning("patient %s: document %r contradicts the index (%s); the index is unchanged",
+                        pid, doc[0], ", ".join(f"{f}: indexed {ih!r}, document {dv!r}" for f, ih, dv in found))
+            return DocumentOutcome(pid, "contradicted", discrepancies)
+        if not corroborates(held, patient.demographics):
+            return DocumentOutcome(pid, "unchanged")  # says too little about who it is to add anything
+        merged = fill_in(held, patient.demographics)
+        if merged == held:
+            return DocumentOutcome(pid, "unchanged")
+        return DocumentOutcome(pid, self._add(conn, Patient(pid, merged, patient.source), stored=row, actor=actor))
+
+    def history(self, patient_id: str) -> list[Version]:
+        """Every version of a patient's demographics, oldest first."""
+        v = t.patient_version.c
+        stmt = select(t.patient_version).where(v.patient_id == patient_id).order_by(v.version)
+        with self.engine.connect() as conn:
+            return [Version(r.patient_id, r.version, r.source, r.actor or "", r.recorded,
+                            Demographics.from_dict(json.loads(r.data))) for r in conn.execute(stmt)]
+
+    def discrepancies(self, patient_id: str | None = None, *, limit: int | None = None) -> list[Discrepancy]:
+        """Documents that contradicted the index: for one patient oldest first, or (without
+        ``patient_id``) the newest ``limit`` for every patient, newest first."""
+        d = t.patient_discrepancy.c
+        if patient_id is not None:
+            stmt = select(t.patient_discrepancy).where(d.patient_id == patient_id).order_by(d.recorded, d.id)
+        else:
+            stmt = select(t.patient_discrepancy).order_by(d.recorded.desc(), d.id.desc()).limit(limit or 200)
+        with self.engine.connect() as conn:
+            return [Discrepancy(r.patient_id, r.field, r.indexed_value, r.document_value, r.document_unique_id,
+                                r.entry_uuid, r.source, r.recorded) for r in conn.execute(stmt)]
 
     @staticmethod
     def _stored(conn: Connection, patient_id: str):
@@ -304,26 +407,20 @@ class PatientIndex:
 # --- row <-> model ------------------------------------------------------------------------------
 
 
-def merge_demographics(held: Demographics, new: Demographics) -> Demographics:
-    """Every address, phone and identifier either side knows; name, gender and birth date from
-    ``new`` where it has them. Merging the same document again changes nothing."""
-    def union(a: list, b: list) -> list:
-        out = list(a)
-        for item in b:
-            if item not in out:
-                out.append(item)
-        return out
+# --- row <-> model ------------------------------------------------------------------------------
 
-    return Demographics(
-        given=new.given or held.given,
-        family=new.family or held.family,
-        gender=new.gender or held.gender,
-        birth_date=new.birth_date or held.birth_date,
-        addresses=union(held.addresses, [a for a in new.addresses if not a.is_empty()]),
-        telecoms=union(held.telecoms, new.telecoms),
-        ids=union(held.ids, new.ids),
-        mothers_maiden_name=new.mothers_maiden_name or held.mothers_maiden_name,
-    )
+
+def _clip(value: str | None, limit: int) -> str:
+    """At most ``limit`` characters, so a long value from a document never fails a write on
+    PostgreSQL (which refuses what SQLite would store); the JSON copy keeps the whole value."""
+    value = value or ""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _checked_id(patient_id: str) -> str:
+    if not patient_id or len(patient_id) > 256:
+        raise ValueError(f"patient id of {len(patient_id or '')} characters (1 to 256 allowed)")
+    return patient_id
 
 
 def _patient(row: Any) -> Patient:
@@ -335,136 +432,10 @@ def _correlation(row: Any) -> Correlation:
                        row.created, row.last_confirmed)
 
 
-def _patient_id(raw: str, default_root: str | None, where: str) -> str:
-    raw = (raw or "").strip()
-    if not raw:
-        raise ValueError(f"{where}: patient_id is empty")
-    if parse_cx(raw):
-        return raw
-    if default_root:
-        return cx(raw, default_root)
-    raise ValueError(f"{where}: patient_id {raw!r} is not ext^^^&root&ISO and no default_root was given")
+def _patient(row: Any) -> Patient:
+    return Patient(row.patient_id, Demographics.from_dict(json.loads(row.data)), row.source or "")
 
 
-def _from_flat(row: dict[str, Any], default_root: str | None, source: str, where: str) -> Patient:
-    def val(key: str) -> str | None:
-        v = row.get(key)
-        v = str(v).strip() if v is not None else ""
-        return v or None
-
-    addr = Address(
-        street=[s.strip() for s in (val("street") or "").split("|") if s.strip()],
-        city=val("city"), state=val("state"), postal_code=val("postal_code"), country=val("country"),
-    )
-    telecoms = []
-    if phone := val("phone"):
-        telecoms.append(phone if phone.startswith("tel:") else f"tel:{phone}")
-    if email := val("email"):
-        telecoms.append(email if email.startswith("mailto:") else f"mailto:{email}")
-    demo = Demographics(
-        given=(val("given") or "").split(),
-        family=val("family"),
-        gender=normalize_gender(val("gender")),
-        birth_date=normalize_date(val("birth_date")),
-        addresses=[] if addr.is_empty() else [addr],
-        telecoms=telecoms,
-        mothers_maiden_name=val("mothers_maiden_name"),
-    )
-    return Patient(_patient_id(val("patient_id") or "", default_root, where), demo, source)
-
-
-def _read_csv(path: Path, default_root: str | None, source: str) -> Iterator[Patient]:
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for n, row in enumerate(csv.DictReader(fh), start=2):
-            yield _from_flat(row, default_root, source, f"{path.name}:{n}")
-
-
-def _read_jsonl(path: Path, default_root: str | None, source: str) -> Iterator[Patient]:
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            if isinstance(obj.get("demographics"), dict):
-                pid = _patient_id(str(obj.get("patient_id") or ""), default_root, where)
-                yield Patient(pid, Demographics.from_dict(obj["demographics"]), obj.get("source") or source)
-            else:
-                yield _from_flat(obj, default_root, source, where)
-
-
-# --- C-CDA recordTarget ---------------------------------------------------------------------------
-
-
-def _q(path: str) -> str:
-    return "/".join(f"{{{HL7}}}{p}" for p in path.split("/"))
-
-
-def _txt(el: etree._Element | None) -> str | None:
-    if el is None:
-        return None
-    s = " ".join("".join(el.itertext()).split())
-    return s or None
-
-
-def read_addr(el: etree._Element) -> Address:
-    """An HL7 V3 AD element -> Address (shared with the XCPD parser)."""
-    return Address(
-        street=[s for s in (_txt(x) for x in el.findall(_q("streetAddressLine"))) if s],
-        city=_txt(el.find(_q("city"))),
-        state=_txt(el.find(_q("state"))),
-        postal_code=_txt(el.find(_q("postalCode"))),
-        country=_txt(el.find(_q("country"))),
-    )
-
-
-def read_name(el: etree._Element) -> tuple[list[str], str | None]:
-    """An HL7 V3 PN element -> (given names, family name); a bare text PN counts as family."""
-    given = [g for g in (_txt(x) for x in el.findall(_q("given"))) if g]
-    families = [f for f in (_txt(x) for x in el.findall(_q("family"))) if f]
-    family = " ".join(families) if families else None
-    if not given and not family and len(el) == 0:
-        family = _txt(el)
-    return given, family
-
-
-def demographics_from_cda(data: bytes, *, prefer_root: str | None = None) -> tuple[str, Demographics]:
-    """recordTarget/patientRole of a C-CDA -> (CX patient id, Demographics)."""
-    from xds_node.cda import CdaError, parse_header
-
-    try:
-        root = parse_header(data)  # hardened, and stops before the body: recordTarget is in the header
-    except CdaError as exc:
-        raise ValueError(f"not a usable CDA document: {exc}") from exc
-    role = root.find(_q("recordTarget/patientRole"))
-    if role is None:
-        raise ValueError("CDA document has no recordTarget/patientRole")
-    ids = [PatientId(e.get("extension", "").strip(), e.get("root", "").strip()) for e in role.findall(_q("id"))]
-    ids = [i for i in ids if i.extension and i.root]
-    if not ids:
-        raise ValueError("recordTarget/patientRole has no id with root and extension")
-    chosen = next((i for i in ids if prefer_root and i.root == prefer_root), None)
-    chosen = chosen or next((i for i in ids if i.root != SSN_ROOT), ids[0])
-
-    pat = role.find(_q("patient"))
-    given: list[str] = []
-    family = gender = birth = None
-    if pat is not None:
-        names = pat.findall(_q("name"))
-        name = next((n for n in names if "L" in (n.get("use") or "").split()), names[0] if names else None)
-        if name is not None:
-            given, family = read_name(name)
-        g = pat.find(_q("administrativeGenderCode"))
-        gender = normalize_gender(g.get("code")) if g is not None else None
-        b = pat.find(_q("birthTime"))
-        birth = normalize_date(b.get("value")) if b is not None else None
-    addresses = [a for a in (read_addr(x) for x in role.findall(_q("addr"))) if not a.is_empty()]
-    telecoms = [v for v in (x.get("value", "").strip() for x in role.findall(_q("telecom"))) if v]
-    demo = Demographics(given=given, family=family, gender=gender, birth_date=birth, addresses=addresses,
-                        telecoms=telecoms, ids=ids)
-    return chosen.cx, demo
+def _correlation(row: Any) -> Correlation:
+    return Correlation(row.local_patient_id, row.community_id, row.remote_patient_id, row.remote_root,
+                       row.created, row.last_confirmed)

@@ -22,7 +22,15 @@ from sqlalchemy import (
 
 from xds_node.db import metadata
 
-__all__ = ["patient", "patient_address", "patient_correlation", "patient_identifier", "patient_telecom"]
+__all__ = [
+    "patient",
+    "patient_address",
+    "patient_correlation",
+    "patient_discrepancy",
+    "patient_identifier",
+    "patient_telecom",
+    "patient_version",
+]
 
 patient = Table(
     "patient",
@@ -40,6 +48,39 @@ patient = Table(
     Column("updated", DateTime(timezone=True), nullable=False),
     Index("ix_patient_family_birth", "family_norm", "birth_date"),
     Index("ix_patient_birth", "birth_date"),
+)
+
+#: Append-only history of each patient's demographics: every change to ``patient`` (which holds the
+#: current version, the one matching uses) is also written here with where it came from. Not a
+#: foreign key of ``patient``: the history outlives ``PatientIndex.remove``.
+patient_version = Table(
+    "patient_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", String(256), nullable=False),
+    Column("version", Integer, nullable=False),  # 1, 2, ... per patient
+    Column("source", String(200), nullable=False),  # what: "cli", an import file name, "cda", ...
+    Column("actor", String(400), nullable=False, default=""),  # who: operator, or the document's uniqueId
+    Column("recorded", DateTime(timezone=True), nullable=False),
+    Column("data", Text, nullable=False),  # JSON of the full Demographics of this version
+    UniqueConstraint("patient_id", "version", name="uq_patient_version"),
+)
+
+#: A registered document whose recordTarget contradicts the index for the same patient id. The
+#: document does not change how the patient is matched; the difference waits here for a human.
+patient_discrepancy = Table(
+    "patient_discrepancy",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", String(256), nullable=False),
+    Column("document_unique_id", String(256), nullable=False, default=""),
+    Column("entry_uuid", String(64), nullable=False, default=""),
+    Column("field", String(32), nullable=False),  # family, given, gender, birth_date
+    Column("indexed_value", String(400), nullable=False, default=""),
+    Column("document_value", String(400), nullable=False, default=""),
+    Column("source", String(200), nullable=False, default=""),
+    Column("recorded", DateTime(timezone=True), nullable=False),
+    Index("ix_patient_discrepancy_patient", "patient_id"),
 )
 
 patient_identifier = Table(
