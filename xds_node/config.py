@@ -54,7 +54,7 @@ class Settings:
     #: Turns off WS-Security/SAML checks on the gateway endpoints. For lab use only: the node logs
     #: a warning at every start while it is set.
     insecure_no_gateway_security: bool = False
-    #: Also require WS-Security/SAML on the XDS registry and repository endpoints.
+    #: Deprecated alias: true means anonymous_loopback = false (logs a warning).
     secure_xds_endpoints: bool = False
     #: Roles (SNOMED CT codes) allowed to query; empty allows any role the assertion carries.
     allowed_roles: list[str] = field(default_factory=list)
@@ -65,6 +65,9 @@ class Settings:
     allowed_purposes: list[str] = field(default_factory=lambda: ["TREATMENT"])
     audience: str = ""
     consent_mode: str = "opt-in"  # or "opt-out"
+    #: Admit unauthenticated callers on /xds/* when they connect from a loopback address (the demo).
+    anonymous_loopback: bool = True
+    clients_file: Path | None = None  # internal clients (xds-node clients); default: <data_dir>/clients.toml
 
     # free-form extras for later modules
     extra: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +83,15 @@ class Settings:
     @property
     def partners_path(self) -> Path:
         return Path(self.partners_file) if self.partners_file else Path(self.data_dir) / "partners.toml"
+
+    @property
+    def clients_path(self) -> Path:
+        return Path(self.clients_file) if self.clients_file else self.partners_path.with_name("clients.toml")
+
+    @property
+    def admits_anonymous_loopback(self) -> bool:
+        """anonymous_loopback, unless the deprecated secure_xds_endpoints turned it off."""
+        return self.anonymous_loopback and not self.secure_xds_endpoints
 
     @property
     def keys_dir(self) -> Path:
@@ -99,7 +111,7 @@ def _coerce(name: str, current: Any, raw: Any) -> Any:
         return str(raw).strip().lower() in {"1", "true", "yes", "on"}
     if isinstance(current, int):
         return int(raw)
-    if isinstance(current, Path) or name in {"data_dir", "partners_file"}:
+    if isinstance(current, Path) or name in {"data_dir", "partners_file", "clients_file"}:
         return Path(raw) if raw not in (None, "") else None
     if isinstance(current, list):
         return list(raw) if isinstance(raw, list) else [x.strip() for x in str(raw).split(",") if x.strip()]
