@@ -50,7 +50,10 @@ class ClientStore:
     def load(cls, path: Path, home_community_id: str) -> ClientStore:
         path = Path(path)
         with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+            try:
+                doc = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"{path}: not valid TOML: {exc}") from None
         unknown = set(doc) - {"client"}
         if unknown:
             raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
