@@ -119,9 +119,12 @@ class AccessPolicy:
             if req.client_cert is not None and self._is_client_cert(req.client_cert):
                 raise _wrong_door("internal client", req.path)
             raise SecurityFault("wsse:InvalidSecurity", "WS-Security header required")
-        if any(self.clients.trust.partner_for_fingerprint(fp) for fp in signer_fingerprints(header)):
-            raise _wrong_door("internal client", req.path)
-        principal = self.partners.verify(header, req.envelope)
+        try:
+            principal = self.partners.verify(header, req.envelope)
+        except SecurityFault:  # say why when it is a client at the wrong door (off the hot path)
+            if any(self.clients.trust.partner_for_fingerprint(fp) for fp in signer_fingerprints(header)):
+                raise _wrong_door("internal client", req.path) from None
+            raise
         if self.allowed_roles and principal.role[0] not in self.allowed_roles:
             raise SecurityFault("wsse:FailedAuthentication", "role not permitted")
         if req.client_cert is not None:
