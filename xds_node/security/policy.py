@@ -104,7 +104,7 @@ class AccessPolicy:
             if header is not None:
                 return self._client_by_assertion(req, header)
             if req.client_cert is not None:
-                return self._client_by_certificate(req.client_cert)
+                return self._client_by_certificate(req.client_cert, req.path)
         if ANONYMOUS in kinds and self.anonymous_loopback and is_loopback(req.remote_address):
             return Principal.anonymous(self.home_community_id)
         if ANONYMOUS in kinds and self.anonymous_loopback:
@@ -150,10 +150,10 @@ class AccessPolicy:
                 raise SecurityFault("wsse:FailedAuthentication", "TLS client is not the SAML issuer")
         return principal
 
-    def _client_by_certificate(self, der: bytes) -> Principal:
+    def _client_by_certificate(self, der: bytes, path: str) -> Principal:
         cert = x509.load_der_x509_certificate(der)
         if self.partners.trust.partner_for_certificate(cert) is not None:
-            raise _wrong_door("partner", "this endpoint")
+            raise _wrong_door("partner", path)
         client = self.clients.trust.partner_for_certificate(cert)
         if client is None:
             raise SecurityFault("wsse:FailedAuthentication", "TLS client certificate is not pinned for a client")
