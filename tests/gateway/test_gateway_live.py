@@ -341,6 +341,7 @@ def test_certificate_only_client_goes_out_under_its_client_name(world, ehr):
     theirs = [e for e in _partner_audit(world, "A") if e.event_id not in seen_before and e.transaction == "ITI-38"]
     assert theirs and {e.user_subject_id for e in theirs} == {ehr.name}
     assert {e.purpose_of_use for e in theirs} == {"TREATMENT"}
+    assert {e.partner_organization for e in theirs} == {"VA test"}  # ig_organization fills what it did not state
 
 
 def test_command_line_json(world, capsys, monkeypatch):

@@ -491,3 +491,35 @@ def test_live_mtls_internal_client_accepted_and_audited_with_its_name(live_world
     rows = [e for e in _live_audit(w["data"]) if e.transaction == "ITI-18" and e.outcome == "success"]
     assert {e.user_subject_id for e in rows} >= {ehr.name, CLIENT_SUBJECT}
     assert all(e.patient_id == w["pid"] for e in rows)
+
+
+def test_live_two_workers_pick_up_clients_add_and_remove(tmp_path, key_template, ehr):  # noqa: F811
+    """`xds-node clients add|remove` while `serve --workers 2` runs: every worker follows on its next
+    request (each request on a fresh connection, so both workers answer some)."""
+    from xds_node.node import Node
+
+    shutil.copytree(key_template, tmp_path, dirs_exist_ok=True)
+    settings = load_settings(env={}, data_dir=tmp_path)
+    Node(settings).close()  # schema in place before two workers start
+    live = LiveNode(tmp_path, args=["--workers", "2"])
+    try:
+        def attempts() -> list:
+            out = []
+            for _ in range(6):
+                c = _live_client(live.url)
+                try:
+                    out.append(c.call("/xds/registry", v.Action.ITI18, find_documents("P1^^^&1.2.3&ISO"),
+                                      headers=[ehr.header()]))
+                finally:
+                    c.close()
+            return out
+
+        assert all(refused(r, "FailedAuthentication") for r in attempts())
+        from xds_node.cli import main
+
+        assert main(["clients", "add", ehr.name, "--cert", str(ehr.cert_path), "--data-dir", str(tmp_path)]) == 0
+        assert all(not r.is_fault and r.status == v.ResponseStatus.SUCCESS for r in attempts())
+        assert main(["clients", "remove", ehr.name, "--data-dir", str(tmp_path)]) == 0
+        assert all(refused(r, "FailedAuthentication") for r in attempts())
+    finally:
+        live.stop()

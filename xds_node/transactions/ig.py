@@ -136,9 +136,10 @@ class IgSettings:
         role = tuple(principal.role) if principal.role and principal.role[0] else self.role
         purpose = tuple(principal.purpose_of_use) if principal.purpose_of_use and principal.purpose_of_use[0] \
             else self.purpose_of_use
+        asserted = bool(principal.assertion_id)  # a certificate-only client states no organization either
         return RequesterContext(subject_id=principal.subject_id or principal.partner,
-                                organization=principal.organization or self.organization,
-                                organization_id=principal.organization_id or self.organization_id,
+                                organization=(asserted and principal.organization) or self.organization,
+                                organization_id=(asserted and principal.organization_id) or self.organization_id,
                                 home_community_id=self.home_community_id, role=role, purpose_of_use=purpose,
                                 npi=principal.npi or self.npi)
 
