@@ -523,3 +523,52 @@ def test_live_two_workers_pick_up_clients_add_and_remove(tmp_path, key_template,
         assert all(refused(r, "FailedAuthentication") for r in attempts())
     finally:
         live.stop()
+
+
+# --- trying to get around it ---------------------------------------------------------------------
+def test_ways_around_the_boundary_are_closed(world, ehr):
+    from xds_node.admin import DEMO_PARTNER_HCID
+
+    node, pid, docs = world
+    partner = Requester.demo_partner(node.settings.keys_dir)
+    # a partner's assertion carried over an internal client's TLS connection
+    mixed = Caller(node.app(), client_cert=ehr.der)
+    try:
+        reply = mixed.call("/xds/registry", v.Action.ITI18, find_documents(pid), headers=[partner.header()])
+        assert refused(reply, "FailedAuthentication") and not leaked(reply, docs)
+    finally:
+        mixed.close()
+    c = Caller(node.app())
+    try:
+        # a client claiming to speak for a partner community
+        reply = c.call("/xds/registry", v.Action.ITI18, find_documents(pid),
+                       headers=[ehr.header(home_community_id=DEMO_PARTNER_HCID)])
+        assert refused(reply, "FailedAuthentication")
+        # a broken Security header from loopback does not fall back to anonymous
+        local = Caller(node.app(), address="127.0.0.1")
+        try:
+            bad = local.call("/xds/registry", v.Action.ITI18, find_documents(pid),
+                             headers=[Requester.demo_partner(node.settings.keys_dir).header(unsigned=True)])
+            assert bad.is_fault and not leaked(bad, docs)
+        finally:
+            local.close()
+        # a forwarded-for header claiming loopback changes nothing: the socket peer decides
+        from xds_node.soap.envelope import build_request
+
+        payload, ct, _ = build_request(v.Action.ITI18, find_documents(pid), to="http://testserver/xds/registry")
+        resp = c._run(c._client.post("/xds/registry", content=payload, headers={
+            "Content-Type": ct, "X-Forwarded-For": "127.0.0.1", "X-Real-IP": "127.0.0.1",
+            "Forwarded": "for=127.0.0.1"}))
+        assert resp.status_code == 400 and b"authentication required" in resp.content
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize(("address", "loopback"), [
+    ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("", False), ("localhost", False), ("127.0.0.1.nip.io", False),
+    ("0.0.0.0", False)])
+def test_what_counts_as_loopback(address, loopback):
+    from xds_node.security.policy import is_loopback
+
+    assert is_loopback(address) is loopback
