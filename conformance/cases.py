@@ -185,7 +185,8 @@ class Step:
     request: str | None = None
     #: Build the body with zeep from the endpoint's published WSDL: {operation, args}.
     zeep: dict[str, Any] | None = None
-    #: "saml" (a valid header), "none", or a security negative (see conformance.security.NEGATIVES).
+    #: "saml" (a valid header), "none", "client" (as an internal client of the target), or a security
+    #: negative (see conformance.security.NEGATIVES).
     security: str | None = None
     #: Send the very same wsse:Security header as this earlier step (replay).
     reuse_security: str | None = None

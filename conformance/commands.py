@@ -42,6 +42,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                      help="homeCommunityId the SAML assertion claims (the partner entry the target has for us)")
     run.add_argument("--purpose", default="TREATMENT", help="purpose of use in the assertion")
     run.add_argument("--audience", help="Audience the valid assertion names (targets that require one)")
+    run.add_argument("--client-key", type=Path, metavar="KEY",
+                     help="PEM key of an internal client the target pinned (clients.toml): signs /ig/* calls")
+    run.add_argument("--client-cert", type=Path, metavar="CERT", help="PEM certificate for --client-key")
+    run.add_argument("--client-home", help="the target's homeCommunityId, claimed by --client-key's assertion "
+                     "(default: --var home)")
     run.add_argument("--mtls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
     run.add_argument("--mtls-key", type=Path, help="client key (PEM) for mutual TLS")
     run.add_argument("--ca", type=Path, help="CA bundle to verify the target's TLS certificate")
@@ -105,8 +110,19 @@ def build_runner(args: argparse.Namespace, progress=None):
             raise SystemExit("--sign-with and --cert go together")
         signer = Signer.from_files(args.sign_with, args.cert, home_community_id=args.requester_home,
                                    purpose=args.purpose, audience=args.audience)
+    variables = _variables(args)
+    client_signer = None
+    if args.client_key or args.client_cert:
+        if not (args.client_key and args.client_cert):
+            raise SystemExit("--client-key and --client-cert go together")
+        home = args.client_home or variables.get("home")
+        if not home:
+            raise SystemExit("--client-key needs the target's homeCommunityId: --client-home or --var home=...")
+        client_signer = Signer.from_files(args.client_key, args.client_cert, home_community_id=home,
+                                          purpose=args.purpose, audience=args.audience)
     kwargs = {"progress": progress} if progress is not None else {}
-    return Runner(target, signer=signer, variables=_variables(args), allow_writes=args.allow_writes, **kwargs)
+    return Runner(target, signer=signer, variables=variables, client_signer=client_signer,
+                  allow_writes=args.allow_writes, **kwargs)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

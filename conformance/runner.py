@@ -440,11 +440,13 @@ class Runner:
 
     def __init__(self, target: Target, *, signer: Signer | None = None, variables: dict[str, str] | None = None,
                  progress: Progress = _noop, transport: httpx.AsyncBaseTransport | None = None,
-                 allow_writes: bool = True):
+                 client_signer: Signer | None = None, allow_writes: bool = True):
         self.target = target
         #: Cases that store documents in the target run only when allowed (the CLI asks first).
         self.allow_writes = allow_writes
         self.signer = signer
+        #: Signs as one of the target's internal clients (security = "client"; /xds/*, /ig/*).
+        self.client_signer = client_signer
         self.variables = dict(variables or {})
         self.progress = progress
         self._transport = transport
@@ -554,6 +556,13 @@ class Runner:
             if step.reuse_security not in headers:
                 raise ValueError(f"reuse_security names {step.reuse_security!r}, which sent no header")
             header = headers[step.reuse_security]
+        elif kind == "client":
+            # an internal client: its own signed assertion, or its TLS certificate alone (mutual TLS)
+            if self.client_signer is not None:
+                header = build_header("saml", self.client_signer)
+            elif self.target.client_cert is None:
+                raise Skip("needs an internal client's credentials: run with --client-key KEY --client-cert CERT "
+                           "(pinned on the target with `xds-node clients add`) or --mtls-cert")
         elif kind != "none":
             if self.signer is None:
                 raise Skip("needs a signing key: run with --sign-with KEY --cert CERT")

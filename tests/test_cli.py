@@ -47,6 +47,9 @@ def test_demo_banner_lists_endpoints_and_a_working_query(demo):
     assert "20 sample documents for 4 patients" in text
     for path in ("/xds/registry", "/xds/repository", "/xca/query", "/xca/retrieve", "/xcpd"):
         assert f"http://127.0.0.1:{port}{path}" in text
+    access = text.split("Who may call each endpoint:", 1)[1]
+    assert re.search(r"/xds/registry +internal clients .*anonymous from loopback", access)
+    assert re.search(r"/ig/registry +internal clients .*no anonymous callers", access)
     request = Path(re.search(r"--data-binary @(\S+)", text).group(1))
     reply = httpx.post(f"http://127.0.0.1:{port}/xds/registry", content=request.read_bytes(),
                        headers={"Content-Type": "application/soap+xml; charset=UTF-8"})

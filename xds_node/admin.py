@@ -1,4 +1,4 @@
-"""Administration commands: keys, partners, consent, audit, patients.
+"""Administration commands: keys, partners, clients, consent, audit, patients.
 
 Each command opens the node's database (from the same settings ``serve`` uses) and calls the
 stores directly; none needs a running node.
@@ -163,6 +163,78 @@ def cmd_partners_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+# --- internal clients ---------------------------------------------------------------------------
+def _load_certs(paths: list[str]) -> list:
+    """PEM certificates from files; ValueError with a one-line reason when one is missing or not PEM."""
+    from xds_node.security.trust import _load_cert_entry
+
+    certs = []
+    for c in paths:
+        try:
+            found = _load_cert_entry(str(Path(c).resolve()), Path("."))
+        except OSError as exc:
+            raise ValueError(f"cannot read {c}: {exc.strerror or exc}") from None
+        except Exception:
+            raise ValueError(f"{c} is not a PEM or DER certificate") from None
+        certs.extend(found)
+    return certs
+
+
+def _client_store(settings: Settings):
+    from xds_node.security.clients import ClientStore
+
+    path = settings.clients_path
+    return ClientStore.load(path, settings.home_community_id) if path.exists() else ClientStore(
+        settings.home_community_id)
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    """``clients add|list|remove``: one-line errors (bad file, unknown name, certificate taken), never a traceback."""
+    settings = _settings(args)
+    try:
+        return _clients(args, settings)
+    except (ValueError, OSError) as exc:
+        print(f"clients {args.clients_command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _clients(args: argparse.Namespace, settings: Settings) -> int:
+    from xds_node.security.trust import TrustStore, fingerprint
+
+    path = settings.clients_path
+    store = _client_store(settings)
+    if args.clients_command == "list":
+        table = Table("name", "certificate (SHA-256)", "subject", "expires")
+        for c in store.partners():
+            for i, cert in enumerate(c.certificates):
+                table.add_row(c.name if i == 0 else "", fingerprint(cert)[:23] + "…", cert.subject.rfc4514_string(),
+                              cert.not_valid_after_utc.date().isoformat())
+        Console().print(table)
+        if not store.partners():
+            print(f"no internal clients in {path}", file=sys.stderr)
+        return 0
+    if args.clients_command == "remove":
+        try:
+            store.remove(args.name)
+        except KeyError:
+            raise ValueError(f"no client named {args.name!r} in {path}") from None
+        store.save(path)
+        print(f"removed {args.name} from {path}")
+        return 0
+    certs = _load_certs(args.cert)
+    if settings.partners_path.exists():
+        partners = TrustStore.load(settings.partners_path)
+        for cert in certs:
+            partner = partners.partner_for_certificate(cert)
+            if partner is not None:
+                raise ValueError(f"certificate {fingerprint(cert)[:16]}… is pinned for partner {partner.name!r}; "
+                                 "a partner's credentials cannot also be an internal client's")
+    store.add(args.name, certs)
+    store.save(path)
+    print(f"added {args.name} to {path}")
+    return 0
+
+
 # --- consent ------------------------------------------------------------------------------------
 def cmd_consent(args: argparse.Namespace) -> int:
     from xds_node.security.consent import format_history
@@ -325,6 +397,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--offline", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_partners_check)
+
+    clients = sub.add_parser("clients", help="internal clients (our EHR, sources, consumers): clients.toml"
+                             ).add_subparsers(dest="clients_command", required=True)
+    common(clients.add_parser("list")).set_defaults(func=cmd_clients)
+    p = common(clients.add_parser("add", help="pin a client's certificate(s) (TLS client or SAML signer)"))
+    p.add_argument("name")
+    p.add_argument("--cert", action="append", required=True, help="PEM certificate to pin (repeatable)")
+    p.set_defaults(func=cmd_clients)
+    p = common(clients.add_parser("remove"))
+    p.add_argument("name")
+    p.set_defaults(func=cmd_clients)
 
     p = common(sub.add_parser("consent", help="patient opt-in / revocation"))
     p.add_argument("action", choices=["grant", "revoke", "show"])

@@ -86,8 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         settings.base_url = settings.base_url or f"https://{settings.host}:{settings.port}"
         tls = uvicorn_tls_options(settings, args.tls_cert, args.tls_key, mtls=args.mtls)
-    mode = " with mutual TLS (partner certificates required)" if args.mtls else ""
+    mode = " with mutual TLS (pinned partner or client certificates required)" if args.mtls else ""
     print(f"xds-node serving on {settings.public_url}{mode} (database {mask_url(settings.db_url)})", flush=True)
+    _print_access(settings)
     _serve(settings, workers=args.workers, tls=tls)
     return 0
 
@@ -117,6 +118,13 @@ def _demo_dir(args: argparse.Namespace) -> tuple[Path | None, str]:
     return data, ""
 
 
+def _print_access(settings) -> None:
+    """Who may call each endpoint, printed at every start."""
+    from xds_node.node import access_lines
+
+    print("Who may call each endpoint:", *access_lines(settings), sep="\n", flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from xds_node.demo import load_samples, print_banner
 
@@ -136,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for patient in summary.patients:  # demo data only: every fictional veteran has opted in
         if node.consent_store.status(patient).state != "granted":
             node.consent_store.grant(patient, source="demo", note="xds-node demo: fictional patient")
-    print_banner(node, summary, keys)
+    print_banner(node, summary, keys)  # includes who may call each endpoint
     node.close()
     _serve(settings, workers=1)
     return 0
@@ -270,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="private key of --tls-cert (PEM)")
     p.add_argument("--mtls", action="store_true",
-                   help="require a client certificate pinned in partners.toml, matched to the SAML issuer")
+                   help="require a client certificate pinned in partners.toml or clients.toml")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="embedded registry with the sample documents in ./xds-demo, then serve")

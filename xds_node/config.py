@@ -54,7 +54,7 @@ class Settings:
     #: Turns off WS-Security/SAML checks on the gateway endpoints. For lab use only: the node logs
     #: a warning at every start while it is set.
     insecure_no_gateway_security: bool = False
-    #: Also require WS-Security/SAML on the XDS registry and repository endpoints.
+    #: Deprecated alias: true means anonymous_loopback = false (logs a warning).
     secure_xds_endpoints: bool = False
     #: Roles (SNOMED CT codes) allowed to query; empty allows any role the assertion carries.
     allowed_roles: list[str] = field(default_factory=list)
@@ -65,6 +65,9 @@ class Settings:
     allowed_purposes: list[str] = field(default_factory=lambda: ["TREATMENT"])
     audience: str = ""
     consent_mode: str = "opt-in"  # or "opt-out"
+    #: Admit unauthenticated callers on /xds/* when they connect from a loopback address (the demo).
+    anonymous_loopback: bool = True
+    clients_file: Path | None = None  # internal clients (xds-node clients); default: <data_dir>/clients.toml
 
     # logs
     log_level: str = "info"  # debug, info, warning, error (`-v` means debug)
@@ -100,6 +103,15 @@ class Settings:
         return Path(self.partners_file) if self.partners_file else Path(self.data_dir) / "partners.toml"
 
     @property
+    def clients_path(self) -> Path:
+        return Path(self.clients_file) if self.clients_file else self.partners_path.with_name("clients.toml")
+
+    @property
+    def admits_anonymous_loopback(self) -> bool:
+        """anonymous_loopback, unless the deprecated secure_xds_endpoints turned it off."""
+        return self.anonymous_loopback and not self.secure_xds_endpoints
+
+    @property
     def keys_dir(self) -> Path:
         return Path(self.data_dir) / "keys"
 
@@ -120,7 +132,7 @@ EXTRA_KEYS = frozenset({
     "ig_match_mode", "ig_signing_key", "ig_signing_cert", "ig_tls_verify", "ig_tls_ca_file",
     "ig_tls_client_cert", "ig_tls_client_key", "ig_spool_dir", "ig_max_connections",
 })
-_PATH_FIELDS = {"data_dir", "partners_file"}
+_PATH_FIELDS = {"data_dir", "partners_file", "clients_file"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -284,9 +296,10 @@ def from_effective_json(text: str) -> Settings:
     data = json.loads(text)
     known = {f.name for f in dataclasses.fields(Settings)}
     settings = Settings(**{k: val for k, val in data.items() if k in known})
-    settings.data_dir = Path(settings.data_dir)
-    if settings.partners_file is not None:
-        settings.partners_file = Path(settings.partners_file)
+    for name in _PATH_FIELDS:
+        value = getattr(settings, name)
+        if value is not None:
+            setattr(settings, name, Path(value))
     return settings
 
 

@@ -69,6 +69,8 @@ def print_banner(node, summary: LoadSummary, keys: dict | None = None) -> None:
     print("\nEndpoints (WSDL at <url>?wsdl):")
     for name, url in urls.items():
         print(f"  {name:28} {url}")
+    print("\nWho may call each endpoint:")
+    print("\n".join(node.access_lines()))
     if summary.patients:
         patient = summary.patients.most_common(1)[0][0]
         url = next(iter(urls.values()))

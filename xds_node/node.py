@@ -12,8 +12,11 @@ This is the only module that knows every part of the node. Endpoint paths:
 ``/ig/repository``    ITI-43 fetched from partner communities (initiating gateway)
 ====================  =====================================================
 
-The gateway endpoints require WS-Security with a SAML assertion signed by a pinned partner
-(``partners.toml``), check patient consent and audit every call.
+One access policy (:mod:`xds_node.security.policy`) guards every endpoint: the gateway endpoints
+admit only partners (WS-Security with a SAML assertion signed by a pinned partner, ``partners.toml``),
+check patient consent and audit every call; ``/xds/*`` and ``/ig/*`` admit only internal clients
+(``clients.toml``: pinned TLS client certificate or signed SAML) and, on ``/xds/*`` while
+``anonymous_loopback`` is on, anonymous callers from loopback. Every internal read and write is audited.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from xds_node.registry.service import Registry
 from xds_node.registry.store import RegistryStore
 from xds_node.repository.service import Repository
 from xds_node.repository.sources import ContentStore
+from xds_node.security.clients import ClientDirectory
 from xds_node.security.consent import ConsentPolicy, ConsentStore
+from xds_node.security.policy import GATEWAY, INTERNAL_OR_LOOPBACK, AccessPolicy, describe
 from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
@@ -80,6 +85,16 @@ class Node:
         self.audit.create_schema()
         self.trust = self._load_trust()
         self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings))
+        self.clients = ClientDirectory(self.settings.clients_path, self.settings.home_community_id)
+        self.client_verifier = InboundVerifier(self.clients, SecurityPolicy.from_settings(self.settings))
+        if self.settings.secure_xds_endpoints:
+            log.warning("secure_xds_endpoints is deprecated: it now means anonymous_loopback = false "
+                        "(internal clients authenticate with clients.toml; see README, Trust model)")
+        self.access = AccessPolicy(self.verifier, self.client_verifier,
+                                   home_community_id=self.settings.home_community_id,
+                                   organization=self.settings.organization_name,
+                                   allowed_roles=self.settings.allowed_roles,
+                                   anonymous_loopback=self.settings.admits_anonymous_loopback)
 
     def _load_trust(self) -> TrustStore:
         path = self.settings.partners_path
@@ -98,16 +113,16 @@ class Node:
                         "ANY caller without WS-Security/SAML checks. Never use this with real patient data.")
             gate = []
         else:
-            gate = [SecurityGate(self.verifier, self.audit, allowed_roles=frozenset(settings.allowed_roles))]
-        xds_gate = gate if settings.secure_xds_endpoints else []
+            gate = [self.gate(GATEWAY)]
+        xds_gate = [self.gate(INTERNAL_OR_LOOPBACK)]
         consent = ConsentCheck(self.consent)
         auditor = Auditor(self.audit)
         return [
             Endpoint(
                 REGISTRY_PATH,
                 {
-                    iti18.ACTION: iti18.make_handler(self.registry),
-                    iti42.ACTION: iti42.make_handler(self.registry),
+                    iti18.ACTION: iti18.make_handler(self.registry, audit=auditor),
+                    iti42.ACTION: iti42.make_handler(self.registry, audit=auditor),
                 },
                 wsdl=wsdl / "registry.wsdl",
                 before=list(xds_gate),
@@ -116,8 +131,8 @@ class Node:
                 REPOSITORY_PATH,
                 {
                     iti41.ACTION: iti41.make_handler(self.repository, self.registry, on_registered=self.index_patient,
-                                                     registry_url=settings.registry_url),
-                    iti43.ACTION: iti43.make_handler(self.repository),
+                                                     registry_url=settings.registry_url, audit=auditor),
+                    iti43.ACTION: iti43.make_handler(self.repository, registry=self.registry, audit=auditor),
                 },
                 wsdl=wsdl / "repository.wsdl",
                 before=list(xds_gate),
@@ -141,8 +156,12 @@ class Node:
                 wsdl=wsdl / "xcpd-responding-gateway.wsdl",
                 before=list(gate),
             ),
-            *ig.endpoints(self, before=list(xds_gate)),
+            *ig.endpoints(self),
         ]
+
+    def gate(self, kinds: frozenset[str]) -> SecurityGate:
+        """The access-policy hook for an endpoint admitting ``kinds`` (security.policy)."""
+        return SecurityGate(self.access, self.audit, kinds=kinds)
 
     def app(self) -> SoapApp:
         return SoapApp(self.endpoints(), max_body_bytes=self.settings.max_body_bytes, on_error=_log_error)
@@ -156,6 +175,10 @@ class Node:
                 "XCPD (ITI-55)": base + XCPD_PATH,
                 "initiating gateway (ITI-18)": base + ig.IG_REGISTRY_PATH,
                 "initiating gateway (ITI-43)": base + ig.IG_REPOSITORY_PATH}
+
+    def access_lines(self) -> list[str]:
+        """Who may call each endpoint, as printed at start (``serve``, ``demo``)."""
+        return access_lines(self.settings)
 
     def folder_indexer(self, folder: Path):
         """An indexer for a source system's folder of C-CDA files (``xds-node load``)."""
@@ -194,6 +217,18 @@ def cda_defaults(settings: Settings):
                        patient_id_root=settings.patient_id_root or None,
                        healthcare_facility_type_code=coded(settings.facility_type_code),
                        practice_setting_code=coded(settings.practice_setting_code))
+
+
+def access_lines(settings: Settings) -> list[str]:
+    """Who may call each endpoint under ``settings``: one line per endpoint, for the start banner."""
+    from xds_node.security.policy import INTERNAL_ONLY
+
+    gateway = None if settings.insecure_no_gateway_security else GATEWAY
+    table = [(REGISTRY_PATH, INTERNAL_OR_LOOPBACK), (REPOSITORY_PATH, INTERNAL_OR_LOOPBACK),
+             (XCA_QUERY_PATH, gateway), (XCA_RETRIEVE_PATH, gateway), (XCPD_PATH, gateway),
+             (ig.IG_REGISTRY_PATH, INTERNAL_ONLY), (ig.IG_REPOSITORY_PATH, INTERNAL_ONLY)]
+    anonymous = settings.admits_anonymous_loopback
+    return [f"  {path:16} {describe(kinds, anonymous_loopback=anonymous)}" for path, kinds in table]
 
 
 def _audit_sinks(settings: Settings) -> list:

@@ -29,15 +29,21 @@ class TlsHttpToolsProtocol(HttpToolsProtocol):
 
 
 def partner_bundle(settings) -> Path:
-    """All pinned partner certificates as one PEM file: the CAs a mutual-TLS client may present."""
+    """All pinned partner and internal-client certificates as one PEM file: the CAs a mutual-TLS
+    client may present. Read at start: a client added later connects after a restart (a removed one
+    is refused at once, by the access policy, which checks the pin on every request)."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
+    from xds_node.security.clients import ClientStore
     from xds_node.security.trust import TrustStore
 
-    store = TrustStore.load(settings.partners_path)
+    certs = [c for p in TrustStore.load(settings.partners_path).partners() for c in p.certificates]
+    if settings.clients_path.exists():
+        certs += [c for p in ClientStore.load(settings.clients_path, settings.home_community_id).partners()
+                  for c in p.certificates]
     path = Path(settings.keys_dir) / "partner-client-bundle.pem"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for p in store.partners() for c in p.certificates))
+    path.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in certs))
     return path
 
 

@@ -16,6 +16,7 @@ from conformance.runner import Runner, RunResult, Target
 from conformance.security import Signer
 from tests.conftest import LiveNode, free_port
 from xds_node.config import DEMO_HOME_COMMUNITY_ID, load_settings
+from xds_node.security.clients import ClientStore
 from xds_node.security.keys import generate_demo_keys, load_key_and_cert
 from xds_node.security.trust import Partner, TrustStore
 
@@ -56,6 +57,11 @@ def harness(tmp_path_factory):
                            "xca_retrieve": base + "/xca/retrieve"},
                 options={"audience": AUDIENCE}),
     ]).save(data / "partners.toml")
+    # The harness also calls /ig/* as one of the node's internal clients (clients.toml).
+    client_key, client_cert = generate_demo_keys(tmp_path_factory.mktemp("harness-client"), common_name="harness EHR")
+    store = ClientStore(DEMO_HOME_COMMUNITY_ID)
+    store.add("conformance-ehr", [load_key_and_cert(client_key, client_cert)[1]])
+    store.save(data / "clients.toml")
     node = Node(load_settings(env={}, data_dir=data))
     try:
         report = node.folder_indexer(SAMPLES).sync()
@@ -74,9 +80,10 @@ def harness(tmp_path_factory):
         node.close()
     live = LiveNode(data, extra_env={"XDS_AUDIENCE": AUDIENCE}, port=port)
     signer = Signer.from_files(key_path, cert_path, home_community_id=REQUESTER_HOME, audience=AUDIENCE)
+    client = Signer.from_files(client_key, client_cert, home_community_id=DEMO_HOME_COMMUNITY_ID, audience=AUDIENCE)
     try:
         _disclosed_then_revoked(live, signer, revoked_doc, data)
-        yield live, signer, revoked_doc
+        yield live, signer, client, revoked_doc
     finally:
         live.stop()
 
@@ -105,9 +112,9 @@ def _disclosed_then_revoked(live: LiveNode, signer: Signer, doc_uuid: str, data:
 
 @pytest.fixture(scope="module")
 def results(harness) -> dict[str, RunResult]:
-    live, signer, revoked_doc = harness
+    live, signer, client, revoked_doc = harness
     variables = {**VARIABLES, "revoked_patient": REVOKED, "revoked_doc_uuid": revoked_doc}
-    runner = Runner(Target(live.url, timeout=20), signer=signer, variables=variables)
+    runner = Runner(Target(live.url, timeout=20), signer=signer, variables=variables, client_signer=client)
     return {name: runner.run(load_suite(name)) for name in list_suites()}
 
 
@@ -157,7 +164,7 @@ def test_nist_testkit_against_our_live_node(harness):
     testkit = CORPUS / "03-messages" / "nist-testkit" / "tests"
     if not testkit.is_dir():
         pytest.skip("corpus not available")
-    live, signer, _ = harness
+    live, signer, _client, _ = harness
     runner = Runner(Target(live.url, timeout=20), signer=signer,
                     variables={"repository_id": load_settings(env={}).repository_unique_id})
     result = runner.run_nist(testkit)

@@ -222,15 +222,43 @@ def test_retrieve_is_batched_per_partner_and_isolates_failures(world, tmp_path):
     assert not (tmp_path / "out" / ".xds-spool").exists()
 
 
-def test_local_consumers_use_the_initiating_gateway_endpoints_unchanged(world):
+@pytest.fixture(scope="module")
+def ehr(world, tmp_path_factory):
+    """Our EHR, pinned as an internal client of our node (clients.toml), signing its own SAML."""
+    from tests.responding.test_trust_boundary import InternalClient, pin_client
+    from xds_node.security.keys import load_key_and_cert
+
+    key_path, cert_path = generate_demo_keys(tmp_path_factory.mktemp("ehr"), common_name="VA EHR")
+    client = InternalClient("va-ehr", *load_key_and_cert(key_path, cert_path), cert_path, key_path)
+    pin_client(world["node"].settings, client)
+    return client
+
+
+def _partner_audit(world, name: str) -> list:
+    """What partner community ``name`` recorded about our outbound calls (its own audit trail)."""
+    from xds_node.audit.store import AuditLog
+    from xds_node.db import make_engine
+
+    engine = make_engine(load_settings(env={}, data_dir=world["dirs"][name]).db_url)
+    try:
+        return AuditLog(engine).list()
+    finally:
+        engine.dispose()
+
+
+def test_local_consumers_use_the_initiating_gateway_endpoints_unchanged(world, ehr):
+    from tests.responding.test_trust_boundary import CLIENT_SUBJECT
+
     node = world["node"]
     correlate_everywhere(node)
     app = SoapApp(ig.endpoints(node))
+    seen_before = {e.event_id for e in _partner_audit(world, "A")}
 
     async def main():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ig") as client:
             async def call(path, action, body):
-                payload, ct, _ = build_request(action, body, to="http://ig" + path)
+                payload, ct, _ = build_request(action, body, to="http://ig" + path,
+                                               headers=[ehr.header(home_community_id=OURS)])
                 resp = await client.post(path, content=payload, headers={"content-type": ct})
                 return parse_envelope(resp.content, resp.headers["content-type"], require_action=False)
 
@@ -261,6 +289,59 @@ def test_local_consumers_use_the_initiating_gateway_endpoints_unchanged(world):
     assert {(e.transaction, e.outcome) for e in local} >= {("ITI-18", "partial"), ("ITI-43", "success")}
     assert any(e.patient_id == ALEX_ID for e in local if e.transaction == "ITI-18")
     assert any(len(e.document_ids) == 3 for e in local if e.transaction == "ITI-43")
+    assert {e.user_subject_id for e in local} == {CLIENT_SUBJECT}
+    # the requester goes out as itself: the partner's audit trail and our outbound rows name the person
+    theirs = [e for e in _partner_audit(world, "A") if e.event_id not in seen_before and e.outcome != "denied"]
+    assert {e.transaction for e in theirs} == {"ITI-38", "ITI-39"}
+    assert {(e.user_subject_id, e.partner_organization, e.user_role_code) for e in theirs} == {
+        (CLIENT_SUBJECT, "Boston VA Medical Center", "112247003")}
+    outbound = [e for e in node.audit.list() if e.direction == "outbound" and e.partner_organization == "community-A"]
+    assert outbound and CLIENT_SUBJECT in {e.user_subject_id for e in outbound}
+
+
+def test_initiating_gateway_sends_nothing_for_an_anonymous_caller(world):
+    node = world["node"]
+    correlate_everywhere(node)
+    before = sum(p.counts.get(v.Action.ITI38, 0) for p in world["proxies"].values())
+    app = SoapApp(ig.endpoints(node))
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ig") as client:
+            query = rim.write_adhoc_query_request(StoredQuery(v.StoredQueryId.FIND_DOCUMENTS, slots={
+                "$XDSDocumentEntryPatientId": [[f"'{ALEX_ID}'"]]}))
+            payload, ct, _ = build_request(v.Action.ITI18, query, to="http://ig/ig/registry")
+            resp = await client.post(ig.IG_REGISTRY_PATH, content=payload, headers={"content-type": ct})
+            return resp
+
+    resp = asyncio.run(main())
+    assert resp.status_code == 400 and b"authentication required" in resp.content
+    assert sum(p.counts.get(v.Action.ITI38, 0) for p in world["proxies"].values()) == before
+
+
+def test_certificate_only_client_goes_out_under_its_client_name(world, ehr):
+    """A client known only by its TLS certificate states no person: the partner sees the client's name,
+    with the ig_* role and purpose filling what it did not state."""
+    from tests.responding.test_trust_boundary import _with_tls_client
+
+    node = world["node"]
+    correlate_everywhere(node)
+    app = _with_tls_client(SoapApp(ig.endpoints(node)), ehr.der)
+    seen_before = {e.event_id for e in _partner_audit(world, "A")}
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ig") as client:
+            query = rim.write_adhoc_query_request(StoredQuery(v.StoredQueryId.FIND_DOCUMENTS, slots={
+                "$XDSDocumentEntryPatientId": [[f"'{ALEX_ID}'"]],
+                "$XDSDocumentEntryStatus": [["('urn:oasis:names:tc:ebxml-regrep:StatusType:Approved')"]]}))
+            payload, ct, _ = build_request(v.Action.ITI18, query, to="http://ig/ig/registry")
+            return await client.post(ig.IG_REGISTRY_PATH, content=payload, headers={"content-type": ct})
+
+    resp = asyncio.run(main())
+    assert resp.status_code == 200, resp.content[:400]
+    theirs = [e for e in _partner_audit(world, "A") if e.event_id not in seen_before and e.transaction == "ITI-38"]
+    assert theirs and {e.user_subject_id for e in theirs} == {ehr.name}
+    assert {e.purpose_of_use for e in theirs} == {"TREATMENT"}
+    assert {e.partner_organization for e in theirs} == {"VA test"}  # ig_organization fills what it did not state
 
 
 def test_command_line_json(world, capsys, monkeypatch):

@@ -1,7 +1,9 @@
 """What stands in front of the responding-gateway transactions (ITI-38, ITI-39, ITI-55).
 
-* :class:`SecurityGate` is the endpoint's ``before`` hook: it verifies the WS-Security header
-  (Timestamp + signed SAML assertion against pinned partner certificates) and puts the verified
+* :class:`SecurityGate` is the ``before`` hook of every endpoint: it asks the
+  :class:`~xds_node.security.policy.AccessPolicy` who is calling (a partner's signed SAML on the
+  gateway endpoints; an internal client's pinned certificate or signed SAML, or an admitted loopback
+  caller, on ``/xds/*`` and ``/ig/*``) and puts the verified
   :class:`~xds_node.security.principal.Principal` on the request. Nothing below it parses SAML.
   A refusal is a SOAP Sender fault with the WS-Security subcode, and is audited as "denied".
 * :class:`Auditor` turns each transaction's outcome into one audit event.
@@ -19,8 +21,8 @@ from xds_node.audit.events import AuditEvent
 from xds_node.audit.store import AuditLog
 from xds_node.ebxml import vocabulary as v
 from xds_node.security.consent import ConsentPolicy
-from xds_node.security.saml import InboundVerifier
-from xds_node.security.wss import WSSE, SecurityFault
+from xds_node.security.policy import GATEWAY, AccessPolicy
+from xds_node.security.wss import SecurityFault
 from xds_node.soap.envelope import SoapRequest
 from xds_node.soap.fault import SoapFault
 
@@ -45,34 +47,20 @@ def _remote(req: SoapRequest) -> str:
 
 
 class SecurityGate:
-    def __init__(self, verifier: InboundVerifier, audit: AuditLog | None = None, *,
-                 allowed_roles: frozenset[str] = frozenset()):
-        self.verifier = verifier
+    def __init__(self, policy: AccessPolicy, audit: AuditLog | None = None, *, kinds: frozenset[str] = GATEWAY):
+        self.policy = policy
         self.audit = audit
-        self.allowed_roles = allowed_roles
+        #: the caller kinds this endpoint admits (security.policy.GATEWAY, INTERNAL_ONLY, ...)
+        self.kinds = kinds
 
     async def __call__(self, req: SoapRequest) -> None:
-        header = req.header_block(WSSE, "Security")
         try:
-            if header is None:
-                raise SecurityFault("wsse:InvalidSecurity", "WS-Security header required")
-            principal = self.verifier.verify(header, req.envelope)
-            if self.allowed_roles and principal.role[0] not in self.allowed_roles:
-                raise SecurityFault("wsse:FailedAuthentication", "role not permitted")
-            if req.client_cert is not None and not self._client_is_partner(req.client_cert, principal):
-                raise SecurityFault("wsse:FailedAuthentication", "TLS client is not the SAML issuer")
+            principal = self.policy.authenticate(req, self.kinds)
         except SecurityFault as fault:
             self._denied(req, fault)
             raise SoapFault("Sender", fault.reason, subcodes=[fault.qname]) from None
         req.principal = principal
         current_principal.set(principal)
-
-    def _client_is_partner(self, der: bytes, principal) -> bool:
-        """Mutual TLS: the client certificate must be pinned for the partner the assertion names."""
-        from cryptography import x509
-
-        partner = self.verifier.trust.partner_for_certificate(x509.load_der_x509_certificate(der))
-        return partner is not None and partner.name == principal.partner
 
     def _denied(self, req: SoapRequest, fault: SecurityFault) -> None:
         """Audit a refusal (fields bounded by AuditEvent, so a stranger's 9 MB MessageID still

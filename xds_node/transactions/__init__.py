@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from lxml import etree
@@ -74,6 +75,30 @@ async def notify(audit, req, transaction: str, result) -> None:
     if audit is None:
         return
     await audited(audit, req, transaction, result, what=transaction)
+
+
+@dataclass
+class Audited:
+    """What an internal (XDS / initiating-gateway) transaction did, for its audit row: the same
+    shape the gateway transactions hand to ``notify`` (status, patients, documents, error codes)."""
+
+    status: str
+    query_id: str | None = None
+    patient_ids: list[str] = field(default_factory=list)
+    document_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def submission_audit(status: str, submission, errors) -> Audited:
+    """ITI-41 / ITI-42: the submission's patient and its documents' uniqueIds."""
+    patients: list[str] = []
+    if submission is not None:
+        ss = submission.submission_set
+        found = [ss.patient_id] if ss is not None and ss.patient_id else []
+        found += [d.patient_id for d in submission.documents if d.patient_id]
+        patients = list(dict.fromkeys(found))
+    docs = [d.unique_id for d in submission.documents if d.unique_id] if submission is not None else []
+    return Audited(status, patient_ids=patients, document_ids=docs, errors=[e.code for e in errors])
 
 
 def expect_body(body: etree._Element, ns: str, local: str) -> None:

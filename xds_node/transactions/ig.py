@@ -24,8 +24,12 @@ go out as a configured *system user* (settings, TOML ``[node]`` table or ``XDS_I
 ``ig_max_connections``     connection pool size for the fan-out (default 512)
 =========================  ======================================================================
 
-When ``secure_xds_endpoints`` is on, the consumer's own verified SAML claims (subject, role,
-purpose, NPI) replace the system user's for that call, so partners see the real person.
+Only an authenticated internal client (``clients.toml``) may call these endpoints, and the
+outbound assertion names it: a client that signs its own SAML appears with its subject-id,
+organization, organization-id, role, purpose of use and NPI; a client known only by its TLS
+certificate appears under its client name. The ``ig_*`` settings above only fill the fields a client
+does not state (and identify the operator's own ``xds-node query`` calls); they never stand in for
+an absent requester. An anonymous request is refused before anything goes out.
 """
 
 from __future__ import annotations
@@ -38,17 +42,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lxml import etree
+
 from xds_node.ebxml import rim, xdsb
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError
 from xds_node.ebxml.query import PATIENT_PARAM
 from xds_node.gateway.initiating import InitiatingGateway
 from xds_node.gateway.outbound import AssertionCache, OutboundClient, make_ssl_context
+from xds_node.security.principal import INTERNAL
 from xds_node.security.saml import RequesterContext
+from xds_node.security.wss import SecurityFault
 from xds_node.soap.app import Endpoint
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.soap.fault import SoapFault
-from xds_node.transactions import expect_body, iti43
+from xds_node.transactions import Audited, expect_body, iti43, notify
 
 log = logging.getLogger("xds_node.ig")
 
@@ -118,6 +126,23 @@ class IgSettings:
             max_connections=int(get("max_connections", 512)),
         )
 
+    def for_client(self, principal: Any) -> RequesterContext:
+        """The outbound requester for an internal client's call: its own claims, ``ig_*`` defaults
+        only for what it leaves out. No internal client, no outbound call."""
+        if principal is None or getattr(principal, "kind", None) != INTERNAL:
+            raise SoapFault("Sender", "The initiating gateway acts only for an authenticated internal client "
+                            "(clients.toml): anonymous requests are not sent to partner communities",
+                            subcodes=[SecurityFault("wsse:FailedAuthentication", "").qname])
+        role = tuple(principal.role) if principal.role and principal.role[0] else self.role
+        purpose = tuple(principal.purpose_of_use) if principal.purpose_of_use and principal.purpose_of_use[0] \
+            else self.purpose_of_use
+        asserted = bool(principal.assertion_id)  # a certificate-only client states no organization either
+        return RequesterContext(subject_id=principal.subject_id or principal.partner,
+                                organization=(asserted and principal.organization) or self.organization,
+                                organization_id=(asserted and principal.organization_id) or self.organization_id,
+                                home_community_id=self.home_community_id, role=role, purpose_of_use=purpose,
+                                npi=principal.npi or self.npi)
+
     def requester(self, principal: Any = None) -> RequesterContext:
         """The system user, or the verified local consumer when there is one."""
         ctx = RequesterContext(subject_id=self.subject_id, organization=self.organization,
@@ -153,8 +178,11 @@ class _PerLoop:
     """One gateway (and connection pool) per event loop, built on first use."""
 
     def __init__(self, node: Any, ig: IgSettings):
+        from xds_node.gateway.responding import Auditor
+
         self.node = node
         self.ig = ig
+        self.audit = Auditor(node.audit)
         self._gateways: dict[int, InitiatingGateway] = {}
 
     def get(self) -> InitiatingGateway:
@@ -180,21 +208,6 @@ def _patient_from_slot(values: list[list[str]] | None) -> str | None:
     return raw.strip("'").strip() or None
 
 
-def _audit_local(gateways: _PerLoop, req: SoapRequest, transaction: str, status: str, *,
-                 patient_id: str | None = None, documents: list[str] | None = None) -> None:
-    """The local consumer's own request, audited beside the outbound calls it caused."""
-    from xds_node.audit.events import AuditEvent
-
-    outcome = {v.ResponseStatus.SUCCESS: "success", v.ResponseStatus.PARTIAL_SUCCESS: "partial"}.get(status, "failure")
-    try:
-        gateways.node.audit.record(AuditEvent.from_principal(
-            req.principal, transaction=transaction, outcome=outcome, direction="inbound", patient_id=patient_id,
-            document_ids=documents or [], message_id=req.message_id or "", endpoint=req.path,
-            remote_address=req.remote_address or "", reason="initiating gateway request from a local consumer"))
-    except Exception:
-        log.exception("could not audit the %s request at %s", transaction, req.path)
-
-
 def make_query_handler(gateways: _PerLoop):
     async def handle(req: SoapRequest) -> SoapResponse:
         expect_body(req.body, v.QUERY, "AdhocQueryRequest")
@@ -209,8 +222,12 @@ def make_query_handler(gateways: _PerLoop):
         if param and not pid:
             return SoapResponse(action, rim.adhoc_query_response_bytes(v.ResponseStatus.FAILURE, errors=[
                 RegistryError(v.ErrorCode.STORED_QUERY_MISSING_PARAM, f"{param} is required")]))
-        result = await gateways.get().query(pid, gateways.ig.requester(req.principal), template=query)
-        _audit_local(gateways, req, "ITI-18", result.status, patient_id=pid)
+        requester = gateways.ig.for_client(req.principal)
+        result = await gateways.get().query(pid, requester, template=query)
+        docs = [o.get("id", "") for o in result.objects if etree.QName(o).localname == "ExtrinsicObject"]
+        await notify(gateways.audit, req, "ITI-18", Audited(result.status, query_id=query.query_id,
+                                                            patient_ids=[pid] if pid else [], document_ids=docs,
+                                                            errors=[e.code for e in result.errors]))
         return SoapResponse(action, result.response_bytes())
 
     return handle
@@ -221,8 +238,9 @@ def make_retrieve_handler(gateways: _PerLoop, *, keep_seconds: float = 600.0):
 
     async def handle(req: SoapRequest) -> SoapResponse:
         requests = iti43.read_requests(req.body)
+        requester = gateways.ig.for_client(req.principal)
         await asyncio.to_thread(_clean_spool, spool, keep_seconds)
-        result = await gateways.get().retrieve(requests, gateways.ig.requester(req.principal), spool_dir=spool)
+        result = await gateways.get().retrieve(requests, requester, spool_dir=spool)
         response = SoapResponse(action=v.response_action(v.Action.ITI43), body=b"", mtom=True)
         found = {d.document_unique_id: d for d in result.documents}
         docs = [xdsb.DocumentResponse(d.repository_unique_id, d.document_unique_id, d.mime_type,
@@ -233,7 +251,9 @@ def make_retrieve_handler(gateways: _PerLoop, *, keep_seconds: float = 600.0):
             return response.attach(doc.path if doc.path is not None else (doc.data or b""), d.mime_type)
 
         response.body = xdsb.write_retrieve_response(result.status, result.errors, docs, attach)
-        _audit_local(gateways, req, "ITI-43", result.status, documents=[d.document_unique_id for d in docs])
+        await notify(gateways.audit, req, "ITI-43", Audited(result.status,
+                                                            document_ids=[d.document_unique_id for d in docs],
+                                                            errors=[e.code for e in result.errors]))
         return response
 
     return handle
@@ -256,18 +276,15 @@ def _clean_spool(spool: Path, keep_seconds: float) -> None:
 def endpoints(node: Any, *, before: list | None = None) -> list[Endpoint]:
     """The initiating-gateway endpoints for :meth:`xds_node.node.Node.endpoints`.
 
-    ``before`` defaults to the node's XDS gate (WS-Security only with ``secure_xds_endpoints``).
+    ``before`` defaults to the node's access policy admitting internal clients only.
     """
     from xds_node.node import wsdl_dir
+    from xds_node.security.policy import INTERNAL_ONLY
 
     ig = IgSettings.from_settings(node.settings)
     gateways = _PerLoop(node, ig)
     if before is None:
-        before = []
-        if node.settings.secure_xds_endpoints and not node.settings.insecure_no_gateway_security:
-            from xds_node.gateway.responding import SecurityGate
-
-            before = [SecurityGate(node.verifier, node.audit, allowed_roles=frozenset(node.settings.allowed_roles))]
+        before = [node.gate(INTERNAL_ONLY)]
     wsdl = wsdl_dir() / "initiating-gateway.wsdl"
     return [
         Endpoint(IG_REGISTRY_PATH, {v.Action.ITI18: make_query_handler(gateways)}, wsdl=wsdl, before=list(before)),

@@ -13,7 +13,7 @@ from xds_node.registry.service import Registry
 from xds_node.repository.service import Repository
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.soap.fault import SoapFault
-from xds_node.transactions import blocking
+from xds_node.transactions import blocking, notify, submission_audit
 
 log = logging.getLogger(__name__)
 ACTION = v.Action.ITI41
@@ -38,9 +38,10 @@ def remote_register(url: str, client_factory=None):
 
 
 def make_handler(repository: Repository, registry: Registry | None, *, on_registered=None,
-                 registry_url: str = "", client_factory=None):
+                 registry_url: str = "", client_factory=None, audit=None):
     """``on_registered(bytes, entry)`` runs for each accepted C-CDA (e.g. the XCPD patient index).
-    With ``registry_url`` the metadata goes to that remote registry instead of the co-located one."""
+    With ``registry_url`` the metadata goes to that remote registry instead of the co-located one.
+    ``audit(req, "ITI-41", Audited)`` runs (through ``notify``) before the answer leaves."""
     if registry_url:
         register = remote_register(registry_url, client_factory)
     else:
@@ -54,6 +55,7 @@ def make_handler(repository: Repository, registry: Registry | None, *, on_regist
             raise SoapFault("Sender", str(exc)) from exc
         except MetadataParseError as exc:
             response = RegistryResponse.from_errors([RegistryError(v.ErrorCode.REGISTRY_METADATA_ERROR, str(exc))])
+            await notify(audit, req, "ITI-41", submission_audit(response.status, None, response.errors))
             return SoapResponse(action=v.response_action(ACTION), body=rim.write_registry_response(response))
         documents = {doc_id: req.binary(el) for doc_id, el in doc_elements.items()}  # Sender fault if broken
         sent_as = {id(de): de.id for de in sub.documents}  # each entry's id before the registry assigns UUIDs
@@ -66,6 +68,7 @@ def make_handler(repository: Repository, registry: Registry | None, *, on_regist
                         on_registered(data, de)
                     except Exception as exc:  # registered already; the side index must not undo it
                         log.warning("ITI-41: document %s registered, post-processing failed: %s", de.unique_id, exc)
+        await notify(audit, req, "ITI-41", submission_audit(response.status, sub, response.errors))
         return SoapResponse(action=v.response_action(ACTION), body=rim.write_registry_response(response))
 
     return handle

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml import xdsb
+from xds_node.registry.service import Registry
 from xds_node.repository.service import Repository, RetrieveOutcome
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.soap.fault import SoapFault
-from xds_node.transactions import blocking
+from xds_node.transactions import Audited, blocking, notify
 
 ACTION = v.Action.ITI43
 
@@ -32,11 +36,23 @@ def build_response(action: str, outcome: RetrieveOutcome, *, home: str | None = 
     return response
 
 
-def make_handler(repository: Repository):
+def audited(outcome: RetrieveOutcome, registry: Registry | None) -> Audited:
+    """The documents that left and whose they are (from the co-located registry, when there is one)."""
+    sent = [d.document_unique_id for d in outcome.documents if d.error is None]
+    owners = registry.store.patients_of_documents(sent) if registry is not None and sent else {}
+    return Audited(outcome.status, patient_ids=sorted({owners[d] for d in sent if d in owners}), document_ids=sent,
+                   errors=[e.code for e in outcome.errors])
+
+
+def make_handler(repository: Repository, *, registry: Registry | None = None,
+                 audit: Callable[[SoapRequest, str, Any], Any] | None = None):
+    """``audit(req, "ITI-43", Audited)`` runs (through ``notify``) before any document leaves."""
     async def handle(req: SoapRequest) -> SoapResponse:
         requests = read_requests(req.body)
         triples = [(r.repository_unique_id, r.document_unique_id, r.home_community_id) for r in requests]
         outcome = await blocking(repository.retrieve, triples)
+        if audit is not None:
+            await notify(audit, req, "ITI-43", await blocking(audited, outcome, registry))
         return build_response(v.response_action(ACTION), outcome)
 
     return handle
