@@ -17,7 +17,9 @@ PID = f"P1^^^&{ROOT}&ISO"
 def data_dir(tmp_path, monkeypatch):
     for name in ("XDS_DATABASE_URL", "XDS_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    return tmp_path / "node"
+    node = tmp_path / "node"
+    node.mkdir()  # admin commands act on an existing node's directory
+    return node
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
