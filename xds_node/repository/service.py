@@ -260,13 +260,18 @@ class Repository:
             status = v.ResponseStatus.FAILURE
         return RetrieveOutcome(status, out)
 
+    def source_for(self, name: str) -> SourceSystem | None:
+        """The SourceSystem an index row names (a folder indexed by an earlier `xds-node load` too)."""
+        source = self.sources.get(name)
+        if source is None and name.startswith("folder:"):
+            from xds_node.repository.sources import FolderSource
+
+            source = self.sources[name] = FolderSource(Path(name.removeprefix("folder:")))
+        return source
+
     def _verified(self, row) -> Located | None:
         """The file, if it still holds what was registered (never serve changed bytes as the old document)."""
-        source = self.sources.get(row.source)
-        if source is None and row.source.startswith("folder:"):
-            from xds_node.repository.sources import FolderSource  # indexed by an earlier `xds-node load`
-
-            source = self.sources[row.source] = FolderSource(Path(row.source.removeprefix("folder:")))
+        source = self.source_for(row.source)
         if source is None:
             log.warning("document %s is in unknown source %s", row.unique_id, row.source)
             return None
