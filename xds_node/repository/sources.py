@@ -248,6 +248,13 @@ class ContentStore:
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. no permission to look: the indexer reports it when it tries to read
+        return True
+
+
 class FolderSource:
     """Documents that stay where the source system writes them; locators are paths under ``root``."""
 
@@ -275,5 +282,6 @@ class FolderSource:
         return sha1_file(self._path(locator))
 
     def files(self, suffixes: tuple[str, ...] = (".xml",)) -> list[Path]:
+        """Candidate files, symlinks included (the indexer decides whether their target may be used)."""
         return sorted(p for p in self.root.rglob("*")
-                      if p.suffix.lower() in suffixes and p.is_file() and not p.name.startswith("."))
+                      if p.suffix.lower() in suffixes and not p.name.startswith(".") and _is_file(p))
