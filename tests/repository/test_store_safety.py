@@ -8,6 +8,7 @@ here step by step with the real Repository and Registry, so each runs the same w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 
@@ -184,3 +185,37 @@ def test_put_after_quarantine_writes_a_fresh_file(tmp_path):
     store.restore(q)
     store.release(again)
     assert store.path_for(sha1).read_bytes() == b"x" * 100 and _files(store) == [sha1]
+
+
+def test_cancelled_request_whose_registration_still_commits_keeps_its_bytes(client, node):
+    """The client goes away while the registration runs in a worker thread: the handler is
+    cancelled, the thread commits anyway. The bytes must outlive the cancellation."""
+    import threading
+
+    data = b"<ClinicalDocument>cancelled " + os.urandom(16).hex().encode() + b"</ClinicalDocument>"
+    good, good_de = _valid(750)
+    in_thread, may_commit = threading.Event(), threading.Event()
+
+    async def register(sub, also):
+        def run():
+            in_thread.set()
+            may_commit.wait(30)
+            return node.registry.register(sub, transaction="ITI-41", also=also)
+
+        return await asyncio.to_thread(run)
+
+    async def scenario():
+        task = asyncio.create_task(node.repository.provide_and_register(good, {good_de.id: data}, register))
+        await asyncio.to_thread(in_thread.wait, 30)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        # a failing submission of the same bytes cleans up meanwhile
+        bad, bad_de = _failing(752)
+        failed = await node.repository.provide_and_register(bad, {bad_de.id: data}, _register(node))
+        assert failed.status == v.ResponseStatus.FAILURE
+        may_commit.set()
+
+    asyncio.run(scenario())  # returns once the default executor, and so the orphaned thread, finished
+    assert node.repository.row_for_uid(good_de.unique_id) is not None
+    _assert_retrievable(client, good_de.unique_id, data)

@@ -146,8 +146,13 @@ class Repository:
                 if response.status == v.ResponseStatus.SUCCESS:
                     with self.engine.begin() as conn:
                         record(conn)
+        except Exception:
+            self._abandon(leases)  # the registration raised: its transaction rolled back
+            raise
         except BaseException:
-            self._abandon(leases)
+            # cancelled (the client went away) while the registration may still commit in its
+            # worker thread: keep the leases so the bytes stay whatever it decides; `serve` and
+            # `fsck --repair` clear them after the grace period, and an unused file with them
             raise
         if response.status != v.ResponseStatus.SUCCESS:
             from xds_node.transactions import blocking  # database work off the event loop
@@ -155,7 +160,10 @@ class Repository:
             await blocking(self._abandon, leases)
         else:
             for lease, data in leases:
-                self.store.release(lease, data)
+                try:
+                    self.store.release(lease, data)
+                except OSError as exc:  # committed already; `xds-node fsck` will name what is missing
+                    log.error("document %s: could not release its lease: %s", lease.sha1, exc)
         return response
 
     def _abandon(self, leases: list[tuple[Lease, bytes]]) -> None:
