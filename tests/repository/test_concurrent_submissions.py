@@ -48,6 +48,7 @@ def served(request, tmp_path_factory):
     Node(load_settings(env={}, data_dir=data, database_url=url)).close()  # schema first, then the workers
     node = LiveNode(data, {"XDS_DATABASE_URL": url}, ["--workers", str(workers)])
     node.store = data / "documents"
+    node.database_url = url
     yield node
     node.stop()
 
@@ -142,3 +143,44 @@ def test_one_valid_among_failing_submissions_of_the_same_bytes(served):
     finally:
         client.close()
 
+
+
+def test_collector_running_throughout_never_takes_an_acknowledged_document(served):
+    """`fsck --repair` (its collector) runs in another process, non-stop, over every file in the
+    store while identical and failing submissions race: nothing acknowledged may go."""
+    from xds_node.db import make_engine
+    from xds_node.repository.service import Repository
+    from xds_node.repository.sources import ContentStore
+
+    engine = make_engine(served.database_url)
+    collector = Repository(engine, ContentStore(served.store), repository_unique_id="1.3.6.1.4.1.21367.2026.1.2")
+    stop, passes = threading.Event(), [0]
+
+    def collect_forever() -> None:
+        while not stop.is_set():
+            collector.collect(path.name for kind, path, _ in collector.store.scan() if kind == "content")
+            passes[0] += 1
+
+    client = SoapTestClient(base_url=served.url)
+    acknowledged: dict[str, bytes] = {}
+    thread = threading.Thread(target=collect_forever)
+    thread.start()
+    try:
+        for n in range(ROUNDS):
+            data = os.urandom(2000)
+            valid = _sub(f.patient(960 + n), data)
+            envelope = _envelope(served.url, valid, data)
+            bad = _sub(f.patient(960 + n), data)
+            bad.documents[0].patient_id = f.patient(999)
+            statuses = _post_together(served.url, [envelope, envelope, _envelope(served.url, bad, data)])
+            assert statuses.count(v.ResponseStatus.SUCCESS) == 1, statuses
+            acknowledged[valid.documents[0].unique_id] = data
+    finally:
+        stop.set()
+        thread.join(60)
+        engine.dispose()
+    assert passes[0] > 0
+    try:
+        assert _check_retrievable(client, acknowledged) == []
+    finally:
+        client.close()
