@@ -219,3 +219,13 @@ def test_cancelled_request_whose_registration_still_commits_keeps_its_bytes(clie
     asyncio.run(scenario())  # returns once the default executor, and so the orphaned thread, finished
     assert node.repository.row_for_uid(good_de.unique_id) is not None
     _assert_retrievable(client, good_de.unique_id, data)
+
+
+def test_a_damaged_stored_copy_is_healed_by_the_next_put_of_its_bytes(tmp_path):
+    store = ContentStore(tmp_path)
+    sha1, lease = store.put(b"0123456789" * 10)
+    store.release(lease)
+    store.path_for(sha1).write_bytes(b"0123")  # truncated behind our back
+    _, again = store.put(b"0123456789" * 10)
+    store.release(again)
+    assert store.path_for(sha1).read_bytes() == b"0123456789" * 10 and _files(store) == [sha1]

@@ -92,7 +92,7 @@ class ContentStore:
     clocks across hosts and request durations, and leaves a failed request's bytes on disk until the
     next collection. The grace period still applies to ``.incoming-*`` names (a crashed request's
     lease or temp file), aged by ``st_ctime``, which every link change refreshes, so it never
-    under-states a live lease's age.
+    over-states a live lease's age.
     """
 
     name = "store"
@@ -111,7 +111,23 @@ class ContentStore:
         while True:
             lease = self._link_lease(path)
             if lease is not None:
-                return sha1, Lease(sha1, lease, False)
+                if os.stat(lease).st_size == len(data):
+                    return sha1, Lease(sha1, lease, False)
+                # the stored copy is damaged (truncated by a failing disk?): this request heals it
+                lease.unlink(missing_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self._write_temp(path.parent, data)
+                fresh = self._link_lease(tmp)  # the lease: a second name for the new inode
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    if fresh is not None:
+                        fresh.unlink(missing_ok=True)
+                    raise
+                if fresh is not None:
+                    return sha1, Lease(sha1, fresh, True)
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._write_temp(path.parent, data)
             try:
