@@ -368,6 +368,30 @@ def cmd_patients(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- fsck ---------------------------------------------------------------------------------------
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Every entry's bytes present and intact; orphans and stale temp files listed (removed with --repair)."""
+    import json
+
+    from xds_node.repository.fsck import fsck
+
+    node = _node(args)
+    try:
+        grace = node.settings.store_grace_seconds if args.grace is None else args.grace
+        report = fsck(node.repository, grace_seconds=grace, repair=args.repair)
+    finally:
+        node.close()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return 0 if report.ok else 1
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return seconds
+
+
 def add_parsers(sub) -> None:
     """Register the admin subcommands on the ``xds-node`` parser."""
 
@@ -430,6 +454,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--accounting", metavar="PATIENT", help="accounting of disclosures for one patient")
     p.set_defaults(func=cmd_audit)
+
+    p = common(sub.add_parser("fsck", help="check the document store against the repository index"))
+    p.add_argument("--repair", action="store_true",
+                   help="remove orphan content files and stale temp files past the grace period")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--grace", type=_seconds, metavar="SECONDS",
+                   help="age before a temp file or orphan counts as abandoned (default: store_grace_seconds)")
+    p.set_defaults(func=cmd_fsck)
 
     p = common(sub.add_parser("patients", help="the XCPD patient index (versions, discrepancies)"))
     p.add_argument("action", choices=["add", "import", "show", "discrepancies"])

@@ -86,6 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         settings.base_url = settings.base_url or f"https://{settings.host}:{settings.port}"
         tls = uvicorn_tls_options(settings, args.tls_cert, args.tls_key, mtls=args.mtls)
+    from xds_node.repository.fsck import clean_at_start
+
+    clean_at_start(settings.data_dir, settings.store_grace_seconds)  # temp files of requests that died
     mode = " with mutual TLS (pinned partner or client certificates required)" if args.mtls else ""
     print(f"xds-node serving on {settings.public_url}{mode} (database {mask_url(settings.db_url)})", flush=True)
     _print_access(settings)

@@ -31,6 +31,9 @@ class Settings:
     # storage
     data_dir: Path = Path("./data")
     database_url: str = ""  # empty: sqlite:///<data_dir>/registry.db
+    #: A content-store temp file or orphan younger than this may belong to a request still running:
+    #: `serve` at start and `xds-node fsck --repair` leave it alone.
+    store_grace_seconds: int = 3600
 
     # HTTP
     host: str = "127.0.0.1"

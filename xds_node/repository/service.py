@@ -1,17 +1,19 @@
 """The Document Repository actor: ITI-41 provide-and-register and ITI-43 retrieve.
 
-Provide-and-register keeps two promises: if registration fails no document bytes stay behind,
-and if storing fails nothing is registered. Bytes are written first (content-addressed, so a
-retry is harmless); the metadata and the repository index then commit in one database transaction
-with the co-located registry, or the repository index is written after a remote registry says
-Success. Any failure removes exactly the files this request created.
+Provide-and-register keeps three promises: an acknowledged document's bytes stay retrievable
+whatever runs concurrently; if registration fails no document bytes stay behind (unless another
+entry or request shares them); and if storing fails nothing is registered. Bytes are written first
+(content-addressed, so a retry is harmless) and pinned by a lease (see ``ContentStore``); the
+metadata and the repository index then commit in one database transaction with the co-located
+registry, or the repository index is written after a remote registry says Success. On failure the
+leases are dropped and ``collect`` removes a file only when nothing else holds or names it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from xds_node.db import insert_rows
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, Submission
 from xds_node.repository import tables as t
-from xds_node.repository.sources import ContentStore, Located, SourceSystem
+from xds_node.repository.sources import ContentStore, Lease, Located, SourceSystem
 
 log = logging.getLogger(__name__)
 E = v.ErrorCode
@@ -110,22 +112,21 @@ class Repository:
 
             renamed = assign_uuids(sub)
             documents = {renamed.get(k, k): data for k, data in documents.items()}
-        written: list[str] = []
+        leases: list[tuple[Lease, bytes]] = []
         rows = []
         try:
             for de in sub.documents:
                 data = documents.get(de.id)
                 if data is None:
                     continue
-                locator, created = self.store.put(data, de.hash)
-                if created:
-                    written.append(locator)
+                locator, lease = self.store.put(data, de.hash)
+                leases.append((lease, data))
                 rows.append({"unique_id": de.unique_id, "repository_unique_id": self.unique_id,
                              "entry_uuid": de.id, "source": self.store.name, "locator": locator,
                              "mime_type": de.mime_type or "application/octet-stream", "size": de.size,
                              "sha1": de.hash, "mtime_ns": None, "state": "current", "version": 1})
         except OSError as exc:
-            self._discard(written)
+            self._abandon(leases)
             log.error("document store failed: %s", exc)
             return RegistryResponse.from_errors(
                 [_err(E.REPOSITORY_ERROR, "The repository could not store the documents")])
@@ -146,15 +147,67 @@ class Repository:
                     with self.engine.begin() as conn:
                         record(conn)
         except Exception:
-            self._discard(written)
+            self._abandon(leases)  # the registration raised: its transaction rolled back
+            raise
+        except BaseException:
+            # cancelled (the client went away) while the registration may still commit in its
+            # worker thread: keep the leases so the bytes stay whatever it decides; `serve` and
+            # `fsck --repair` clear them after the grace period, and an unused file with them
             raise
         if response.status != v.ResponseStatus.SUCCESS:
-            self._discard(written)
+            from xds_node.transactions import blocking  # database work off the event loop
+
+            await blocking(self._abandon, leases)
+        else:
+            for lease, data in leases:
+                try:
+                    self.store.release(lease, data)
+                except OSError as exc:  # committed already; `xds-node fsck` will name what is missing
+                    log.error("document %s: could not release its lease: %s", lease.sha1, exc)
         return response
 
-    def _discard(self, locators: list[str]) -> None:
-        for locator in locators:
-            self.store.discard(locator)
+    def _abandon(self, leases: list[tuple[Lease, bytes]]) -> None:
+        """A failed request: drop its leases, then remove the files nobody else holds or names."""
+        for lease, _ in leases:
+            self.store.drop(lease)
+        try:
+            self.collect({lease.sha1 for lease, _ in leases})
+        except Exception as exc:  # the answer stands; what is left is an orphan for `xds-node fsck`
+            log.warning("could not remove the files of a failed submission: %s", exc)
+
+    # --- removal of unreferenced content ---------------------------------------------------------
+    def referenced(self, sha1s: Iterable[str]) -> set[str]:
+        """Which of these content files a committed repository entry names (any state)."""
+        wanted = sorted(set(sha1s))
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 500):
+                found.update(conn.execute(select(t.documents.c.locator).where(
+                    t.documents.c.source == self.store.name,
+                    t.documents.c.locator.in_(wanted[i:i + 500]))).scalars())
+        return found
+
+    def collect(self, sha1s: Iterable[str]) -> list[str]:
+        """Delete the content files among ``sha1s`` that no committed entry and no lease holds.
+
+        Order matters: the database is asked again *after* the file is renamed out of reach, so an
+        entry committed at any moment is either seen here or re-links its bytes in ``release``;
+        a lease taken before the rename shows as a second link. Safe to run from any number of
+        processes and hosts at once. Returns what was deleted.
+        """
+        candidates = set(sha1s)
+        candidates -= self.referenced(candidates)  # cheap first pass: never touch a named file
+        deleted: list[str] = []
+        for sha1 in sorted(candidates):
+            q = self.store.quarantine(sha1)
+            if q is None:
+                continue
+            if self.store.has_other_links(q) or self.referenced([sha1]):
+                self.store.restore(q)
+                continue
+            q.unlink(missing_ok=True)
+            deleted.append(sha1)
+        return deleted
 
     # --- index maintenance (folder adapter) --------------------------------------------------------
     def row_for_locator(self, source: str, locator: str) -> dict | None:
@@ -215,13 +268,18 @@ class Repository:
             status = v.ResponseStatus.FAILURE
         return RetrieveOutcome(status, out)
 
+    def source_for(self, name: str) -> SourceSystem | None:
+        """The SourceSystem an index row names (a folder indexed by an earlier `xds-node load` too)."""
+        source = self.sources.get(name)
+        if source is None and name.startswith("folder:"):
+            from xds_node.repository.sources import FolderSource
+
+            source = self.sources[name] = FolderSource(Path(name.removeprefix("folder:")))
+        return source
+
     def _verified(self, row) -> Located | None:
         """The file, if it still holds what was registered (never serve changed bytes as the old document)."""
-        source = self.sources.get(row.source)
-        if source is None and row.source.startswith("folder:"):
-            from xds_node.repository.sources import FolderSource  # indexed by an earlier `xds-node load`
-
-            source = self.sources[row.source] = FolderSource(Path(row.source.removeprefix("folder:")))
+        source = self.source_for(row.source)
         if source is None:
             log.warning("document %s is in unknown source %s", row.unique_id, row.source)
             return None
