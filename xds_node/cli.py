@@ -23,7 +23,8 @@ def _settings(args: argparse.Namespace, **overrides):
 
 
 def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> None:
-    import uvicorn
+    # uvicorn with our protocol: header/connection limits and the TLS floor (see httpserver.py)
+    from xds_node import httpserver
 
     # uvicorn worker processes rebuild the app from the environment, so export the settings
     os.environ["XDS_DATA_DIR"] = str(settings.data_dir)
@@ -31,19 +32,18 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> 
     os.environ["XDS_PORT"] = str(settings.port)
     if settings.database_url:
         os.environ["XDS_DATABASE_URL"] = settings.database_url
+    if settings.base_url:
+        os.environ["XDS_BASE_URL"] = settings.base_url
     workers = workers or settings.workers
-    kwargs = dict(host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                  http="httptools", loop="uvloop", timeout_keep_alive=30)
-    kwargs.update(tls or {})
     if workers > 1:
-        uvicorn.run("xds_node.node:create_app", factory=True, workers=workers, **kwargs)
+        httpserver.run("xds_node.node:create_app", settings, workers=workers, tls=tls, factory=True)
     else:
         from xds_node.node import Node, tune_gc
 
         node = Node(settings)
         app = node.app()
         tune_gc()
-        uvicorn.run(app, **kwargs)
+        httpserver.run(app, settings, tls=tls)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
