@@ -31,6 +31,10 @@ from xds_node.soap.limits import ServerLimits, server_limits
 
 log = logging.getLogger("xds_node.http")
 
+#: After a refusal the rest of what the client sends is read and dropped for this long (or this
+#: many bytes), so the client sees our answer instead of a reset (as nginx's lingering close).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 4 << 20
 #: File descriptors kept free of connections (database, spool files, log files, outbound calls).
 FD_RESERVE = 64
 
@@ -68,6 +72,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: Any = None
         self._last_active = time.monotonic()
         self._rejection: _Reject | None = None
+        self._linger_bytes = -1  # >= 0 while lingering after a refusal
 
     # --- connection lifecycle ---------------------------------------------------------------
 
@@ -99,8 +104,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _idle(self) -> bool:
         """No request being processed or answered: waiting for (the rest of) a request head."""
+        if self.transport.is_closing():
+            return False
+        if self._linger_bytes >= 0:  # refused already, only draining
+            return True
         cycle = self.cycle
-        return self._in_head and (cycle is None or cycle.response_complete) and not self.transport.is_closing()
+        return self._in_head and (cycle is None or cycle.response_complete)
 
     # --- timers -------------------------------------------------------------------------------
 
@@ -125,6 +134,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # --- parsing ------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_bytes >= 0:
+            self._linger_bytes += len(data)
+            if self._linger_bytes > LINGER_BYTES:
+                self.transport.close()
+            return
         self._last_active = time.monotonic()
         if self._in_head:
             self._head_bytes += len(data)
@@ -211,8 +225,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if status == 503:
             headers += b"retry-after: 1\r\n"
         self.transport.write(head + headers + b"\r\n" + body)
-        self.transport.close()
         self._in_head = False
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._linger_bytes = 0
+            self._head_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
         if self.parser is not None:
             self.parser = httptools.HttpRequestParser(self)  # drop whatever the old one buffered
 
