@@ -66,8 +66,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._limits: ServerLimits = getattr(config, "xds_limits", None) or ServerLimits()
         self._head_bytes = 0  # bytes received since the current request head began
-        self._head_fields = 0
-        self._head_field_bytes = 0
         self._in_head = True
         self._head_timer: Any = None
         self._last_active = time.monotonic()
@@ -142,15 +140,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._last_active = time.monotonic()
         if self._in_head:
             self._head_bytes += len(data)
-            if self.timeout_keep_alive_task is not None:  # a new request on a kept-alive connection
-                self._arm_head_timer()
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError:
             # httptools wraps an exception raised in a callback; ours carries the answer
-            rej = exc.__context__ if isinstance(exc.__context__, _Reject) else self._rejection
-            self._rejection = None
+            rej, self._rejection = self._rejection, None
             if rej is not None:
                 self._reject(rej.status, rej.reason)
             else:
@@ -162,40 +157,34 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
-        if self._in_head and self._head_bytes > self._limits.max_header_bytes and not self.transport.is_closing():
-            # still no end of the head: do not let httptools buffer any more of it
-            self._reject(431, "request header fields too large")
+            return
+        if self._in_head and self._head_bytes and not self.transport.is_closing():
+            if self._head_bytes > self._limits.max_header_bytes:
+                # still no end of the head: do not let httptools buffer any more of it
+                self._reject(431, "request header fields too large")
+            else:
+                self._arm_head_timer()  # a head split over packets must still end in time
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        self._head_fields = 0
-        self._head_field_bytes = 0
-        self._arm_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self._head_field_bytes += len(url)
-        if self._head_field_bytes > self._limits.max_header_bytes:
-            raise self._refuse(431, "request line too long")
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_fields += 1
-        self._head_field_bytes += len(name) + len(value) + 4
-        if self._head_fields > self._limits.max_header_count:
-            raise self._refuse(431, "too many request header fields")
-        if self._head_field_bytes > self._limits.max_header_bytes:
-            raise self._refuse(431, "request header fields too large")
-        super().on_header(name, value)
 
     def _refuse(self, status: int, reason: str) -> _Reject:
         self._rejection = _Reject(status, reason)
         return self._rejection
 
     def on_headers_complete(self) -> None:
+        # Checked once per request, not per header: the byte count above already bounds memory.
+        if len(self.headers) > self._limits.max_header_count:
+            raise self._refuse(431, "too many request header fields")
+        if self._head_bytes > self._limits.max_header_bytes and (
+            len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers) > self._limits.max_header_bytes
+        ):
+            raise self._refuse(431, "request header fields too large")
         self._in_head = False
         self._head_bytes = 0
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:

@@ -100,6 +100,7 @@ def safe_parser() -> etree.XMLParser:
 
 
 _FEED_CHUNK = 64 * 1024
+_COUNT_BELOW = 64 * 1024  # '<' is always counted in documents smaller than this
 _depth_checks: dict[int, etree.XPath] = {}
 
 
@@ -111,9 +112,14 @@ def _deeper_than(depth: int) -> etree.XPath:
     return xp
 
 
-def _element_bound(data: bytes) -> int:
-    """An upper bound on the elements in ``data``: every start tag is a '<' not followed by '/', '!' or '?'."""
-    return data.count(b"<") - data.count(b"</") - data.count(b"<!") - data.count(b"<?")
+def _element_bound(data: bytes, limit: int) -> int:
+    """An upper bound on the elements in ``data``, cheaply: every element takes a '<' and at least
+    4 bytes (``<x/>``). '<' is counted (one ``bytes.count``, ~0.6 ns a byte) when the document is
+    small (a tight bound) or when its length alone does not keep it under ``limit``."""
+    by_length = len(data) // 4
+    if by_length <= limit and len(data) > _COUNT_BELOW:
+        return by_length
+    return data.count(b"<")
 
 
 def _parse_counted(data: bytes, limits: XmlLimits) -> _Element:
@@ -153,8 +159,9 @@ def parse_xml(data: bytes, limits: XmlLimits | None = None) -> _Element:
     """Parse untrusted XML; any DOCTYPE (entity bombs, XXE) or malformed input is a Sender fault.
 
     With ``limits`` the size, element count and depth are checked before a large tree is built:
-    a count of '<' (C speed) bounds the elements, and only a document over that bound is parsed
-    incrementally with an exact count that stops at the limit.
+    the length or a count of '<' bounds the elements, and only a document whose bound exceeds the
+    limit is parsed incrementally, with an exact count that stops at the limit. Depth is checked
+    on the (then small enough) tree by one XPath evaluated in C.
     """
     if limits is not None and len(data) > limits.max_bytes:
         raise SoapFault("Sender", f"XML message larger than {limits.max_bytes} bytes", http_status=413)
@@ -166,7 +173,7 @@ def parse_xml(data: bytes, limits: XmlLimits | None = None) -> _Element:
         if m is None or i < m.start():
             raise SoapFault("Sender", "DTDs are not allowed in SOAP messages")
     try:
-        bound = _element_bound(data) if limits is not None else 0
+        bound = _element_bound(data, limits.max_elements) if limits is not None else 0
         if limits is not None and bound > limits.max_elements:
             root = _parse_counted(data, limits)
         else:
