@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-import time
 from typing import IO, Any
 
 from .fault import SoapFault
@@ -92,25 +91,26 @@ class BodyReader:
         lim = self.limits
         if announced is not None and announced > lim.max_bytes:
             raise _too_large(lim.max_bytes)
-        deadline = time.monotonic() + lim.timeout
-        while True:
-            wait = min(lim.idle_timeout, deadline - time.monotonic())
-            if wait <= 0:
-                raise _too_slow()
-            try:
-                message = await asyncio.wait_for(receive(), wait)
-            except TimeoutError:
-                raise _too_slow() from None
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            if chunk:
-                try:
-                    self._add(chunk)
-                except OSError as exc:  # disk full while spooling
-                    raise SoapFault("Receiver", "Cannot buffer the request body", http_status=503) from exc
-            if not message.get("more_body", False):
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lim.timeout
+        try:
+            # one timer for the whole body, pushed forward as pieces arrive (cheaper than wait_for)
+            async with asyncio.timeout(min(lim.idle_timeout, lim.timeout)) as timer:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    if chunk:
+                        try:
+                            self._add(chunk)
+                        except OSError as exc:  # disk full while spooling
+                            raise SoapFault("Receiver", "Cannot buffer the request body", http_status=503) from exc
+                    if not message.get("more_body", False):
+                        break
+                    timer.reschedule(min(loop.time() + lim.idle_timeout, deadline))
+        except TimeoutError:
+            raise _too_slow() from None
         if self._spool is None:
             chunks = self._chunks
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
