@@ -265,6 +265,7 @@ def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None, *
     options: dict[str, Any] = dict(
         host=settings.host, port=settings.port, log_level="warning", access_log=False,
         http=LimitedHttpToolsProtocol, loop="uvloop", timeout_keep_alive=limits.keep_alive_timeout,
+        ws="none",  # no WebSocket endpoints: an Upgrade must not hand the socket to an unlimited protocol
         backlog=max(128, min(4096, limits.max_connections)),
     )
     options.update(tls or {})
