@@ -22,26 +22,23 @@ def _settings(args: argparse.Namespace, **overrides):
 
 
 def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> None:
-    import uvicorn
-
+    # uvicorn with our protocol: header/connection limits and the TLS floor (see httpserver.py)
+    from xds_node import httpserver
     from xds_node.config import EFFECTIVE_ENV, effective_json
 
     # uvicorn worker processes rebuild the app from the environment: hand them every setting as
     # resolved here (config file, XDS_* and command-line options), not a subset
     os.environ[EFFECTIVE_ENV] = effective_json(settings)
     workers = workers or settings.workers
-    kwargs = dict(host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log,
-                  http="httptools", loop="uvloop", timeout_keep_alive=30)
-    kwargs.update(tls or {})
     if workers > 1:
-        uvicorn.run("xds_node.node:create_app", factory=True, workers=workers, **kwargs)
+        httpserver.run("xds_node.node:create_app", settings, workers=workers, tls=tls, factory=True)
     else:
         from xds_node.node import Node, tune_gc
 
         node = Node(settings)
         app = node.app()
         tune_gc()
-        uvicorn.run(app, **kwargs)
+        httpserver.run(app, settings, tls=tls)
 
 
 def writable_data_dir(settings) -> None:

@@ -41,7 +41,25 @@ class Settings:
     base_url: str = ""  # public URL prefix for WSDL soap:address; empty: http://host:port
     workers: int = 1
     max_body_bytes: int = 64 * 1024 * 1024
-    max_header_bytes: int = 256 * 1024
+    max_header_bytes: int = 256 * 1024  # request line + headers; more -> 431
+    # request limits (README "Limits"); per worker process
+    max_header_count: int = 100  # header fields in one request; more -> 431
+    header_timeout_seconds: int = 10  # to send the request line and headers; then 408 / closed
+    keep_alive_timeout_seconds: int = 30  # an idle keep-alive connection is closed after this
+    body_idle_timeout_seconds: int = 15  # longest silence while a body arrives; then 408
+    body_timeout_seconds: int = 300  # the whole body must arrive within this; then 408
+    max_connections: int = 1000  # open connections; past it the longest-idle is closed, else 503
+    body_spool_bytes: int = 1024 * 1024  # a body past this is spooled to <data_dir>/tmp, not RAM
+    max_inflight_memory_bytes: int = 64 * 1024 * 1024  # bodies held in RAM; past it new bodies spool
+    max_inflight_body_bytes: int = 2 * 1024 * 1024 * 1024  # bodies in RAM or spooled; past it 503
+    max_xml_elements: int = 200_000  # elements in the SOAP XML; more -> Sender fault
+    max_xml_depth: int = 100  # element nesting in the SOAP XML; deeper -> Sender fault
+    max_xml_bytes: int = 64 * 1024 * 1024  # the SOAP XML part (MTOM attachments not included)
+    #: Host header values (``name`` or ``name:port``) trusted for the WSDL soap:address when
+    #: base_url is empty; any other Host gets http://host:port from these settings.
+    server_names: list[str] = field(default_factory=list)
+    #: OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's, all AEAD); TLS 1.2 is the floor.
+    tls_ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!MD5:!DSS:!SHA1"
 
     #: When set, ITI-41 registers metadata with this remote registry (ITI-42 over SOAP) instead of
     #: the co-located one, e.g. "https://registry.example.org/xds/registry".

@@ -41,6 +41,7 @@ from xds_node.security.policy import GATEWAY, INTERNAL_OR_LOOPBACK, AccessPolicy
 from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
+from xds_node.soap.limits import app_options
 from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti55
 
 log = logging.getLogger("xds_node")
@@ -164,7 +165,7 @@ class Node:
         return SecurityGate(self.access, self.audit, kinds=kinds)
 
     def app(self) -> SoapApp:
-        return SoapApp(self.endpoints(), max_body_bytes=self.settings.max_body_bytes, on_error=_log_error)
+        return SoapApp(self.endpoints(), on_error=_log_error, **app_options(self.settings))
 
     def endpoint_urls(self) -> dict[str, str]:
         base = self.settings.public_url

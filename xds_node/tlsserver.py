@@ -3,7 +3,8 @@
 uvicorn terminates TLS but does not hand the client's certificate to the application, and the
 responding gateway needs it to check that the TLS client is the partner its SAML assertion names.
 :class:`TlsHttpToolsProtocol` adds it to each request scope as the ASGI TLS extension
-(``scope["extensions"]["tls"]["client_cert_chain"]``), which the SOAP app reads.
+(``scope["extensions"]["tls"]["client_cert_chain"]``), which the SOAP app reads. The server
+context has TLS 1.2 as its floor and ``settings.tls_ciphers`` (see ``httpserver.run``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from xds_node.httpserver import LimitedHttpToolsProtocol
 
 
-class TlsHttpToolsProtocol(HttpToolsProtocol):
+class TlsHttpToolsProtocol(LimitedHttpToolsProtocol):
+    """The limited protocol plus the client certificate in each scope."""
+
     _peer_der: bytes | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]

@@ -1,18 +1,20 @@
 """The ASGI adapter: HTTP in, :func:`parse_envelope` -> hooks -> handler -> serialize, HTTP out.
 
 This is the only SOAP module that knows about HTTP. It enforces the body size cap while the body
-is still arriving, turns every error into a SOAP 1.2 fault (a Python traceback never reaches a
-client), and serves each endpoint's WSDL with its address rewritten to the URL it was fetched on.
+is still arriving (and its time and memory, see :mod:`.body`), turns every error into a SOAP 1.2
+fault (a Python traceback never reaches a client), and serves each endpoint's WSDL with its address
+rewritten to the node's public URL (a client's Host header is used only when it is a configured name).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from urllib.parse import urlsplit
 from lxml import etree
 from lxml.etree import _Element
 
+from .body import BodyReader, Inflight
 from .envelope import (
     DEFAULT_UNDERSTOOD,
     WSA,
@@ -32,6 +35,7 @@ from .envelope import (
     serialize_response,
 )
 from .fault import SoapFault
+from .limits import BodyLimits, XmlLimits
 
 log = logging.getLogger("xds_node.soap")
 
@@ -45,7 +49,12 @@ WSDL_SOAP11 = "http://schemas.xmlsoap.org/wsdl/soap/"
 _FAULT_CT = b"application/soap+xml; charset=UTF-8"
 _TEXT_CT = b"text/plain; charset=utf-8"
 _HOST_RE = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+_HOST_PORT_RE = re.compile(r":[0-9]{1,5}$")
 _WSDL_CACHE_MAX = 64
+#: Bodies larger than this are parsed on a worker thread so the event loop keeps serving others.
+_THREAD_PARSE_BYTES = 1 << 20
+#: Statuses after which the connection is closed: the rest of the body is not worth reading.
+_CLOSE_STATUSES = frozenset({408, 413, 503})
 
 
 @dataclass
@@ -85,7 +94,14 @@ class SoapApp:
         *,
         max_body_bytes: int = 64 << 20,
         on_error: ErrorCallback | None = None,
+        body: BodyLimits | None = None,
+        xml: XmlLimits | None = None,
+        base_url: str = "",
+        server_names: Collection[str] = (),
+        fallback_url: str = "",
     ) -> None:
+        """``base_url`` (or else ``fallback_url``, else the listening address) is the WSDL address;
+        a Host header is honoured only when it is one of ``server_names`` and no base_url is set."""
         self._endpoints: dict[str, Endpoint] = {}
         self._understood: dict[str, frozenset[str]] = {}
         for ep in endpoints:
@@ -94,7 +110,12 @@ class SoapApp:
                 raise ValueError(f"duplicate endpoint path {path}")
             self._endpoints[path] = ep
             self._understood[path] = frozenset(ep.understood) - DEFAULT_UNDERSTOOD
-        self.max_body_bytes = max_body_bytes
+        self.body_limits = dataclasses.replace(body or BodyLimits(), max_bytes=max_body_bytes)
+        self.xml_limits = xml or XmlLimits()
+        self._inflight = Inflight()
+        self._base_url = base_url.rstrip("/")
+        self._server_names = frozenset(n.strip().lower() for n in server_names if n.strip())
+        self._fallback_url = fallback_url.rstrip("/")
         self._on_error = on_error
         self._wsdl_templates: dict[str, _Element] = {}
         self._wsdl_cache: dict[tuple[str, str], bytes] = {}
@@ -154,8 +175,10 @@ class SoapApp:
 
     async def _send_fault(self, send: Any, fault: SoapFault, req: SoapRequest | None) -> None:
         body = fault_envelope(fault, relates_to=req.message_id if req is not None else None)
-        extra = [(b"connection", b"close")] if fault.http_status == 413 else []
+        extra = [(b"connection", b"close")] if fault.http_status in _CLOSE_STATUSES else []
         extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in fault.http_headers]
+        if fault.http_status == 503 and not any(k == b"retry-after" for k, _ in extra):
+            extra.append((b"retry-after", b"5"))
         await self._send_bytes(send, fault.http_status, body, _FAULT_CT, extra)
 
     def _report(self, exc: BaseException, req: SoapRequest | None) -> None:
@@ -198,7 +221,11 @@ class SoapApp:
         else:
             await self._send_text(send, 405, "method not allowed", [(b"allow", b"POST, GET")])
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> tuple[bytes | None, str]:
+    @property
+    def max_body_bytes(self) -> int:
+        return self.body_limits.max_bytes
+
+    async def _read_body(self, scope: dict[str, Any], receive: Any, reader: BodyReader) -> tuple[bytes | None, str]:
         """The request body (None if the client went away) and its Content-Type."""
         content_type = ""
         length: int | None = None
@@ -210,32 +237,23 @@ class SoapApp:
                     length = int(value)
                 except ValueError:
                     raise SoapFault("Sender", "Invalid Content-Length") from None
-        cap = self.max_body_bytes
-        if length is not None and length > cap:
-            raise SoapFault("Sender", f"Message larger than {cap} bytes", http_status=413)
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None, content_type
-            chunk = message.get("body", b"")
-            if chunk:
-                total += len(chunk)
-                if total > cap:
-                    raise SoapFault("Sender", f"Message larger than {cap} bytes", http_status=413)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), content_type
+        return await reader.read(receive, length), content_type
 
     async def _post(self, ep: Endpoint, scope: dict[str, Any], receive: Any, send: Any) -> None:
         req: SoapRequest | None = None
+        reader = BodyReader(self.body_limits, self._inflight)
         try:
-            data, content_type = await self._read_body(scope, receive)
+            data, content_type = await self._read_body(scope, receive, reader)
             if data is None:
                 return
-            req = parse_envelope(data, content_type, understood=self._understood[ep.path.rstrip("/") or "/"])
+            understood = self._understood[ep.path.rstrip("/") or "/"]
+            if len(data) > _THREAD_PARSE_BYTES:
+                req = await asyncio.to_thread(
+                    parse_envelope, data, content_type, understood=understood, limits=self.xml_limits
+                )
+            else:
+                req = parse_envelope(data, content_type, understood=understood, limits=self.xml_limits)
+            del data
             req.path = scope["path"]
             req.client_cert = _client_cert(scope)
             client = scope.get("client")
@@ -263,6 +281,8 @@ class SoapApp:
             self._report(exc, req)
             await self._send_fault(send, SoapFault("Receiver", "Internal error"), req)
             return
+        finally:
+            reader.release()
         if isinstance(payload, bytes):
             await self._send_bytes(send, 200, payload, ct.encode("latin-1"))
         else:
@@ -274,16 +294,27 @@ class SoapApp:
 
     # --- WSDL ------------------------------------------------------------------------------
 
-    def _wsdl_for(self, ep: Endpoint, scope: dict[str, Any]) -> bytes:
+    def _wsdl_base(self, scope: dict[str, Any]) -> str:
+        """The origin written into soap:address: never a Host header the operator did not configure."""
+        if self._base_url:
+            return self._base_url
         host = ""
         for name, value in scope.get("headers", ()):
             if name == b"host":
-                host = value.decode("latin-1").strip()
+                host = value.decode("latin-1").strip().lower()
                 break
-        if not _HOST_RE.fullmatch(host):
-            server = scope.get("server") or ("localhost", None)
-            host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
-        base = f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
+        if host and _HOST_RE.fullmatch(host) and (
+            host in self._server_names or _HOST_PORT_RE.sub("", host) in self._server_names
+        ):
+            return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
+        if self._fallback_url:
+            return self._fallback_url
+        server = scope.get("server") or ("localhost", None)
+        host = server[0] if server[1] in (None, 80, 443) else f"{server[0]}:{server[1]}"
+        return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
+
+    def _wsdl_for(self, ep: Endpoint, scope: dict[str, Any]) -> bytes:
+        base = self._wsdl_base(scope)
         key = (ep.path, base)
         cached = self._wsdl_cache.get(key)
         if cached is not None:

@@ -76,6 +76,10 @@ class SoapClient:
                     ctx.verify_mode = ssl.CERT_NONE
             ctx.load_cert_chain(*cert)
             verify = ctx
+        if verify is True:
+            verify = httpx.create_ssl_context()  # httpx's own default (certifi), made explicit for the floor
+        if isinstance(verify, ssl.SSLContext) and verify.minimum_version < ssl.TLSVersion.TLSv1_2:
+            verify.minimum_version = ssl.TLSVersion.TLSv1_2  # never below TLS 1.2, whatever OpenSSL allows
         self._client = httpx.AsyncClient(timeout=timeout, verify=verify, transport=transport)
         self.max_response_bytes = max_response_bytes
 
