@@ -31,6 +31,8 @@ class Settings:
     # storage
     data_dir: Path = Path("./data")
     database_url: str = ""  # empty: sqlite:///<data_dir>/registry.db
+    #: Upgrade the database schema at start (under a lock); false: refuse to start on an older schema.
+    db_auto_upgrade: bool = True
 
     # HTTP
     host: str = "127.0.0.1"
