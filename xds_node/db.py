@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, SmallInteger, String, create_engine, event
 from sqlalchemy.pool import NullPool
 
-#: Every table of the node registers itself here so ``create_all`` builds the whole schema.
+#: Every table of the node registers itself here: the migrations are checked against it (tests/test_migrations.py)
+#: and unit tests build a schema from it with ``create_all``.
 metadata = MetaData()
 
 

@@ -6,9 +6,12 @@ revision, and upgrades to head, so many workers or hosts starting at once migrat
 A database this code does not know (a newer revision) is refused with a one-line
 :class:`SchemaError`, as is an older one when automatic upgrades are off.
 
-A database created by 0.1.0 (``metadata.create_all``, no ``alembic_version``) is adopted: it is
-compared with the frozen baseline (``baseline.py``) and stamped ``0001`` if it matches, then
-upgraded like any other. Adding a revision: see "Schema migrations" in the README.
+A database created by 0.1.0 (``metadata.create_all``, no ``alembic_version``) is adopted: its
+tables are compared with the frozen baseline (``baseline.py``); if they match, revision ``0001``
+runs (creating only missing tables) and the upgrade goes on like any other. Tables made by this
+code's own ``create_all`` (unit tests) are stamped head when they match it exactly.
+
+Adding a revision: see "Schema migrations" in the README.
 """
 
 from __future__ import annotations

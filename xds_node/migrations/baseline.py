@@ -2,7 +2,7 @@
 
 A migration must never import the live table modules: they describe the newest schema and keep
 changing. This copy is what revision ``0001`` creates and what a database made by
-``metadata.create_all`` under 0.1.0 is checked against before it is adopted (stamped).
+``metadata.create_all`` under 0.1.0 is checked against before it is adopted.
 Do not edit it; change the schema with a new revision instead.
 """
 
