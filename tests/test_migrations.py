@@ -180,3 +180,22 @@ def _children(pid: int) -> set[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         out |= {int(c) for c in (task / "children").read_text().split()}
     return {c for c in out if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()}  # not the resource tracker
+
+
+def test_tables_made_by_this_codes_create_all_are_stamped_current(engine):
+    """Unit tests build schemas with the stores' create_schema; a node started on one adopts it as head."""
+    from xds_node.db import metadata
+
+    migrations.target_metadata()
+    metadata.create_all(engine)
+    assert migrations.upgrade(engine) == (None, migrations.head())
+    assert migrations.check(engine) == []
+
+
+def test_migrations_ship_inside_the_package():
+    """The wheel carries the revisions and the template `xds-node db revision` writes them with."""
+    here = Path(migrations.__file__).parent
+    assert (here / "script.py.mako").is_file() and (here / "env.py").is_file()
+    revisions = {s.revision for s in migrations.script().walk_revisions()}
+    assert {"0001", migrations.head()} <= revisions
+    assert len(migrations.script().get_heads()) == 1, "two heads: merge them (alembic merge) before release"
