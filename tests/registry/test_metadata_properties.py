@@ -9,6 +9,7 @@ only for characters XML cannot carry. Examples are derandomized and bounded (CI 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
@@ -16,16 +17,20 @@ from xml.sax.saxutils import escape
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lxml import etree
+from sqlalchemy import text
 
 from tests import factories as f
 from tests.registry.test_limits import row_counts
 from tests.repository.test_provide_and_retrieve import no_hash_size, stored_files
+from xds_node.db import make_test_engine
 from xds_node.ebxml import rim, xdsb
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import Author, Code, LocalizedString, Submission
 from xds_node.soap.envelope import build_request
 
 TOKEN = "QQ7TOKEN7QQ"
+SIZE_MARK = 987654321987  # a size the codec writes as is; its digits are then replaced by the value
 E = v.ErrorCode
 #: What a rejected register may answer with (TF-3 Table 4.2.4.1-2), besides a fault for non-XML characters.
 ALLOWED = {E.REGISTRY_METADATA_ERROR, E.REPOSITORY_METADATA_ERROR, E.PATIENT_ID_DOES_NOT_MATCH,
@@ -63,7 +68,7 @@ FIELDS = [
     Field("patientId", _doc("patient_id")),
     Field("mimeType", _doc("mime_type")),
     Field("hash", _doc("hash")),
-    Field("size", _doc("size"), numeric=True),
+    Field("size", lambda s: setattr(s.documents[0], "size", SIZE_MARK), numeric=True),
     Field("repositoryUniqueId", _doc("repository_unique_id")),
     Field("creationTime", _doc("creation_time")),
     Field("serviceStartTime", _doc("service_start_time")),
@@ -115,9 +120,13 @@ def _xml_safe(value: str) -> bool:
     return all(c in "\t\n\r" or (ord(c) >= 0x20 and c not in "\ufffe\uffff") for c in value)
 
 
-def _payload(action: str, body, value: str) -> tuple[bytes, str]:
-    payload, ct, _ = build_request(action, body, to="http://testserver")
-    assert isinstance(payload, bytes) and payload.count(TOKEN.encode()) >= 1
+def _payload(action: str, body, value: str, to: str = "http://testserver") -> tuple[bytes, str]:
+    """The request with ``value`` where the field's TOKEN was, written as raw XML text (so control
+    characters and NUL reach the server as a careless client would send them)."""
+    payload, ct, _ = build_request(action, body, to=to)
+    assert isinstance(payload, bytes)
+    payload = payload.replace(str(SIZE_MARK).encode(), TOKEN.encode())
+    assert TOKEN.encode() in payload
     return payload.replace(TOKEN.encode(), escape(value, {'"': "&quot;"}).encode("utf-8")), ct
 
 
@@ -167,13 +176,7 @@ def test_iti42_any_field_value_gets_a_standard_answer(client, node, numeric):
     def prop(field: Field, value: str) -> None:
         sub = f.submission(f.patient(901), 1, with_folder=True)
         field.put(sub)
-        if field.numeric:
-            sub.documents[0].size = 987654321987  # a number the codec writes as is, replaced below
-        body = rim.write_submit_objects_request(sub)
-        payload, ct = build_request(v.Action.ITI42, body, to="http://testserver")[:2]
-        if field.numeric:
-            payload = payload.replace(b"987654321987", TOKEN.encode())
-        payload = payload.replace(TOKEN.encode(), escape(value, {'"': "&quot;"}).encode("utf-8"))
+        payload, ct = _payload(v.Action.ITI42, rim.write_submit_objects_request(sub), value)
         before = _counts(node)
         reply = client.post_raw("/xds/registry", payload, ct)
         _check(reply, field, value, before, _counts(node), expected)
@@ -190,17 +193,10 @@ def test_iti41_any_field_value_gets_a_standard_answer(client, node):
         if field is not None:
             sub.documents[0].comments = []
             field.put(sub)
-            if field.numeric:
-                sub.documents[0].size = 987654321987
-        el = xdsb.etree.Element(f"{{{v.XDSB}}}Document", nsmap={"xdsb": v.XDSB})
-        import base64
-
-        el.text = base64.b64encode(content).decode()
-        payload, ct = build_request(v.Action.ITI41, xdsb.write_provide_request(sub, {sub.documents[0].id: el}),
-                                    to="http://testserver")[:2]
-        if field is not None and field.numeric:
-            payload = payload.replace(b"987654321987", TOKEN.encode())
-        payload = payload.replace(TOKEN.encode(), escape(value, {'"': "&quot;"}).encode("utf-8"))
+        el = etree.Element(f"{{{v.XDSB}}}Document", nsmap={"xdsb": v.XDSB})
+        el.text = base64.b64encode(content).decode()  # inline: the payload stays one XML document
+        body = xdsb.write_provide_request(sub, {sub.documents[0].id: el})
+        payload, ct = _payload(v.Action.ITI41, body, value)
         return client.post_raw("/xds/repository", payload, ct)
 
     before = _counts(node)
@@ -229,18 +225,14 @@ def test_boundary_values_over_a_real_server(settings, tmp_path):
     node = LiveNode(tmp_path, {"XDS_DATABASE_URL": settings.db_url})
     client = SoapTestClient(base_url=node.url)
     try:
-        cases = [(FIELDS[4], str(10**23)), (FIELDS[11], "C" * 300), (FIELDS[19], "R" * 401),
-                 (FIELDS[23], "a\x00b"), (FIELDS[0], "\U0001d11e" * 128)]
+        named = {fd.name: fd for fd in reversed(FIELDS)}  # the first of each name
+        cases = [(named["size"], str(10**23)), (named["classCode"], "C" * 300), (named["referenceIdList"], "R" * 401),
+                 (named["title"], "a\x00b"), (named["uniqueId"], "\U0001d11e" * 128)]
         for field, value in cases:
             sub = f.submission(f.patient(903), 1)
             field.put(sub)
-            if field.numeric:
-                sub.documents[0].size = 987654321987
-            payload = build_request(v.Action.ITI42, rim.write_submit_objects_request(sub), to=node.url)[0]
-            if field.numeric:
-                payload = payload.replace(b"987654321987", TOKEN.encode())
-            payload = payload.replace(TOKEN.encode(), escape(value).encode())
-            reply = client.post_raw("/xds/registry", payload, "application/soap+xml; charset=utf-8")
+            payload, ct = _payload(v.Action.ITI42, rim.write_submit_objects_request(sub), value, to=node.url)
+            reply = client.post_raw("/xds/registry", payload, ct)
             assert reply.http_status < 500, reply.raw[:500]
             if _xml_safe(value):
                 assert reply.status == (v.ResponseStatus.SUCCESS if field.name == "uniqueId"
@@ -249,14 +241,9 @@ def test_boundary_values_over_a_real_server(settings, tmp_path):
                     assert field.name in reply.raw.decode(), reply.raw[:500]
             else:
                 assert reply.is_fault
-        query = "SELECT count(*) FROM xds_document"
-        from sqlalchemy import text
-
-        from xds_node.db import make_test_engine
-
         engine = make_test_engine(settings.db_url.replace("postgresql://", "postgresql+psycopg://", 1))
-        with engine.connect() as conn:
-            assert conn.scalar(text(query)) == 1  # only the astral-plane uniqueId (128 characters fit)
+        with engine.connect() as conn:  # only the astral-plane uniqueId was stored (128 characters fit)
+            assert conn.scalar(text("SELECT count(*) FROM xds_document")) == 1
         engine.dispose()
     finally:
         client.close()
