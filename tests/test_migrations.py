@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import insert, inspect, select, text
 
-from tests.conftest import BACKENDS, POSTGRES_URL, ROOT, LiveNode
+from tests.conftest import BACKENDS, POSTGRES_URL, ROOT, LiveNode, free_port
 from xds_node import migrations
 from xds_node.config import load_settings
 from xds_node.db import make_engine, make_test_engine
@@ -42,7 +42,7 @@ def engine(db_url):
     e.dispose()
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "xds_node.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
@@ -111,7 +111,7 @@ def _stamp(engine, revision: str) -> None:
 def test_newer_database_is_refused_at_start_with_one_line(engine, db_url, tmp_path):
     migrations.upgrade(engine)
     _stamp(engine, "9999")
-    run = cli("serve", "--port", "1", env={"XDS_DATABASE_URL": db_url, "XDS_DATA_DIR": str(tmp_path)})
+    run = cli("serve", "--port", str(free_port()), env={"XDS_DATABASE_URL": db_url, "XDS_DATA_DIR": str(tmp_path)})
     assert run.returncode == 1
     errors = [line for line in run.stderr.splitlines() if line.strip()]
     assert errors == [f"xds-node: database schema revision 9999 is newer than this xds-node (it knows up to "
@@ -123,7 +123,7 @@ def test_older_database_is_refused_when_auto_upgrade_is_off(engine, db_url, tmp_
     migrations.upgrade(engine)
     _stamp(engine, migrations.BASELINE)
     env = {"XDS_DATABASE_URL": db_url, "XDS_DATA_DIR": str(tmp_path), "XDS_DB_AUTO_UPGRADE": "false"}
-    run = cli("serve", "--port", "1", "--workers", "2", env=env)
+    run = cli("serve", "--port", str(free_port()), "--workers", "2", env=env)
     assert run.returncode == 1
     assert [line for line in run.stderr.splitlines() if line.strip()] == [
         f"xds-node: database schema is at revision {migrations.BASELINE}, this xds-node needs {migrations.head()}: "
