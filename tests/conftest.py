@@ -33,6 +33,8 @@ def _database_url(backend: str, tmp_path: Path) -> str:
 
     engine = make_test_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
     metadata.drop_all(engine)
+    with engine.begin() as conn:  # the schema version goes with the tables it describes
+        conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
     engine.dispose()
     return POSTGRES_URL
 

@@ -15,6 +15,8 @@ import pytest
 from xds_node.ebxml import model as m
 from xds_node.ebxml import validation as V
 from xds_node.ebxml import vocabulary as v
+from xds_node.ebxml.validation import formats
+from xds_node.registry import limits as registry_limits
 
 PID = "SELF-5^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
 OTHER_PID = "OTHER-9^^^&1.3.6.1.4.1.21367.2005.3.7&ISO"
@@ -388,6 +390,16 @@ def _b_uid_not_comparable(sub: m.Submission, reg: FakeRegistry) -> None:
     reg.unique_ids[doc(sub).unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", None)  # type: ignore[index]
 
 
+def _b_too_long(sub: m.Submission, reg: FakeRegistry) -> dict:
+    doc(sub).class_code = code("x" * 300, "1.2.3")  # stored as code^^scheme: 306 characters
+    return {"limits": registry_limits.LIMITS}
+
+
+def _b_out_of_range(sub: m.Submission, reg: FakeRegistry) -> dict:
+    doc(sub).size = 10**23
+    return {"limits": registry_limits.LIMITS}
+
+
 #: rule id -> (breaker, other rules the same break legitimately triggers)
 CASES: dict[str, tuple[Callable[..., object], frozenset[str]]] = {
     "SUB-one-submission-set": (_b_second_ss, frozenset()),
@@ -435,6 +447,8 @@ CASES: dict[str, tuple[Callable[..., object], frozenset[str]]] = {
     "UID-already-registered": (_b_uid_registered, frozenset()),
     "UID-nonidentical-hash": (_b_uid_hash, frozenset()),
     "UID-registered-not-comparable": (_b_uid_not_comparable, frozenset()),
+    "LIMIT-length": (_b_too_long, frozenset()),
+    "LIMIT-range": (_b_out_of_range, frozenset()),
 }
 
 _REQUIRED = {r.id: r for r in V.RULES if "-required-" in r.id}
@@ -633,7 +647,7 @@ def test_assign_uuids_maps_symbols_everywhere() -> None:
                 "cl-x", "ei-y", "cl-ss"}
     assert set(mapping) == expected
     assert len(set(mapping.values())) == len(mapping)
-    assert all(V._URN_UUID.fullmatch(u) for u in mapping.values())
+    assert all(formats._URN_UUID.fullmatch(u) for u in mapping.values())
     d1 = mapping["Document01"]
     assert doc(sub).id == d1 and ss.id == mapping["SubmissionSet01"] == ss.lid
     assert association(sub, mapping["a-fol-doc1"]).source == mapping["Folder01"]
@@ -657,7 +671,7 @@ def test_assign_uuids_maps_symbols_everywhere() -> None:
 
 def test_xcn_with_a_given_name_only_is_accepted():
     """NIST registry test data (DSUB_*-1015) registers such authors and expects Success."""
-    from xds_node.ebxml.validation import _xcn_ok
+    from xds_node.ebxml.validation.formats import _xcn_ok
 
     assert _xcn_ok("^^Dsub^Author-Two^^^") and _xcn_ok("^Smitty^Gerald^^^") and _xcn_ok("123^^^^^^^^&1.2&ISO")
     assert not _xcn_ok("^^^^^Dr") and not _xcn_ok("")

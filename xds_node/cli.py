@@ -31,6 +31,7 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> 
     os.environ[EFFECTIVE_ENV] = effective_json(settings)
     workers = workers or settings.workers
     if workers > 1:
+        _upgrade_schema(settings)  # once, here: the workers then find the schema current
         httpserver.run("xds_node.node:create_app", settings, workers=workers, tls=tls, factory=True)
     else:
         from xds_node.node import Node, tune_gc
@@ -68,6 +69,49 @@ def database_answers(settings) -> None:
             pass
     finally:
         engine.dispose()
+
+
+def _upgrade_schema(settings) -> None:
+    from xds_node import migrations
+    from xds_node.db import make_engine
+
+    engine = make_engine(settings.db_url)
+    try:
+        migrations.upgrade(engine, auto=settings.db_auto_upgrade)
+    finally:
+        engine.dispose()
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """Schema migrations: upgrade (idempotent), current revision, check against this code, new revision."""
+    from xds_node import migrations
+    from xds_node.db import make_engine
+
+    settings = _settings(args, data_dir=args.data_dir)
+    engine = make_engine(settings.db_url)
+    try:
+        if args.action == "upgrade":
+            before, after = migrations.upgrade(engine)
+            print(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+        elif args.action == "current":
+            print(f"{migrations.current(engine) or 'none'} (this xds-node: {migrations.head()})")
+        elif args.action == "check":
+            problems = migrations.check(engine)
+            for line in problems:
+                print(line)
+            print("schema is current" if not problems else f"{len(problems)} difference(s)")
+            return 1 if problems else 0
+        else:  # revision: autogenerate from the difference between the database at head and the tables
+            from alembic import command
+
+            migrations.upgrade(engine)
+            with engine.connect() as conn:
+                command.revision(migrations.config(conn), message=args.message, autogenerate=True,
+                                 rev_id=args.rev_id or f"{int(migrations.head()) + 1:04d}")
+                conn.commit()
+    finally:
+        engine.dispose()
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -304,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0)
     p.set_defaults(func=cmd_retrieve)
 
+    p = sub.add_parser("db", help="database schema: upgrade, current, check, revision (migrations)")
+    p.add_argument("action", choices=["upgrade", "current", "check", "revision"])
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("-m", "--message", default="schema change", help="revision: what the change is")
+    p.add_argument("--rev-id", help="revision: its id (default: the next number, e.g. 0003)")
+    p.set_defaults(func=cmd_db)
+
     p = sub.add_parser("config", help="print the effective settings")
     p.set_defaults(func=cmd_config)
 
@@ -334,6 +385,10 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
 
     from sqlalchemy.exc import ArgumentError, OperationalError
 
+    from xds_node.migrations import SchemaError
+
+    if isinstance(exc, SchemaError):
+        return str(exc), 1
     if isinstance(exc, tomllib.TOMLDecodeError):
         return f"the settings file is not valid TOML: {exc}", 2
     if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("psycopg"):

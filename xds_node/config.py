@@ -34,6 +34,8 @@ class Settings:
     #: A content-store temp file or orphan younger than this may belong to a request still running:
     #: `serve` at start and `xds-node fsck --repair` leave it alone.
     store_grace_seconds: int = 3600
+    #: Upgrade the database schema at start (under a lock); false: refuse to start on an older schema.
+    db_auto_upgrade: bool = True
 
     # HTTP
     host: str = "127.0.0.1"

@@ -9,11 +9,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import BigInteger, Column, Engine, Integer, MetaData, SmallInteger, String, create_engine, event
 from sqlalchemy.pool import NullPool
 
-#: Every table of the node registers itself here so ``create_all`` builds the whole schema.
+#: Every table of the node registers itself here: the migrations are checked against it (tests/test_migrations.py)
+#: and unit tests build a schema from it with ``create_all``.
 metadata = MetaData()
+
+
+#: Integer ranges every supported backend can store (PostgreSQL's are the narrowest).
+_INT_RANGES: tuple[tuple[type, int], ...] = ((BigInteger, 63), (SmallInteger, 15), (Integer, 31))
+
+
+def column_bound(column: Column) -> tuple[int | None, int | None, int | None]:
+    """(max characters, min, max) a column can hold on SQLite and PostgreSQL alike; None: unbounded.
+
+    SQLite would store an over-long string (it ignores VARCHAR lengths) and PostgreSQL would
+    refuse it: validating against the column keeps both backends answering the same.
+    """
+    ctype = column.type
+    if isinstance(ctype, String):
+        return ctype.length, None, None
+    for kind, bits in _INT_RANGES:
+        if isinstance(ctype, kind):
+            return None, -(2**bits), 2**bits - 1
+    return None, None, None
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

@@ -41,6 +41,7 @@ def setup_logging(level: str = "info", fmt: str = "text", *, access_log: bool = 
     root.setLevel(level.upper())
     if level != "debug":
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # xds_node.migrations says what changed
     # uvicorn's own loggers propagate to ours; the access log only on demand
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)

@@ -25,7 +25,7 @@ import logging
 import os
 from pathlib import Path
 
-from xds_node import transactions
+from xds_node import migrations, transactions
 from xds_node.audit.store import AuditLog
 from xds_node.config import Settings, load_settings
 from xds_node.db import make_engine
@@ -65,9 +65,9 @@ class Node:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or load_settings()
         self.engine = make_engine(self.settings.db_url)
+        migrations.upgrade(self.engine, auto=self.settings.db_auto_upgrade)  # under a lock: many workers may start
         transactions.INLINE_DB = self.engine.dialect.name == "sqlite"
         self.registry_store = RegistryStore(self.engine)
-        self.registry_store.create_schema()
         self.registry = Registry(
             self.registry_store,
             require_known_patient=self.settings.require_known_patient,
@@ -78,12 +78,9 @@ class Node:
         self.repository = Repository(self.engine, self.content_store,
                                      repository_unique_id=self.settings.repository_unique_id)
         self.patients = PatientIndex(self.engine)
-        self.patients.create_schema()
         self.consent_store = ConsentStore(self.engine)
-        self.consent_store.create_schema()
         self.consent = ConsentPolicy(self.consent_store, self.settings.consent_mode)
         self.audit = AuditLog(self.engine, sinks=_audit_sinks(self.settings))
-        self.audit.create_schema()
         self.trust = self._load_trust()
         self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings))
         self.clients = ClientDirectory(self.settings.clients_path, self.settings.home_community_id)

@@ -8,6 +8,7 @@ ebRIM 3.0 schema requires.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -190,6 +191,9 @@ def _read_common(el: _Element, obj: RegistryObject) -> None:
         obj.version_name = vi.get("versionName")
 
 
+_XS_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _apply_single_slots(obj: RegistryObject, slots: Iterable[Slot], single: dict[str, str],
                         multi: dict[str, str]) -> None:
     """Fill named fields from slots; repeated or multi-valued single slots keep their surplus as extras."""
@@ -199,8 +203,12 @@ def _apply_single_slots(obj: RegistryObject, slots: Iterable[Slot], single: dict
             if getattr(obj, attr) is None and slot.values:
                 raw = slot.values[0]
                 if attr == "size":
+                    # xs:integer only: int() alone would also take "1_000" and non-ASCII digits
+                    digits = raw.strip()
                     try:
-                        setattr(obj, attr, int(raw.strip()))
+                        if not _XS_INTEGER.fullmatch(digits):
+                            raise ValueError(digits)
+                        setattr(obj, attr, int(digits))  # past 4300 digits int() refuses too
                     except ValueError:
                         obj.extra_slots.append(slot)  # validation reports the bad size
                         continue

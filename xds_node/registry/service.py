@@ -14,7 +14,14 @@ from datetime import UTC, datetime
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, StoredQuery, Submission
 from xds_node.ebxml.query import Params, QueryError, parse_query
-from xds_node.ebxml.validation import ValidationContext, assign_uuids, deprecations, validate_submission
+from xds_node.ebxml.validation import (
+    FieldLimits,
+    ValidationContext,
+    assign_uuids,
+    deprecations,
+    validate_submission,
+)
+from xds_node.registry import limits as registry_limits
 from xds_node.registry.store import DuplicateError, RegistryStore, Row
 from xds_node.registry.stored_queries import QueryRunner, TooManyResults
 
@@ -59,8 +66,11 @@ class _Lookup:
 
 class Registry:
     def __init__(self, store: RegistryStore, *, require_known_patient: bool = False,
-                 max_query_results: int = 5000, home_community_id: str | None = None):
+                 max_query_results: int = 5000, home_community_id: str | None = None,
+                 limits: FieldLimits | None = None):
         self.store = store
+        #: per-field bounds of the storage: a value that cannot be stored is a metadata error
+        self.limits = registry_limits.LIMITS if limits is None else limits
         self.lookup = _Lookup(store, require_known_patient)
         self.runner = QueryRunner(store, max_results=max_query_results)
         self.home_community_id = home_community_id
@@ -74,7 +84,7 @@ class Registry:
         """
         assign_uuids(sub)
         ctx = ValidationContext(transaction=transaction, lookup=self.lookup,
-                                home_community_id=self.home_community_id)
+                                home_community_id=self.home_community_id, limits=self.limits)
         errors = validate_submission(sub, ctx)
         if any(e.is_error for e in errors):
             return RegistryResponse.from_errors(errors)

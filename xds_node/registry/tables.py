@@ -9,7 +9,7 @@ the object's status changes).
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, Integer, LargeBinary, String, Table, Text
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, String, Table, Text
 
 from xds_node.db import metadata
 
@@ -26,7 +26,7 @@ documents = Table(
     Column("object_type", String(64), nullable=False),
     Column("mime_type", String(128)),
     Column("hash", String(64)),
-    Column("size", Integer),
+    Column("size", BigInteger),  # documents past 2 GiB exist (imaging, scans)
     Column("repository_unique_id", String(64)),
     Column("creation_time", String(14)),
     Column("service_start_time", String(14)),

@@ -9,7 +9,9 @@ from xds_node.ebxml import rim, xdsb
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse
 from xds_node.ebxml.rim import MetadataParseError
+from xds_node.ebxml.validation import ITI41, ValidationContext, check_storage_limits
 from xds_node.registry.service import Registry
+from xds_node.repository import limits as repository_limits
 from xds_node.repository.service import Repository
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.soap.fault import SoapFault
@@ -25,6 +27,10 @@ def remote_register(url: str, client_factory=None):
     from xds_node.soap.fault import SoapFault
 
     async def register(sub, _also) -> RegistryResponse:
+        # our own index must hold what the remote registry accepts: check its bounds first
+        ctx = ValidationContext(transaction=ITI41, actor="repository", limits=repository_limits.LIMITS)
+        if problems := check_storage_limits(sub, ctx):
+            return RegistryResponse.from_errors([p.to_error() for p in problems])
         try:
             async with (client_factory() if client_factory else SoapClient()) as client:
                 reply = await client.call(url, v.Action.ITI42, rim.write_submit_objects_request(sub))
