@@ -4,6 +4,7 @@ This is the only module that knows every part of the node. Endpoint paths:
 
 ====================  =====================================================
 ``/xds/registry``     ITI-18 Registry Stored Query, ITI-42 Register Document Set-b
+                      ITI-51 Multi-Patient Stored Query (internal consumers only)
 ``/xds/repository``   ITI-41 Provide and Register Document Set-b, ITI-43 Retrieve Document Set
 ``/xca/query``        ITI-38 Cross Gateway Query (responding gateway)
 ``/xca/retrieve``     ITI-39 Cross Gateway Retrieve (responding gateway)
@@ -36,7 +37,7 @@ from xds_node.security.consent import ConsentPolicy, ConsentStore
 from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
-from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti55
+from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti51, iti55
 
 log = logging.getLogger("xds_node")
 
@@ -108,6 +109,7 @@ class Node:
                 {
                     iti18.ACTION: iti18.make_handler(self.registry),
                     iti42.ACTION: iti42.make_handler(self.registry),
+                    iti51.ACTION: iti51.make_handler(self.registry),  # internal consumers only
                 },
                 wsdl=wsdl / "registry.wsdl",
                 before=list(xds_gate),
@@ -149,7 +151,7 @@ class Node:
 
     def endpoint_urls(self) -> dict[str, str]:
         base = self.settings.public_url
-        return {"registry (ITI-18, ITI-42)": base + REGISTRY_PATH,
+        return {"registry (ITI-18, ITI-42, ITI-51)": base + REGISTRY_PATH,
                 "repository (ITI-41, ITI-43)": base + REPOSITORY_PATH,
                 "XCA query (ITI-38)": base + XCA_QUERY_PATH,
                 "XCA retrieve (ITI-39)": base + XCA_RETRIEVE_PATH,
