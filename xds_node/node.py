@@ -151,7 +151,7 @@ class Node:
 
     def endpoint_urls(self) -> dict[str, str]:
         base = self.settings.public_url
-        return {"registry (ITI-18, ITI-42, ITI-51)": base + REGISTRY_PATH,
+        return {"registry (ITI-18, ITI-42)": base + REGISTRY_PATH,
                 "repository (ITI-41, ITI-43)": base + REPOSITORY_PATH,
                 "XCA query (ITI-38)": base + XCA_QUERY_PATH,
                 "XCA retrieve (ITI-39)": base + XCA_RETRIEVE_PATH,
