@@ -299,3 +299,25 @@ def test_published_wsdl_offers_the_operation(client):
     assert op.find("wsdl:output", ns).get(f"{{{ns['wsam']}}}Action") == v.Action.ITI51 + "Response"
     assert doc.xpath("wsdl:binding/wsdl:operation[@name='DocumentRegistry_MultiPatientStoredQuery']"
                      "/soap12:operation/@soapAction", namespaces=ns) == [v.Action.ITI51]
+
+
+def test_secured_registry_refuses_unsigned_iti51(tmp_path):
+    """With secure_xds_endpoints the registry's security step stands in front of ITI-51 as of ITI-18:
+    an unsigned multi-patient query is refused by a fault and discloses nothing."""
+    from tests.soapkit import SoapTestClient
+    from xds_node.config import load_settings
+    from xds_node.node import Node
+
+    node = Node(load_settings(env={}, data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.db'}",
+                              secure_xds_endpoints=True))
+    client = SoapTestClient(app=node.app())
+    try:
+        assert node.registry.register(f.submission(f.patient(301), 1)).status == v.ResponseStatus.SUCCESS
+        body = _request(MPQ_DOCS, XDSDocumentEntryStatus=APPROVED)
+        reply = client.call(REG, v.Action.ITI51, body)
+        assert reply.is_fault and reply.fault_code.endswith("Sender")
+        assert "ActionNotSupported" not in etree.tostring(reply.body).decode()  # refused by security, not routing
+        assert b"ExtrinsicObject" not in reply.raw
+    finally:
+        client.close()
+        node.close()
