@@ -69,6 +69,7 @@ class Transaction:
 TRANSACTIONS: dict[str, Transaction] = {
     "ITI-18": Transaction(v.Action.ITI18, "registry"),
     "ITI-42": Transaction(v.Action.ITI42, "registry"),
+    "ITI-51": Transaction(v.Action.ITI51, "registry"),  # internal consumers: the registry endpoint only
     "ITI-41": Transaction(v.Action.ITI41, "repository", mtom=True),
     "ITI-43": Transaction(v.Action.ITI43, "repository", mtom=True),
     "ITI-38": Transaction(v.Action.ITI38, "xca_query", secured=True),

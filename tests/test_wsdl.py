@@ -45,6 +45,8 @@ APPROVED = "('urn:oasis:names:tc:ebxml-regrep:StatusType:Approved')"
 
 ITI18 = ("DocumentRegistry_RegistryStoredQuery", "urn:ihe:iti:2007:RegistryStoredQuery", True)
 ITI42 = ("DocumentRegistry_RegisterDocumentSet-b", "urn:ihe:iti:2007:RegisterDocumentSet-b", False)
+ITI51 = ("DocumentRegistry_MultiPatientStoredQuery", "urn:ihe:iti:2009:MultiPatientStoredQuery", False)
+FIND_DOCUMENTS_MPQ = "urn:uuid:3d1bdb10-39a2-11de-89c2-2f44d94eaa9f"
 ITI41 = (
     "DocumentRepository_ProvideAndRegisterDocumentSet-b",
     "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b",
@@ -62,7 +64,7 @@ XCPD_RESPONSE_ACTION = "urn:hl7-org:v3:PRPA_IN201306UV02:CrossGatewayPatientDisc
 
 # file -> {endpoint path: (MTOM?, [(operation, request action, _)])}
 EXPECTED: dict[str, dict[str, tuple[bool, list[tuple[str, str, bool]]]]] = {
-    "registry.wsdl": {"/xds/registry": (False, [ITI18, ITI42])},
+    "registry.wsdl": {"/xds/registry": (False, [ITI18, ITI42, ITI51])},
     "repository.wsdl": {"/xds/repository": (True, [ITI41, ITI43])},
     "xca-responding-gateway.wsdl": {"/xca/query": (False, [ITI38]), "/xca/retrieve": (True, [ITI39])},
     "xcpd-responding-gateway.wsdl": {"/xcpd": (False, [ITI55])},
@@ -305,6 +307,39 @@ def test_zeep_find_documents_is_valid_against_official_query_xsd(name, path):
     if not (SCHEMAS / "ebRS" / "query.xsd").is_file():
         pytest.skip("official ebRS query.xsd not in corpus")
     assert_valid(_body(_find_documents(name, path)))
+
+
+def _find_documents_for_multiple_patients() -> etree._Element:
+    client = _client("registry.wsdl")
+    return client.create_message(
+        client.service,
+        ITI51[0],
+        ResponseOption={"returnType": "ObjectRef", "returnComposedObjects": True},
+        AdhocQuery={
+            "id": FIND_DOCUMENTS_MPQ,
+            "Slot": [
+                {"name": "$XDSDocumentEntryPatientId", "ValueList": {"Value": ["('1^^^&1.2.3&ISO','2^^^&1.2.3&ISO')"]}},
+                {"name": "$XDSDocumentEntryStatus", "ValueList": {"Value": [APPROVED]}},
+            ],
+        },
+    )
+
+
+def test_zeep_builds_multi_patient_stored_query():
+    """ITI-51 (ITI TF-2b 3.51): an AdhocQueryRequest under its own action at the registry's address."""
+    envelope = _find_documents_for_multiple_patients()
+    assert envelope.findtext("soap:Header/wsa:Action", namespaces=NS) == ITI51[1]
+    assert envelope.findtext("soap:Header/wsa:To", namespaces=NS) == "http://localhost:8080/xds/registry"
+    req = _body(envelope)
+    assert req.tag == f"{{{NS['query']}}}AdhocQueryRequest"
+    assert req.find("rim:AdhocQuery", NS).get("id") == FIND_DOCUMENTS_MPQ
+
+
+@requires_corpus
+def test_zeep_multi_patient_query_is_valid_against_official_query_xsd():
+    if not (SCHEMAS / "ebRS" / "query.xsd").is_file():
+        pytest.skip("official ebRS query.xsd not in corpus")
+    assert_valid(_body(_find_documents_for_multiple_patients()))
 
 
 @requires_corpus

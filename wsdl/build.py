@@ -97,6 +97,14 @@ ITI42 = _xds(
     "lcm:SubmitObjectsRequest",
     "rs:RegistryResponse",
 )
+ITI51 = Operation(
+    "DocumentRegistry_MultiPatientStoredQuery",
+    "MultiPatientStoredQuery",
+    "urn:ihe:iti:2009:MultiPatientStoredQuery",
+    "urn:ihe:iti:2009:MultiPatientStoredQueryResponse",
+    "query:AdhocQueryRequest",
+    "query:AdhocQueryResponse",
+)
 ITI41 = _xds(
     "DocumentRepository_ProvideAndRegisterDocumentSet-b",
     "ProvideAndRegisterDocumentSet-b",
@@ -140,9 +148,9 @@ WSDLS: tuple[Wsdl, ...] = (
         "DocumentRegistry",
         IHE_XDSB,
         "xds-node IHE XDS.b Document Registry: Registry Stored Query (ITI-18), "
-        "Register Document Set-b (ITI-42)",
+        "Register Document Set-b (ITI-42), Multi-Patient Stored Query (ITI-51, internal consumers only)",
         "DocumentRegistry_Service",
-        (Port("DocumentRegistry", "/xds/registry", (ITI18, ITI42)),),
+        (Port("DocumentRegistry", "/xds/registry", (ITI18, ITI42, ITI51)),),
     ),
     Wsdl(
         "repository.wsdl",

@@ -4,6 +4,7 @@ This is the only module that knows every part of the node. Endpoint paths:
 
 ====================  =====================================================
 ``/xds/registry``     ITI-18 Registry Stored Query, ITI-42 Register Document Set-b
+                      ITI-51 Multi-Patient Stored Query (internal consumers only)
 ``/xds/repository``   ITI-41 Provide and Register Document Set-b, ITI-43 Retrieve Document Set
 ``/xca/query``        ITI-38 Cross Gateway Query (responding gateway)
 ``/xca/retrieve``     ITI-39 Cross Gateway Retrieve (responding gateway)
@@ -42,7 +43,7 @@ from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
 from xds_node.soap.limits import app_options
-from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti55
+from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti51, iti55
 
 log = logging.getLogger("xds_node")
 
@@ -121,6 +122,7 @@ class Node:
                 {
                     iti18.ACTION: iti18.make_handler(self.registry, audit=auditor),
                     iti42.ACTION: iti42.make_handler(self.registry, audit=auditor),
+                    iti51.ACTION: iti51.make_handler(self.registry, audit=auditor),  # internal consumers only
                 },
                 wsdl=wsdl / "registry.wsdl",
                 before=list(xds_gate),

@@ -117,6 +117,21 @@ def test_iti38_responding_gateway():
     assert objects(root, "2", "3") == []
 
 
+def test_iti51_is_a_query_named_by_its_transaction():
+    """ITI TF-2b 3.51.5: a Multi-Patient Stored Query is audited as a Query (110112, action E) with
+    EventTypeCode ITI-51 and the stored query as participant object (role 24)."""
+    mpq = "urn:uuid:3d1bdb10-39a2-11de-89c2-2f44d94eaa9f"
+    root = render(make(transaction="ITI-51", query_id=mpq, partner_community=None,
+                       endpoint="https://gw.va.example/xds/registry"))
+    ev = root.find("EventIdentification")
+    assert ev.get("EventActionCode") == "E"
+    assert coded(ev.find("EventID")) == ("110112", "DCM", "Query")
+    assert coded(ev.find("EventTypeCode")) == ("ITI-51", "IHE Transactions", "Multi-Patient Stored Query")
+    [q] = objects(root, "2", "24")
+    assert q.get("ParticipantObjectID") == mpq
+    assert coded(q.find("ParticipantObjectIDTypeCode")) == ("ITI-51", "IHE Transactions", "Multi-Patient Stored Query")
+
+
 def test_iti39_responding_gateway_exports_documents():
     root = render(make(transaction="ITI-39", query_id=None, document_ids=["1.2.3", "1.2.4"],
                        repository_unique_id="1.3.6.1.4.1.21367.2026.1.2"))  # fmt: skip

@@ -142,10 +142,22 @@ def test_zeep_cases_used_the_published_wsdl(results):
     """The zeep cases exist in each suite and passed (zeep built/sent from GET ?wsdl)."""
     zeep_cases = {(s, c.id): c for s, r in results.items() for c in r.cases if c.id.startswith("zeep-")}
     assert set(zeep_cases) == {("registry", "zeep-iti18-find-documents"), ("repository", "zeep-iti43-retrieve"),
-                               ("responding_gateway", "zeep-iti38-iti39")}
+                               ("responding_gateway", "zeep-iti38-iti39"),
+                               ("registry", "zeep-iti51-find-documents-multiple-patients")}
     assert all(c.outcome == "passed" for c in zeep_cases.values())
-    sent = zeep_cases[("registry", "zeep-iti18-find-documents")].steps[-1]
-    assert any("zeep parsed the answer: status=urn:oasis" in n for n in sent.notes)
+    for case in ("zeep-iti18-find-documents", "zeep-iti51-find-documents-multiple-patients"):
+        sent = zeep_cases[("registry", case)].steps[-1]
+        assert any("zeep parsed the answer: status=urn:oasis" in n for n in sent.notes)
+
+
+def test_registry_suite_covers_iti51(results):
+    """ITI-51 runs in the self-test: one query returned the documents of two patients registered apart."""
+    cases = {c.id: c for c in results["registry"].cases}
+    case = cases["iti51-two-patients-one-query"]
+    assert case.outcome == "passed", case.reason
+    mpq = [s for s in case.steps if s.transaction == "ITI-51"]
+    assert [s.id for s in mpq] == ["mpq-leafclass", "mpq-objectref"]
+    assert all(s.exchange is not None and s.exchange.status == 200 for s in mpq)
 
 
 def test_security_negatives_were_refused_with_faults(results):

@@ -109,11 +109,12 @@ TRANSACTION_NAMES: dict[str, str] = {
     "ITI-41": "Provide and Register Document Set-b",
     "ITI-42": "Register Document Set-b",
     "ITI-43": "Retrieve Document Set",
+    "ITI-51": "Multi-Patient Stored Query",
     "ITI-55": "Cross Gateway Patient Discovery",
 }
 
 #: Transactions that are queries (DICOM EventID 110112 "Query", action E).
-QUERY_TRANSACTIONS = frozenset({"ITI-18", "ITI-38", "ITI-55"})
+QUERY_TRANSACTIONS = frozenset({"ITI-18", "ITI-38", "ITI-51", "ITI-55"})
 #: Transactions that move documents: who sends exports (R), who receives imports (C).
 RETRIEVE_TRANSACTIONS = frozenset({"ITI-39", "ITI-43"})
 SUBMIT_TRANSACTIONS = frozenset({"ITI-41", "ITI-42"})

@@ -4,6 +4,8 @@ The table (:data:`QUERIES`) is the single statement of which parameters each of 
 queries takes, which are required, which take several values, and which pairs are mutually
 exclusive; :func:`parse_query` checks a request against it and returns typed parameters, or the
 IHE errors (XDSUnknownStoredQuery, XDSStoredQueryMissingParam, XDSStoredQueryParamNumber, ...).
+:data:`MULTI_PATIENT_QUERIES` is the same for the two ITI-51 queries; each transaction parses
+against its own table, so an ITI-51 query id sent as ITI-18/38 is unknown there, and vice versa.
 
 Value syntax (ITI TF-2a 3.18.4.1.2.3.4): a Value is ``'text'``, a number, or a list ``('a','b')``;
 values within one Slot are ORed; repeating a Slot (only for the code-list parameters that allow
@@ -37,6 +39,7 @@ class Param:
     required: bool = False
     multiple: bool = False
     and_or: bool = False  # may repeat the Slot to AND value groups
+    max_values: int | None = None  # most values one Slot may carry (None: no limit of its own)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class QuerySpec:
     #: the parameter that carries the patient id, for queries keyed by patient (XCA: no ``home``
     #: needed; gateways route and check consent on it)
     patient_param: str | None = None
+    #: a LeafClass answer may span patients (ITI-51); otherwise XDSResultNotSinglePatient
+    multi_patient: bool = False
 
     @property
     def patient_keyed(self) -> bool:
@@ -85,6 +90,14 @@ _DOC_ID_SINGLE = (Param("$XDSDocumentEntryEntryUUID"), Param("$XDSDocumentEntryU
 _HOME = Param("$homeCommunityId")
 _ONE_DOC = (("$XDSDocumentEntryEntryUUID", "$XDSDocumentEntryUniqueId"),)
 
+_FIND_FOLDERS_PARAMS = (
+    Param("$XDSFolderPatientId", required=True),
+    Param("$XDSFolderLastUpdateTimeFrom", Kind.TIME),
+    Param("$XDSFolderLastUpdateTimeTo", Kind.TIME),
+    Param("$XDSFolderCodeList", Kind.CODE, multiple=True, and_or=True),
+    Param("$XDSFolderStatus", Kind.STATUS, required=True, multiple=True),
+)
+
 QUERIES: dict[str, QuerySpec] = {
     Q.FIND_DOCUMENTS: QuerySpec("FindDocuments", _FIND_DOCUMENTS_PARAMS,
                                 patient_param="$XDSDocumentEntryPatientId"),
@@ -107,17 +120,7 @@ QUERIES: dict[str, QuerySpec] = {
         ),
         patient_param="$XDSSubmissionSetPatientId",
     ),
-    Q.FIND_FOLDERS: QuerySpec(
-        "FindFolders",
-        (
-            Param("$XDSFolderPatientId", required=True),
-            Param("$XDSFolderLastUpdateTimeFrom", Kind.TIME),
-            Param("$XDSFolderLastUpdateTimeTo", Kind.TIME),
-            Param("$XDSFolderCodeList", Kind.CODE, multiple=True, and_or=True),
-            Param("$XDSFolderStatus", Kind.STATUS, required=True, multiple=True),
-        ),
-        patient_param="$XDSFolderPatientId",
-    ),
+    Q.FIND_FOLDERS: QuerySpec("FindFolders", _FIND_FOLDERS_PARAMS, patient_param="$XDSFolderPatientId"),
     Q.GET_ALL: QuerySpec(
         "GetAll",
         (
@@ -155,6 +158,27 @@ QUERIES: dict[str, QuerySpec] = {
          Param("$XDSDocumentEntryType", multiple=True), _HOME),
         _ONE_DOC,
     ),
+}
+
+#: Patient ids one ITI-51 request may list: bounds the SQL it becomes (SQLite allows ~32k bound
+#: values per statement) and the work one internal consumer can ask for in a single call.
+MAX_PATIENT_IDS = 1000
+
+
+def _patient_list(params: tuple[Param, ...], name: str) -> tuple[Param, ...]:
+    """ITI-51: the patient id parameter becomes optional and multi-valued (a list of patients, ORed)."""
+    return tuple(Param(name, multiple=True, max_values=MAX_PATIENT_IDS) if p.name == name else p for p in params)
+
+
+#: ITI-51 Multi-Patient Stored Query (ITI TF-2b 3.51.4.1.2.3): FindDocuments / FindFolders with an
+#: optional patient list; every other parameter keeps its ITI-18 rules.
+MULTI_PATIENT_QUERIES: dict[str, QuerySpec] = {
+    Q.FIND_DOCUMENTS_FOR_MULTIPLE_PATIENTS: QuerySpec(
+        "FindDocumentsForMultiplePatients",
+        _patient_list(_FIND_DOCUMENTS_PARAMS, "$XDSDocumentEntryPatientId"), multi_patient=True),
+    Q.FIND_FOLDERS_FOR_MULTIPLE_PATIENTS: QuerySpec(
+        "FindFoldersForMultiplePatients",
+        _patient_list(_FIND_FOLDERS_PARAMS, "$XDSFolderPatientId"), multi_patient=True),
 }
 
 QUERY_NAMES = {spec.name: qid for qid, spec in QUERIES.items()}
@@ -224,9 +248,10 @@ def _err(code: str, context: str) -> RegistryError:
     return RegistryError(code=code, context=context)
 
 
-def parse_query(query: StoredQuery) -> Params:
-    """Check ``query`` against its spec; raise QueryError listing every problem found."""
-    spec = QUERIES.get(query.query_id)
+def parse_query(query: StoredQuery, queries: dict[str, QuerySpec] = QUERIES) -> Params:
+    """Check ``query`` against its spec in ``queries`` (the transaction's table); raise QueryError
+    listing every problem found."""
+    spec = queries.get(query.query_id)
     if spec is None:
         raise QueryError([_err(v.ErrorCode.UNKNOWN_STORED_QUERY, f"Unknown stored query id {query.query_id!r}")])
     errors: list[RegistryError] = []
@@ -247,6 +272,11 @@ def parse_query(query: StoredQuery) -> Params:
         if not param.multiple and len(groups[0]) > 1:
             errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
                                f"{spec.name}: parameter {name} takes a single value, got {len(groups[0])}"))
+            continue
+        if param.max_values is not None and len(groups[0]) > param.max_values:
+            errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
+                               f"{spec.name}: parameter {name} takes at most {param.max_values} values, "
+                               f"got {len(groups[0])}"))
             continue
         for group in groups:
             for value in group:

@@ -171,6 +171,9 @@ class StoredQueryId(StrEnum):
     GET_FOLDERS_FOR_DOCUMENT = "urn:uuid:10cae35a-c7f9-4cf5-b61e-fc3278ffb578"
     GET_RELATED_DOCUMENTS = "urn:uuid:d90e5407-b356-4d91-a89f-873917b4b0e6"
     FIND_DOCUMENTS_BY_REFERENCE_ID = "urn:uuid:12941a89-e02e-4be5-967c-ce4bfc8fe492"
+    # ITI-51 Multi-Patient Stored Query (ITI TF-2b 3.51.4.1.2.3); never accepted by ITI-18/38
+    FIND_DOCUMENTS_FOR_MULTIPLE_PATIENTS = "urn:uuid:3d1bdb10-39a2-11de-89c2-2f44d94eaa9f"
+    FIND_FOLDERS_FOR_MULTIPLE_PATIENTS = "urn:uuid:50d3f5ac-39a2-11de-a1ca-b366239e58df"
 
 
 # --- SOAP actions -------------------------------------------------------------------------------
@@ -181,6 +184,7 @@ class Action(StrEnum):
     ITI41 = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
     ITI42 = "urn:ihe:iti:2007:RegisterDocumentSet-b"
     ITI43 = "urn:ihe:iti:2007:RetrieveDocumentSet"
+    ITI51 = "urn:ihe:iti:2009:MultiPatientStoredQuery"
     ITI55 = "urn:hl7-org:v3:PRPA_IN201305UV02:CrossGatewayPatientDiscovery"
     ITI55_RESPONSE = "urn:hl7-org:v3:PRPA_IN201306UV02:CrossGatewayPatientDiscovery"
 

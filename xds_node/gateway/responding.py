@@ -39,6 +39,7 @@ TRANSACTION_OF_ACTION = {
     v.Action.ITI41: "ITI-41",
     v.Action.ITI42: "ITI-42",
     v.Action.ITI43: "ITI-43",
+    v.Action.ITI51: "ITI-51",
 }
 
 
@@ -97,11 +98,14 @@ class Auditor:
 
     def __call__(self, req: SoapRequest, transaction: str, result: Any) -> None:
         outcome, patient, documents, reason = _describe(result)
-        event = AuditEvent.from_principal(
-            req.principal, transaction=transaction, outcome=outcome, patient_id=patient,
-            document_ids=documents, query_id=getattr(result, "query_id", None),
-            message_id=req.message_id or "", endpoint=req.path, remote_address=_remote(req), reason=reason)
-        self.audit.record(event)
+        per_patient = getattr(result, "documents_by_patient", None) or {}
+        # an answer spanning patients (ITI-51) is one row per patient: each accounting shows it
+        rows = list(per_patient.items()) if len(per_patient) > 1 else [(patient, documents)]
+        for pid, docs in rows:
+            self.audit.record(AuditEvent.from_principal(
+                req.principal, transaction=transaction, outcome=outcome, patient_id=pid,
+                document_ids=docs, query_id=getattr(result, "query_id", None),
+                message_id=req.message_id or "", endpoint=req.path, remote_address=_remote(req), reason=reason))
 
     def iti55(self, req: SoapRequest, outcome: Any) -> None:
         """The XCPD handler's audit signature (request, XcpdOutcome)."""

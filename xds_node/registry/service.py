@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, StoredQuery, Submission
-from xds_node.ebxml.query import Params, QueryError, parse_query
+from xds_node.ebxml.query import QUERIES, Params, QueryError, QuerySpec, parse_query
 from xds_node.ebxml.validation import (
     FieldLimits,
     ValidationContext,
@@ -112,9 +112,11 @@ class Registry:
         return RegistryResponse.from_errors(errors)  # warnings only -> Success
 
     # --- ITI-18 ---------------------------------------------------------------------------------
-    def query(self, query: StoredQuery) -> QueryOutcome:
+    def query(self, query: StoredQuery, queries: dict[str, QuerySpec] = QUERIES) -> QueryOutcome:
+        """Run a stored query from ``queries``, the calling transaction's table (ITI-18/38:
+        ``QUERIES``, ITI-51: ``MULTI_PATIENT_QUERIES``)."""
         try:
-            params = parse_query(query)
+            params = parse_query(query, queries)
         except QueryError as exc:
             return QueryOutcome(v.ResponseStatus.FAILURE, errors=exc.errors)
         try:
@@ -122,7 +124,7 @@ class Registry:
         except TooManyResults as exc:
             return QueryOutcome(v.ResponseStatus.FAILURE, params=params,
                                 errors=[RegistryError(code=v.ErrorCode.TOO_MANY_RESULTS, context=str(exc))])
-        if params.leaf_class:
+        if params.leaf_class and not params.spec.multi_patient:
             patients = {r.patient_id for r in rows if r.patient_id}
             if len(patients) > 1:
                 return QueryOutcome(v.ResponseStatus.FAILURE, params=params, errors=[RegistryError(

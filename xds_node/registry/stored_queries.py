@@ -1,4 +1,4 @@
-"""The 14 ITI-18 stored queries as explicit SQL over the registry tables.
+"""The 14 ITI-18 stored queries and the two ITI-51 ones as explicit SQL over the registry tables.
 
 Each query is one small function from typed :class:`Params` to the rows it returns; the
 dispatcher at the bottom picks it by query id. Filters are built with SQLAlchemy Core so the
@@ -103,6 +103,9 @@ class QueryRunner:
             Q.GET_FOLDER_AND_CONTENTS: self.get_folder_and_contents,
             Q.GET_FOLDERS_FOR_DOCUMENT: self.get_folders_for_document,
             Q.GET_RELATED_DOCUMENTS: self.get_related_documents,
+            # ITI-51: the same SQL, keyed by a (possibly empty) list of patients
+            Q.FIND_DOCUMENTS_FOR_MULTIPLE_PATIENTS: self.find_documents,
+            Q.FIND_FOLDERS_FOR_MULTIPLE_PATIENTS: self.find_folders,
         }
 
     def run(self, params: Params) -> list[Row]:
@@ -147,11 +150,16 @@ class QueryRunner:
 
     # --- Find* ----------------------------------------------------------------------------------
     def find_documents(self, params: Params) -> list[Row]:
-        """FindDocuments / FindDocumentsByReferenceId, as one indexed SELECT in driver-level SQL."""
+        """FindDocuments / FindDocumentsByReferenceId / FindDocumentsForMultiplePatients, as one
+        SELECT in driver-level SQL (indexed by patient+status when patients are given)."""
         sql = Sql(self.store.engine.dialect.paramstyle)
-        sql += ("SELECT id, patient_id, rim, status FROM xds_document WHERE patient_id = "
-                + sql.p(params.one("$XDSDocumentEntryPatientId"))
-                + " AND status IN " + sql.in_(params.flat("$XDSDocumentEntryStatus")))
+        sql += "SELECT id, patient_id, rim, status FROM xds_document WHERE "
+        patients = list(dict.fromkeys(params.flat("$XDSDocumentEntryPatientId")))
+        if len(patients) == 1:
+            sql += "patient_id = " + sql.p(patients[0]) + " AND "
+        elif patients:
+            sql += "patient_id IN " + sql.in_(patients) + " AND "
+        sql += "status IN " + sql.in_(params.flat("$XDSDocumentEntryStatus"))
         types = params.flat("$XDSDocumentEntryType") or [v.STABLE_DOCUMENT_ENTRY]
         sql += " AND object_type IN " + sql.in_(types)
         for name, scheme in _FIND_DOCUMENT_CODES:
@@ -193,10 +201,13 @@ class QueryRunner:
         return self._rows("ss", stmt)
 
     def find_folders(self, params: Params) -> list[Row]:
+        """FindFolders (one patient) and FindFoldersForMultiplePatients (a list, or none: all)."""
         f = t.folders
         stmt = select(f.c.id, f.c.patient_id, f.c.rim, f.c.status).where(
-            f.c.patient_id == params.one("$XDSFolderPatientId"),
             f.c.status.in_(params.flat("$XDSFolderStatus")))
+        patients = list(dict.fromkeys(params.flat("$XDSFolderPatientId")))
+        if patients:
+            stmt = stmt.where(f.c.patient_id.in_(patients))
         stmt = _time_filter(stmt, f.c.last_update_time, params, "$XDSFolderLastUpdateTimeFrom",
                             "$XDSFolderLastUpdateTimeTo")
         stmt = _code_filter(stmt, f, params, "$XDSFolderCodeList", v.FOLDER_CODE_LIST)

@@ -87,6 +87,9 @@ class Audited:
     patient_ids: list[str] = field(default_factory=list)
     document_ids: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    #: For answers that span patients (ITI-51, id-keyed queries): each patient's documents, so
+    #: the audit writes one row per patient and every patient's accounting shows the disclosure.
+    documents_by_patient: dict[str, list[str]] | None = None
 
 
 def submission_audit(status: str, submission, errors) -> Audited:

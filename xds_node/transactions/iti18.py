@@ -35,8 +35,14 @@ def run_query(registry: Registry, body: etree._Element) -> QueryOutcome:
     return run_query_audited(registry, body)[0]
 
 
-def run_query_audited(registry: Registry, body: etree._Element) -> tuple[QueryOutcome, Audited]:
-    """The query's outcome and what the audit trail records of it (patient, document entries)."""
+def run_query_audited(registry: Registry, body: etree._Element,
+                      queries=QUERIES) -> tuple[QueryOutcome, Audited]:
+    """The query's outcome and what the audit trail records of it (patients, document entries).
+
+    ``queries`` is the transaction's stored-query table (ITI-51 passes its multi-patient one).
+    The documents are kept per patient, so an answer spanning patients is audited once for each:
+    every patient's accounting of disclosures then shows it.
+    """
     expect_body(body, v.QUERY, "AdhocQueryRequest")
     try:
         query = rim.read_adhoc_query_request(body)
@@ -46,14 +52,18 @@ def run_query_audited(registry: Registry, body: etree._Element) -> tuple[QueryOu
         outcome = QueryOutcome(v.ResponseStatus.FAILURE,
                                errors=[RegistryError(code=v.ErrorCode.REGISTRY_ERROR, context=str(exc))])
         return outcome, Audited(outcome.status, errors=[e.code for e in outcome.errors])
-    outcome = registry.query(query)
-    spec = QUERIES.get(query.query_id)
+    outcome = registry.query(query, queries)
+    spec = queries.get(query.query_id)
     pid = outcome.params.one(spec.patient_param) if outcome.params is not None and spec and spec.patient_param \
-        else None
+        and not spec.multi_patient else None
     patients = [pid] if pid else sorted({r.patient_id for r in outcome.rows if r.patient_id})
+    by_patient: dict[str, list[str]] = {p: [] for p in patients}
+    for r in outcome.rows:
+        if r.kind == "doc" and r.patient_id in by_patient:
+            by_patient[r.patient_id].append(r.id)
     return outcome, Audited(outcome.status, query_id=query.query_id, patient_ids=patients,
                             document_ids=[r.id for r in outcome.rows if r.kind == "doc"],
-                            errors=[e.code for e in outcome.errors])
+                            errors=[e.code for e in outcome.errors], documents_by_patient=by_patient)
 
 
 def make_handler(registry: Registry, *, audit: Callable[[SoapRequest, str, Any], Any] | None = None):
