@@ -110,6 +110,7 @@ def world(tmp_path_factory):
     settings = load_settings(env={}, data_dir=ours, home_community_id=OURS, organization_name="VA test")
     node = Node(settings)
     node.patients.add_from_cda((ALEX / "ccd-2024.xml").read_bytes())
+    node.consent_store.grant(ALEX_ID, source="test")  # naming Alex to partners needs Alex's consent
     try:
         yield {"node": node, "proxies": proxies, "nodes": nodes, "dirs": dirs, "root": root}
     finally:

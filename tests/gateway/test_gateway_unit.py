@@ -29,6 +29,7 @@ from xds_node.gateway.outbound import AssertionCache, MtomStreamParser, Outbound
 from xds_node.patients.hl7v3 import build_prpa_in201306, parse_prpa_in201305
 from xds_node.patients.index import PatientIndex
 from xds_node.patients.model import Demographics, Patient, PatientId
+from xds_node.security.consent import ConsentPolicy, ConsentStore
 from xds_node.security.keys import generate_demo_keys, load_key_and_cert
 from xds_node.security.saml import InboundVerifier, RequesterContext, SecurityPolicy
 from xds_node.security.trust import Partner, TrustStore
@@ -84,11 +85,24 @@ def fault(reason: str = "busy") -> httpx.Response:
                           headers={"content-type": "application/soap+xml"})
 
 
+def consent_policy(tmp: Path, *granted: str, mode: str = "opt-in") -> ConsentPolicy:
+    """A real consent policy over its own SQLite database, with ``granted`` patients opted in."""
+    from xds_node.db import make_engine
+
+    store = ConsentStore(make_engine(f"sqlite:///{tmp / f'consent-{uuid.uuid4().hex}.db'}"))
+    store.create_schema()
+    for pid in granted:
+        store.grant(pid, source="test")
+    return ConsentPolicy(store, mode)  # type: ignore[arg-type]
+
+
 class World:
-    """Partners by host name, each with a behaviour(request message) -> httpx.Response."""
+    """Partners by host name, each with a behaviour(request message) -> httpx.Response.
+    Our patient LOCAL has opted in unless ``consent`` says otherwise."""
 
     def __init__(self, keys, behaviours: dict[str, Behaviour], *, tmp: Path, options: dict | None = None,
-                 match_mode: str = "verify", patients: PatientIndex | None = None, memory_limit: int = 256 * 1024):
+                 match_mode: str = "verify", patients: PatientIndex | None = None, memory_limit: int = 256 * 1024,
+                 consent: ConsentPolicy | None = None):
         self.behaviours = behaviours
         self.calls: Counter[tuple[str, str]] = Counter()
         self.messages: list = []
@@ -97,8 +111,9 @@ class World:
         self.assertions = AssertionCache(keys[0], keys[1], issuer="CN=VA initiating gateway")
         self.client = OutboundClient(self.assertions, transport=httpx.MockTransport(self._handle),
                                      spool_dir=tmp / "spool", memory_limit=memory_limit)
+        self.consent = consent or consent_policy(tmp, LOCAL.cx)
         self.gw = InitiatingGateway(self.client, trust=store, home_community_id=OURS, patients=patients,
-                                    match_mode=match_mode)
+                                    match_mode=match_mode, consent=self.consent)
 
     async def _handle(self, request: httpx.Request) -> httpx.Response:
         content = await request.aread()

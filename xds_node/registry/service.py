@@ -8,6 +8,7 @@ the caller, not decided here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -102,7 +103,10 @@ class Registry:
         return RegistryResponse.from_errors(errors)  # warnings only -> Success
 
     # --- ITI-18 ---------------------------------------------------------------------------------
-    def query(self, query: StoredQuery) -> QueryOutcome:
+    def query(self, query: StoredQuery, *,
+              visible: Callable[[Params, list[Row]], list[Row]] | None = None) -> QueryOutcome:
+        """Run a stored query. ``visible`` (the XCA consent filter) drops what may not be disclosed
+        before the single-patient rule is applied, so an error never tells of withheld objects."""
         try:
             params = parse_query(query)
         except QueryError as exc:
@@ -112,6 +116,8 @@ class Registry:
         except TooManyResults as exc:
             return QueryOutcome(v.ResponseStatus.FAILURE, params=params,
                                 errors=[RegistryError(code=v.ErrorCode.TOO_MANY_RESULTS, context=str(exc))])
+        if visible is not None:
+            rows = visible(params, rows)
         if params.leaf_class:
             patients = {r.patient_id for r in rows if r.patient_id}
             if len(patients) > 1:
