@@ -330,10 +330,12 @@ class RetrieveResult:
     documents: list[RetrievedDocument] = field(default_factory=list)
     errors: list[RegistryError] = field(default_factory=list)
     partners: list[PartnerOutcome] = field(default_factory=list)
+    refused: str = ""  # why nothing was sent (consent), else empty
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": _short(self.status), "documents": [d.to_dict() for d in self.documents],
-                "errors": [_error_dict(e) for e in self.errors], "partners": [p.to_dict() for p in self.partners]}
+                "errors": [_error_dict(e) for e in self.errors], "partners": [p.to_dict() for p in self.partners],
+                "refused": self.refused}
 
 
 _R = f"{{{v.RIM}}}"
