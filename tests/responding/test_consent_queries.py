@@ -155,3 +155,32 @@ def test_the_withholding_is_audited_without_the_withheld_patient(world):
     event = node.audit.list(transaction="ITI-38")[0]
     assert event.outcome == "success" and "withheld" in event.reason
     assert event.patient_id in (None, "")
+
+
+def test_retrieve_withholds_a_document_whose_patient_the_registry_cannot_name(settings, key_template):
+    """With a remote registry (registry_url) our repository holds documents our registry does not
+    know: whose they are cannot be told, so ITI-39 answers for them as for unknown ids."""
+    from sqlalchemy import delete
+
+    from tests.responding.test_responding_gateway import SAMPLES, _docs_of, _retrieve
+    from xds_node.node import Node
+    from xds_node.registry import tables as t
+
+    shutil.copytree(key_template, settings.data_dir, dirs_exist_ok=True)
+    node = Node(settings)
+    client = SoapTestClient(app=node.app())
+    try:
+        assert not node.folder_indexer(SAMPLES / "alex-testpatient").sync().rejected
+        pid = "VET0001^^^&1.3.6.1.4.1.21367.2026.1.9&ISO"  # Alex Testpatient
+        node.consent_store.grant(pid, source="paper form")
+        known, orphan = _docs_of(node, pid)[:2]
+        with node.engine.begin() as conn:  # the registry no longer knows the second document
+            conn.execute(delete(t.documents).where(t.documents.c.unique_id == orphan))
+        reply = client.call("/xca/retrieve", v.Action.ITI39, _retrieve([known, orphan], node),
+                            headers=[Requester.demo_partner(settings.keys_dir).header()], mtom=True)
+        got = [d.findtext(f"{{{v.XDSB}}}DocumentUniqueId") for d in reply.body.iter(f"{{{v.XDSB}}}DocumentResponse")]
+        assert got == [known]
+        assert reply.error_codes == [v.ErrorCode.DOCUMENT_UNIQUE_ID_ERROR]
+    finally:
+        client.close()
+        node.close()

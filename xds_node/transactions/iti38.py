@@ -49,7 +49,7 @@ def _unknown_patient(home: str) -> QueryOutcome:
 
 
 def respond(registry: Registry, body: etree._Element, *, home: str,
-            consent: Callable[[str], bool] = lambda pid: True) -> tuple[bytes, XcaQueryResult]:
+            consent: Callable[[str], bool]) -> tuple[bytes, XcaQueryResult]:
     iti18.expect_body(body, v.QUERY, "AdhocQueryRequest")
     try:
         query = rim.read_adhoc_query_request(body)
@@ -109,7 +109,7 @@ def _finish(outcome: QueryOutcome, home: str, result: XcaQueryResult) -> tuple[b
 
 
 
-def make_handler(registry: Registry, *, home: str, consent: Callable[[str], bool] = lambda pid: True,
+def make_handler(registry: Registry, *, home: str, consent: Callable[[str], bool],
                  audit: Callable[[SoapRequest, str, Any], Any] | None = None):
     async def handle(req: SoapRequest) -> SoapResponse:
         body, result = await blocking(respond, registry, req.body, home=home, consent=consent)
