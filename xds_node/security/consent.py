@@ -22,12 +22,14 @@ The state at an instant ``at`` (:func:`status_from`), over the directives that h
 Always current: the decision is read from the database on every call, never from a per-process
 cache, so a grant or revocation made by any process (the CLI, another worker, another host on the
 same database) holds for the very next request everywhere. The read is one indexed SELECT in
-driver-level SQL. Measured with timeit per decision (2-core shared machine, 2,000 patients):
-SQLite 26 us (a version-counter read alone, the alternative "cache behind a change counter",
-15 us; ``SELECT 1`` 11 us); PostgreSQL 312 us (version read 245 us; ``SELECT 1`` 169 us, pool
-pre-ping included). Either way the round trip dominates, so a cache would save 11-70 us per request
-at the price of an invariant every writer must keep; the same read through SQLAlchemy statements
-cost 131-177 us on SQLite, hence the driver-level SQL.
+driver-level SQL. Measured with timeit per :meth:`ConsentPolicy.decide` (2-core machine shared with
+other jobs, 2,000 patients, best of 5 x 2,000): SQLite 33-43 us, against 13-14 us for reading a
+change counter alone (what "cache behind a version" would still pay per request) and 11 us for
+``SELECT 1``; PostgreSQL 319-390 us, against 302-413 us for the counter read and 169-313 us for
+``SELECT 1`` (pool pre-ping included). The round trip dominates, so a cache would save at most
+~25 us on SQLite and nothing measurable on PostgreSQL, at the price of an invariant every writer
+(and every manual fix in SQL) must keep; per-request reads it is. The same read built with
+SQLAlchemy statements cost 131-177 us on SQLite, hence the driver-level SQL.
 
 Times are stored as naive UTC; anything handed in without a timezone is taken to be UTC.
 """
