@@ -58,6 +58,7 @@ def harness(tmp_path_factory):
         report = node.folder_indexer(SAMPLES).sync()
         assert report.registered, report.rejected
         node.consent_store.grant(PATIENT, source="test")
+        VARIABLES["withheld_uuid"] = _document_of_someone_else(node)  # the other sample patients have not opted in
         node.patients.save_correlation(PATIENT, DEMO_HOME_COMMUNITY_ID, PATIENT.split("^")[0], PATIENT.split("&")[1])
     finally:
         node.close()
@@ -67,6 +68,15 @@ def harness(tmp_path_factory):
         yield live, signer
     finally:
         live.stop()
+
+
+def _document_of_someone_else(node) -> str:
+    from sqlalchemy import select
+
+    from xds_node.registry import tables as t
+
+    with node.engine.connect() as conn:
+        return conn.scalar(select(t.documents.c.id).where(t.documents.c.patient_id != PATIENT).limit(1))
 
 
 @pytest.fixture(scope="module")
