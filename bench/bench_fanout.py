@@ -130,6 +130,7 @@ def _world(ports: list[int], tmp: Path, keys, signing_threads: int = 2, lean_htt
     from xds_node.gateway.initiating import InitiatingGateway
     from xds_node.gateway.outbound import AssertionCache, OutboundClient
     from xds_node.patients.index import PatientIndex
+    from xds_node.security.consent import ConsentPolicy, ConsentStore
     from xds_node.security.trust import Partner, TrustStore
 
     trust = TrustStore()
@@ -144,7 +145,11 @@ def _world(ports: list[int], tmp: Path, keys, signing_threads: int = 2, lean_htt
     assertions = AssertionCache(keys[0], keys[1], issuer="CN=bench")
     client = OutboundClient(assertions, max_connections=max(512, 2 * len(ports)), spool_dir=tmp / "spool",
                             signing_threads=signing_threads, lean_http=lean_http)
-    return InitiatingGateway(client, trust=trust, home_community_id=OURS, patients=index), assertions, client
+    consent = ConsentStore(index.engine)
+    consent.create_schema()
+    consent.grant(LOCAL, source="bench")
+    return (InitiatingGateway(client, trust=trust, home_community_id=OURS, patients=index,
+                              consent=ConsentPolicy(consent)), assertions, client)
 
 
 def _ctx():

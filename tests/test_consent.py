@@ -1,4 +1,4 @@
-"""Patient consent: append-only history, the directive in effect at an instant, the cached policy."""
+"""Patient consent: append-only history, the directive in effect at an instant, the policy."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from tests.conftest import _database_url
 from xds_node.db import make_engine, metadata
 from xds_node.security.consent import (
     ConsentPolicy,
@@ -25,8 +26,8 @@ def days(n: float) -> timedelta:
 
 
 @pytest.fixture
-def engine(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path}/x.db")
+def engine(tmp_path, backend):
+    engine = make_engine(_database_url(backend, tmp_path))
     metadata.create_all(engine)
     yield engine
     engine.dispose()
@@ -164,46 +165,90 @@ def test_purpose_limited_grant(store):
     assert store.history(PID)[0].purposes == ("TREATMENT",)
 
 
-def test_cache_invalidated_by_grant_and_revoke_in_process(store):
-    calls = []
-    real_status = store.status
-
-    def counting(patient_id, at=None):
-        calls.append(patient_id)
-        return real_status(patient_id, at)
-
-    store.status = counting  # type: ignore[method-assign]
-    policy = ConsentPolicy(store, ttl=3600)
-    assert not policy.allows(PID)
-    assert not policy.allows(PID)
-    assert calls == [PID]  # second decision came from the cache
-    store.grant(PID, source="online", effective_from=T0)
-    assert policy.allows(PID)  # invalidated: re-read
-    assert calls == [PID, PID]
-    store.revoke(PID, source="online")
-    assert not policy.allows(PID)
-    assert calls == [PID, PID, PID]
-
-
-def test_cache_is_bypassed_by_another_store_until_ttl(engine):
-    # a grant recorded by another process (another store) is seen once the entry expires
+def test_decision_made_by_another_store_is_seen_at_once(engine):
+    # no per-process cache: what another process (another store on the same database) records
+    # holds for the very next decision of this one
     writer = ConsentStore(engine)
-    reader = ConsentStore(engine)
-    stale = ConsentPolicy(reader, ttl=3600)
-    fresh = ConsentPolicy(reader, ttl=0)
-    assert not stale.allows(PID) and not fresh.allows(PID)
+    policy = ConsentPolicy(ConsentStore(engine))
+    assert not policy.allows(PID)
     writer.grant(PID, source="online", effective_from=T0)
-    assert not stale.allows(PID)  # cached within its TTL
-    assert fresh.allows(PID)
-    stale.invalidate()
-    assert stale.allows(PID)
+    assert policy.allows(PID)
+    writer.revoke(PID, source="online")
+    assert not policy.allows(PID)
+    writer.grant(PID, source="online")
+    assert policy.allows(PID)
 
 
-def test_cache_is_bounded(store):
-    policy = ConsentPolicy(store, max_entries=3)
-    for i in range(10):
-        policy.allows(f"{i}^^^&1.2.3&ISO")
-    assert len(policy._cache) == 3
+def test_revocation_ends_a_scheduled_grant(store):
+    # grant from now+15 s, revoke now: the grant never takes effect, and `show` says revoked
+    now = datetime.now(UTC)
+    store.grant(PID, source="online", effective_from=now + timedelta(seconds=15))
+    r = store.revoke(PID, source="online", effective_from=now)
+    later = now + timedelta(seconds=20)
+    st = store.status(PID, later)
+    assert st.state == "revoked" and st.directive.id == r.id
+    assert not ConsentPolicy(store).allows(PID, later)
+    assert ConsentPolicy(store, "opt-out").allows(PID, later) is False
+    assert format_history(store.history(PID), at=later).splitlines()[-1].startswith(f"patient {PID}: revoked")
+    # far in the future too: nothing brings the ended grant back
+    assert store.status(PID, now + days(400)).state == "revoked"
+
+
+def test_revocation_ends_a_time_limited_grant_and_a_later_grant_counts_from_its_start(store):
+    store.grant(PID, source="paper form", effective_from=T0, effective_until=T0 + days(100))
+    store.grant(PID, source="paper form", effective_from=T0 + days(50))  # scheduled, open-ended
+    store.revoke(PID, source="online", effective_from=T0 + days(10))
+    for day in (11, 49, 51, 99, 101):
+        assert store.status(PID, T0 + days(day)).state == "revoked", day
+    assert store.status(PID, T0 + days(5)).state == "granted"  # before the revocation started
+    g = store.grant(PID, source="in person", effective_from=T0 + days(60))  # re-opt-in
+    assert store.status(PID, T0 + days(59)).state == "revoked"
+    st = store.status(PID, T0 + days(61))
+    assert st.state == "granted" and st.directive.id == g.id
+
+
+def test_scheduled_revocation_ends_grants_only_from_its_start(store):
+    now = datetime.now(UTC)
+    store.grant(PID, source="online", effective_from=now - days(1))
+    store.revoke(PID, source="online", effective_from=now + days(1))
+    policy = ConsentPolicy(store)
+    assert policy.allows(PID)
+    assert not policy.allows(PID, now + days(2))
+
+
+def test_recording_order_is_the_row_id_not_the_clock():
+    # a grant recorded after the revocation (higher id) wins even if its host clock ran behind
+    from xds_node.security.consent import Directive, status_from
+
+    def d(id_, kind, start, recorded):
+        return Directive(id_, PID, kind, start, None, "online", "", recorded, "")
+
+    revoke = d(1, "revoke", T0, T0 + days(2))
+    regrant = d(2, "opt-in", T0 + days(1), T0 + days(1))
+    assert status_from([revoke, regrant], T0 + days(3)).state == "granted"
+    assert status_from([d(1, "opt-in", T0 + days(1), T0 + days(1)), d(2, "revoke", T0, T0)],
+                       T0 + days(3)).state == "revoked"
+
+
+def test_decision_explains_itself(store):
+    policy = ConsentPolicy(store)
+    assert "not opted in" in policy.decide(PID).reason
+    store.grant(PID, source="online", effective_from=T0, purposes=["TREATMENT"])
+    assert policy.decide(PID, purpose="TREATMENT")
+    refused = policy.decide(PID, purpose="PAYMENT")
+    assert not refused and "limited to purpose of use TREATMENT" in refused.reason
+    r = store.revoke(PID, source="online")
+    refused = policy.decide(PID)
+    assert not refused and refused.reason == f"consent revoked (directive #{r.id})"
+
+
+def test_patient_id_must_be_cx(store):
+    for bad in ("VET0002", "VET0002^^^&1.2.3", "VET0002^^^1.2.3&ISO", "^^^&1.2.3&ISO", "VET0002^^^&abc&ISO"):
+        with pytest.raises(ValueError, match="CX"):
+            store.grant(bad, source="online")
+        with pytest.raises(ValueError, match="CX"):
+            store.revoke(bad, source="online")
+    assert store.grant(" VET0002^^^&1.2.3&ISO ", source="online").patient_id == "VET0002^^^&1.2.3&ISO"
 
 
 def test_mode_is_checked(store):

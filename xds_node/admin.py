@@ -237,21 +237,40 @@ def _clients(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- consent ------------------------------------------------------------------------------------
 def cmd_consent(args: argparse.Namespace) -> int:
-    from xds_node.security.consent import format_history
+    """grant / revoke / show. A patient id that is not a CX is refused (exit 2) before anything is
+    written; a patient missing from the patient index is only warned about (``--force``: silent),
+    because consent may be recorded before the patient's first document arrives."""
+    from xds_node.security.consent import check_patient_id, format_history
 
+    patient = args.patient
+    try:
+        if args.action in ("grant", "revoke"):
+            patient = check_patient_id(args.patient)
+        start, until = _when(args.start), _when(args.until)
+    except ValueError as exc:
+        print(f"consent {args.action}: {exc}", file=sys.stderr)
+        return 2
     node = _node(args)
     try:
         store = node.consent_store
-        if args.action == "grant":
-            store.grant(args.patient, source=args.source, effective_from=_when(args.start),
-                        effective_until=_when(args.until), recorded_by=args.by, note=args.note)
-        elif args.action == "revoke":
-            store.revoke(args.patient, source=args.source, effective_from=_when(args.start),
-                         recorded_by=args.by, note=args.note)
-        status = store.status(args.patient)
-        print(f"{args.patient}: {status.state} (mode {node.settings.consent_mode})")
+        if args.action in ("grant", "revoke") and not args.force and node.patients.get(patient) is None:
+            print(f"consent {args.action}: warning: {patient} is not in the patient index (recording it anyway; "
+                  "check the id, or add the patient with `xds-node patients add`; --force silences this)",
+                  file=sys.stderr)
+        try:
+            if args.action == "grant":
+                store.grant(patient, source=args.source, effective_from=start, effective_until=until,
+                            recorded_by=args.by, note=args.note)
+            elif args.action == "revoke":
+                store.revoke(patient, source=args.source, effective_from=start, recorded_by=args.by,
+                             note=args.note)
+        except ValueError as exc:
+            print(f"consent {args.action}: {exc}", file=sys.stderr)
+            return 2
+        status = store.status(patient)
+        print(f"{patient}: {status.state} (mode {node.settings.consent_mode})")
         if args.action == "show":
-            print(format_history(store.history(args.patient)))
+            print(format_history(store.history(patient)))
     finally:
         node.close()
     return 0
@@ -435,12 +454,13 @@ def add_parsers(sub) -> None:
 
     p = common(sub.add_parser("consent", help="patient opt-in / revocation"))
     p.add_argument("action", choices=["grant", "revoke", "show"])
-    p.add_argument("patient", help="patient id as registered, e.g. 'VET0001^^^&1.2.3&ISO'")
+    p.add_argument("patient", help="patient id as registered, a CX: 'VET0001^^^&1.2.3&ISO'")
     p.add_argument("--source", default="in person", help="paper form, online, in person, ...")
     p.add_argument("--start", help="effective from (ISO 8601; default now)")
     p.add_argument("--until", help="effective until (ISO 8601)")
     p.add_argument("--by", default="", help="who recorded it")
     p.add_argument("--note", default="")
+    p.add_argument("--force", action="store_true", help="no warning when the patient is not in the patient index")
     p.set_defaults(func=cmd_consent)
 
     p = common(sub.add_parser("audit", help="list or export audit events; accounting of disclosures"))

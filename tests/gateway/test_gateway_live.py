@@ -110,6 +110,7 @@ def world(tmp_path_factory):
     settings = load_settings(env={}, data_dir=ours, home_community_id=OURS, organization_name="VA test")
     node = Node(settings)
     node.patients.add_from_cda((ALEX / "ccd-2024.xml").read_bytes())
+    node.consent_store.grant(ALEX_ID, source="test")  # naming Alex to partners needs Alex's consent
     try:
         yield {"node": node, "proxies": proxies, "nodes": nodes, "dirs": dirs, "root": root}
     finally:
@@ -377,3 +378,68 @@ def test_command_line_tables_for_people(world, capsys, monkeypatch):
     progress, table = captured.err, captured.out
     assert "timed out" in progress and "answered" in progress and "failed" in progress
     assert "5 document(s)" in table and "XDSUnavailableCommunity" in table and "PartialSuccess" in table
+
+
+def test_our_patient_is_named_to_partners_only_with_consent(world, capsys, monkeypatch):
+    """XCPD, ITI-38 and /ig/registry for our patient reveal the patient to every partner: after a
+    revocation nothing is sent (the loopback partners see no request), the command says why and
+    exits 2, the refusal is audited; opting in again lets the calls go out again."""
+    from xds_node.gateway import commands
+
+    node = world["node"]
+    correlate_everywhere(node)
+    proxies = world["proxies"]
+    monkeypatch.setenv("XDS_HOME_COMMUNITY_ID", OURS)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    commands.add_parsers(parser.add_subparsers(dest="command"))
+    demo = node.patients.get(ALEX_ID).demographics
+    data = ["--data-dir", str(node.settings.data_dir)]
+    discover = ["discover", "--family", demo.family, "--given", demo.given[0], "--birth-date", demo.birth_date,
+                "--gender", demo.gender, *data]
+
+    def sent() -> int:
+        return sum(sum(p.counts.values()) for p in proxies.values())
+
+    def ig_find_documents():
+        app = SoapApp(ig.endpoints(node))
+
+        async def main():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ig") as client:
+                query = rim.write_adhoc_query_request(StoredQuery(v.StoredQueryId.FIND_DOCUMENTS, slots={
+                    "$XDSDocumentEntryPatientId": [[f"'{ALEX_ID}'"]],
+                    "$XDSDocumentEntryStatus": [["('urn:oasis:names:tc:ebxml-regrep:StatusType:Approved')"]]}))
+                payload, ct, _ = build_request(v.Action.ITI18, query, to="http://ig" + ig.IG_REGISTRY_PATH)
+                resp = await client.post(ig.IG_REGISTRY_PATH, content=payload, headers={"content-type": ct})
+                return parse_envelope(resp.content, resp.headers["content-type"], require_action=False)
+
+        return asyncio.run(main())
+
+    revocation = node.consent_store.revoke(ALEX_ID, source="online", note="patient called")
+    try:
+        before = sent()
+        for argv in (discover, ["query", ALEX_ID, *data], ["retrieve-remote", "--patient", ALEX_ID, "-o",
+                                                           str(world["root"] / "out-refused"), *data]):
+            args = parser.parse_args(argv)
+            assert args.func(args) == 2, argv[0]
+            err = capsys.readouterr().err
+            assert f"{argv[0]}: refused: patient {ALEX_ID} may not be named to partner communities: " \
+                   f"consent revoked (directive #{revocation.id}); nothing was sent" in err
+        reply = ig_find_documents()
+        assert reply.body.get("status") == v.ResponseStatus.FAILURE
+        assert "consent revoked" in reply.body.find(f".//{{{v.RS}}}RegistryError").get("codeContext")
+        assert sent() == before  # not one request reached a partner
+        denied = [e for e in node.audit.list(outcome="denied") if e.direction == "outbound"]
+        assert {e.transaction for e in denied} == {"ITI-55", "ITI-38"}
+        assert all(e.patient_id == ALEX_ID and "consent revoked" in e.reason for e in denied)
+        # a discovery naming our patient explicitly, or an id that is not a CX, is refused too
+        args = parser.parse_args(["discover", "--patient", ALEX_ID, *discover[1:]])
+        assert args.func(args) == 2
+        args = parser.parse_args(["query", "VET0001", *data])
+        assert args.func(args) == 2 and "not in CX form" in capsys.readouterr().err
+        assert sent() == before
+    finally:
+        node.consent_store.grant(ALEX_ID, source="paper form", note="opted in again")
+    args = parser.parse_args(["query", ALEX_ID, "--json", *data])
+    assert args.func(args) == 1 and json.loads(capsys.readouterr().out)["documents"]  # PartialSuccess: B, C fail
+    assert sent() > before

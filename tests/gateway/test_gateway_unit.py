@@ -8,6 +8,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from xds_node.gateway.outbound import AssertionCache, MtomStreamParser, Outbound
 from xds_node.patients.hl7v3 import build_prpa_in201306, parse_prpa_in201305
 from xds_node.patients.index import PatientIndex
 from xds_node.patients.model import Demographics, Patient, PatientId
+from xds_node.security.consent import ConsentPolicy, ConsentStore
 from xds_node.security.keys import generate_demo_keys, load_key_and_cert
 from xds_node.security.saml import InboundVerifier, RequesterContext, SecurityPolicy
 from xds_node.security.trust import Partner, TrustStore
@@ -84,11 +86,24 @@ def fault(reason: str = "busy") -> httpx.Response:
                           headers={"content-type": "application/soap+xml"})
 
 
+def consent_policy(tmp: Path, *granted: str, mode: str = "opt-in") -> ConsentPolicy:
+    """A real consent policy over its own SQLite database, with ``granted`` patients opted in."""
+    from xds_node.db import make_engine
+
+    store = ConsentStore(make_engine(f"sqlite:///{tmp / f'consent-{uuid.uuid4().hex}.db'}"))
+    store.create_schema()
+    for pid in granted:
+        store.grant(pid, source="test")
+    return ConsentPolicy(store, mode)  # type: ignore[arg-type]
+
+
 class World:
-    """Partners by host name, each with a behaviour(request message) -> httpx.Response."""
+    """Partners by host name, each with a behaviour(request message) -> httpx.Response.
+    Our patient LOCAL has opted in unless ``consent`` says otherwise."""
 
     def __init__(self, keys, behaviours: dict[str, Behaviour], *, tmp: Path, options: dict | None = None,
-                 match_mode: str = "verify", patients: PatientIndex | None = None, memory_limit: int = 256 * 1024):
+                 match_mode: str = "verify", patients: PatientIndex | None = None, memory_limit: int = 256 * 1024,
+                 consent: ConsentPolicy | None = None):
         self.behaviours = behaviours
         self.calls: Counter[tuple[str, str]] = Counter()
         self.messages: list = []
@@ -97,8 +112,9 @@ class World:
         self.assertions = AssertionCache(keys[0], keys[1], issuer="CN=VA initiating gateway")
         self.client = OutboundClient(self.assertions, transport=httpx.MockTransport(self._handle),
                                      spool_dir=tmp / "spool", memory_limit=memory_limit)
+        self.consent = consent or consent_policy(tmp, LOCAL.cx)
         self.gw = InitiatingGateway(self.client, trust=store, home_community_id=OURS, patients=patients,
-                                    match_mode=match_mode)
+                                    match_mode=match_mode, consent=self.consent)
 
     async def _handle(self, request: httpx.Request) -> httpx.Response:
         content = await request.aread()
@@ -209,6 +225,83 @@ def test_discover_rechecks_partner_matches_before_storing(keys, tmp_path, mode):
     stored = {c.community_id: c.remote_cx for c in index.correlations_for(LOCAL.cx)}
     expected = {hcid("good"): same.patient_id} | ({hcid("wrong"): other.patient_id} if mode == "trust" else {})
     assert stored == expected
+
+
+def _index(tmp_path, *patients: Patient) -> PatientIndex:
+    from xds_node.db import make_engine
+
+    index = PatientIndex(make_engine(f"sqlite:///{tmp_path / f'p-{uuid.uuid4().hex}.db'}"))
+    index.create_schema()
+    for p in patients:
+        index.add(p)
+    return index
+
+
+ALEX_HERE = Patient(LOCAL.cx, ALEX)
+ALEX_TWIN_RECORD = Patient("VET0099^^^&1.3.6.1.4.1.21367.2026.1.9&ISO", ALEX)  # a duplicate record of ours
+
+
+def test_discover_names_our_patient_only_with_consent(keys, tmp_path):
+    index = _index(tmp_path, ALEX_HERE)
+    consent = consent_policy(tmp_path)  # nobody has opted in
+    world = World(keys, {"a": xcpd_answer(None)}, tmp=tmp_path, patients=index, consent=consent)
+    for kwargs in ({}, {"local_patient_id": LOCAL.cx}):  # matched in our index, or named by the caller
+        result = run(world.gw.discover(ALEX, CTX, **kwargs))
+        assert result.status == S.FAILURE and world.messages == []
+        assert result.refused == (f"patient {LOCAL.cx} may not be named to partner communities: the patient has "
+                                  "not opted in (consent mode opt-in); nothing was sent")
+        assert [e.code for e in result.errors] == [E.REGISTRY_ERROR]
+    consent.store.grant(LOCAL.cx, source="online")
+    result = run(world.gw.discover(ALEX, CTX))
+    assert result.status == S.SUCCESS and not result.refused and len(world.messages) == 1
+    consent.store.revoke(LOCAL.cx, source="online")
+    assert run(world.gw.discover(ALEX, CTX)).refused and len(world.messages) == 1
+
+
+def test_discover_with_demographics_that_could_name_several_of_our_patients_needs_all_their_consent(
+        keys, tmp_path):
+    index = _index(tmp_path, ALEX_HERE, ALEX_TWIN_RECORD)
+    consent = consent_policy(tmp_path, LOCAL.cx)
+    world = World(keys, {"a": xcpd_answer(None)}, tmp=tmp_path, patients=index, consent=consent)
+    result = run(world.gw.discover(ALEX, CTX))
+    assert ALEX_TWIN_RECORD.patient_id in result.refused and world.messages == []
+    consent.store.grant(ALEX_TWIN_RECORD.patient_id, source="online")
+    result = run(world.gw.discover(ALEX, CTX))
+    assert result.status == S.SUCCESS and result.local_patient_id is None and len(world.messages) == 1
+
+
+def test_discover_for_someone_not_in_our_index_names_no_patient_of_ours(keys, tmp_path):
+    world = World(keys, {"a": xcpd_answer(None)}, tmp=tmp_path, patients=_index(tmp_path),
+                  consent=consent_policy(tmp_path))
+    result = run(world.gw.discover(ALEX, CTX))
+    assert result.status == S.SUCCESS and not result.refused and len(world.messages) == 1
+
+
+def test_outbound_consent_follows_mode_purpose_and_schedule(keys, tmp_path):
+    from datetime import UTC, datetime
+
+    opt_out = World(keys, {"a": query_answer(S.SUCCESS, 1)}, tmp=tmp_path, consent=consent_policy(tmp_path,
+                                                                                                    mode="opt-out"))
+    correlate(opt_out, ["a"])
+    assert run(opt_out.gw.query(LOCAL.cx, CTX)).status == S.SUCCESS  # opt-out: no directive is no objection
+    opt_out.consent.store.revoke(LOCAL.cx, source="online")
+    assert "consent revoked" in run(opt_out.gw.query(LOCAL.cx, CTX)).refused
+
+    consent = consent_policy(tmp_path)
+    world = World(keys, {"a": query_answer(S.SUCCESS, 1)}, tmp=tmp_path, consent=consent)
+    correlate(world, ["a"])
+    consent.store.grant(LOCAL.cx, source="paper form", purposes=["TREATMENT"])
+    assert run(world.gw.query(LOCAL.cx, CTX)).status == S.SUCCESS
+    payment = replace(CTX, purpose_of_use=("PAYMENT", "2.16.840.1.113883.3.18.7.1", "Payment"))
+    refused = run(world.gw.query(LOCAL.cx, payment))
+    assert "limited to purpose of use TREATMENT, not PAYMENT" in refused.refused
+    # a grant scheduled to start later, then a revocation: the grant never takes effect
+    consent.store.revoke(LOCAL.cx, source="online")
+    consent.store.grant(LOCAL.cx, source="online", effective_from=datetime(2030, 1, 1, tzinfo=UTC))
+    consent.store.revoke(LOCAL.cx, source="online")
+    assert not consent.allows(LOCAL.cx, datetime(2031, 1, 1, tzinfo=UTC))
+    assert run(world.gw.query(LOCAL.cx, CTX)).refused
+    assert len(world.messages) == 1  # only the first, allowed query went out
 
 
 # --- ITI-38 -------------------------------------------------------------------------------------

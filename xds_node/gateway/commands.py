@@ -6,6 +6,10 @@ runs, then a readable table; ``--json`` prints one JSON document for scripts ins
 
 The calls go out as the initiating gateway's system user (see :mod:`xds_node.transactions.ig`)
 unless ``--subject-id`` / ``--role`` / ``--purpose`` / ``--npi`` name the person asking.
+
+Naming one of our patients to partners needs that patient's consent (the same decision the
+responding gateway makes, for the requester's purpose of use): without it nothing is sent, the
+command says why on stderr and exits 2. Patient ids must be CX (``ID^^^&OID&ISO``).
 """
 
 from __future__ import annotations
@@ -152,7 +156,23 @@ def _errors(console: Console, errors: list) -> None:
     console.print(table)
 
 
+def _cx_or_none(args: argparse.Namespace, value: str | None) -> bool:
+    """False (after a one-line error) when ``value`` is given but is not a CX patient id."""
+    from xds_node.security.consent import check_patient_id
+
+    if value is None:
+        return True
+    try:
+        check_patient_id(value)
+    except ValueError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _finish(args: argparse.Namespace, console: Console, result: Any) -> int:
+    if getattr(result, "refused", ""):
+        print(f"{args.command}: refused: {result.refused}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -165,6 +185,9 @@ def _finish(args: argparse.Namespace, console: Console, result: Any) -> int:
 def cmd_discover(args: argparse.Namespace) -> int:
     from xds_node.patients.model import Address, Demographics, normalize_date
 
+    if not _cx_or_none(args, args.patient):
+        return 2
+
     demo = Demographics(given=args.given, family=args.family, gender=args.gender,
                         birth_date=normalize_date(args.birth_date.replace("-", "")))
     if args.postal_code:
@@ -176,7 +199,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return await gateway.discover(demo, ctx, local_patient_id=args.patient, progress=progress)
 
     result, console = _run(args, "patient discovery (XCPD)", work)
-    if not args.json:
+    if not args.json and not result.refused:
         console.print(f"our patient: [bold]{result.local_patient_id or '(none matched: correlations not stored)'}[/]")
         table = Table("partner", "community", "their patient id", "name", "birth date", "gender", "score",
                       "correlation", title="matches", title_justify="left")
@@ -190,11 +213,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    if not _cx_or_none(args, args.patient):
+        return 2
+
     async def work(gateway, ctx, progress):
         return await gateway.query(args.patient, ctx, progress=progress)
 
     result, console = _run(args, "cross-community query (ITI-38)", work)
-    if not args.json:
+    if not args.json and not result.refused:
         _documents_table(console, result.documents())
     return _finish(args, console, result)
 
@@ -225,6 +251,7 @@ def parse_document_spec(spec: str, home: str | None, repository: str | None):
 
 def cmd_retrieve_remote(args: argparse.Namespace) -> int:
     from xds_node.ebxml.xdsb import DocumentRequest
+    from xds_node.gateway.initiating import RetrieveResult
 
     try:
         refs = [parse_document_spec(s, args.home, args.repository) for s in args.documents]
@@ -234,17 +261,21 @@ def cmd_retrieve_remote(args: argparse.Namespace) -> int:
     if not refs and not args.patient:
         print("retrieve-remote: name documents or --patient", file=sys.stderr)
         return 2
+    if not _cx_or_none(args, args.patient):
+        return 2
 
     async def work(gateway, ctx, progress):
         wanted = list(refs)
         if args.patient:
             found = await gateway.query(args.patient, ctx)
+            if found.refused:  # our patient may not be named to partners: retrieve nothing either
+                return RetrieveResult(v.ResponseStatus.FAILURE, errors=found.errors, refused=found.refused)
             wanted += [DocumentRequest(d["repository_unique_id"], d["document_unique_id"], d["home"])
                        for d in found.documents() if d["document_unique_id"]]
         return await gateway.retrieve(wanted, ctx, dest=args.output, progress=progress)
 
     result, console = _run(args, "cross-community retrieve (ITI-39)", work)
-    if not args.json:
+    if not args.json and not result.refused:
         table = Table("home", "document uniqueId", "mime", "bytes", "file",
                       title=f"{len(result.documents)} document(s) in {args.output}", title_justify="left")
         for d in result.documents:

@@ -16,6 +16,15 @@ partner answering XDSUnknownPatientId only does not know (or may not share) the 
 an answer, not a failure of the whole. One partner's failure never fails the others: each call
 is isolated and every exception becomes that partner's outcome.
 
+Consent: a call that names one of our patients to partners (XCPD for our patient, ITI-38 keyed
+by our patient id) reveals that patient, so it goes out only when :meth:`ConsentPolicy.decide
+<xds_node.security.consent.ConsentPolicy.decide>` allows it for the requester's purpose of use, the
+same decision the responding side makes. Otherwise nothing is sent: the result is a Failure whose
+``refused`` says why, and the refusal is audited (``denied``). XCPD with demographics that our index
+matches only ambiguously (or nearly) is refused unless every such candidate may be named. Queries
+keyed by object ids and ITI-39 retrieves name a partner's own objects, not our patient, and are not
+checked here (the patient query that found those ids was).
+
 Everything here is async and network-agnostic: the :class:`~xds_node.gateway.outbound.OutboundClient`
 takes an httpx transport, so tests drive it with ``httpx.MockTransport``.
 """
@@ -45,8 +54,9 @@ from xds_node.ebxml.model import RegistryError, StoredQuery
 from xds_node.ebxml.query import PATIENT_PARAM, QUERIES
 from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT
 from xds_node.patients.index import read_addr, read_name
-from xds_node.patients.matching import MATCH_THRESHOLD, score
+from xds_node.patients.matching import CANDIDATE_THRESHOLD, MATCH_THRESHOLD, score
 from xds_node.patients.model import Demographics, Patient, PatientId, normalize_date, normalize_gender, parse_cx
+from xds_node.security.consent import ConsentPolicy
 from xds_node.security.saml import RequesterContext
 from xds_node.security.trust import Partner, TrustStore, normalize_hcid
 from xds_node.soap.client import SoapTransportError
@@ -267,11 +277,12 @@ class DiscoveryResult:
     matches: list[Match] = field(default_factory=list)
     errors: list[RegistryError] = field(default_factory=list)
     partners: list[PartnerOutcome] = field(default_factory=list)
+    refused: str = ""  # why nothing was sent (consent), else empty
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": _short(self.status), "local_patient_id": self.local_patient_id,
                 "matches": [m.to_dict() for m in self.matches], "errors": [_error_dict(e) for e in self.errors],
-                "partners": [p.to_dict() for p in self.partners]}
+                "partners": [p.to_dict() for p in self.partners], "refused": self.refused}
 
 
 @dataclass
@@ -280,6 +291,7 @@ class QueryResult:
     objects: list[_Element] = field(default_factory=list)
     errors: list[RegistryError] = field(default_factory=list)
     partners: list[PartnerOutcome] = field(default_factory=list)
+    refused: str = ""  # why nothing was sent (consent), else empty
 
     def response_bytes(self) -> bytes:
         """One AdhocQueryResponse holding every partner's objects (each with its own ``home``)."""
@@ -293,7 +305,7 @@ class QueryResult:
     def to_dict(self) -> dict[str, Any]:
         return {"status": _short(self.status), "documents": self.documents(),
                 "object_count": len(self.objects), "errors": [_error_dict(e) for e in self.errors],
-                "partners": [p.to_dict() for p in self.partners]}
+                "partners": [p.to_dict() for p in self.partners], "refused": self.refused}
 
 
 @dataclass
@@ -318,10 +330,12 @@ class RetrieveResult:
     documents: list[RetrievedDocument] = field(default_factory=list)
     errors: list[RegistryError] = field(default_factory=list)
     partners: list[PartnerOutcome] = field(default_factory=list)
+    refused: str = ""  # why nothing was sent (consent), else empty
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": _short(self.status), "documents": [d.to_dict() for d in self.documents],
-                "errors": [_error_dict(e) for e in self.errors], "partners": [p.to_dict() for p in self.partners]}
+                "errors": [_error_dict(e) for e in self.errors], "partners": [p.to_dict() for p in self.partners],
+                "refused": self.refused}
 
 
 _R = f"{{{v.RIM}}}"
@@ -360,12 +374,18 @@ def safe_file_name(uid: str, mime_type: str = "") -> str:
 
 # --- the gateway --------------------------------------------------------------------------------
 class InitiatingGateway:
-    """Fan-out to partner communities. ``patients`` (a PatientIndex) holds the correlations."""
+    """Fan-out to partner communities. ``patients`` (a PatientIndex) holds the correlations;
+    ``consent`` decides whether one of our patients may be named to partners (module docstring):
+    it is required, so no gateway can be built that skips the check."""
 
     def __init__(self, client: OutboundClient, *, trust: TrustStore, home_community_id: str,
-                 patients: Any = None, audit: Any = None, match_mode: str = "verify") -> None:
+                 consent: ConsentPolicy, patients: Any = None, audit: Any = None,
+                 match_mode: str = "verify") -> None:
         if match_mode not in ("verify", "trust"):
             raise ValueError("match_mode must be 'verify' or 'trust'")
+        if consent is None:
+            raise ValueError("an initiating gateway needs a consent policy")
+        self.consent = consent
         self.client = client
         self.trust = trust
         self.home = normalize_hcid(home_community_id)
@@ -418,6 +438,25 @@ class InitiatingGateway:
         outcome.detail = what
         return RegistryError(E.UNAVAILABLE_COMMUNITY, f"Community {community} {what}", location=community)
 
+    def _refusal(self, patient_ids: Iterable[str], ctx: RequesterContext) -> str:
+        """Why one of ``patient_ids`` (our patients) may not be named to partners; "" when all may."""
+        purpose = ctx.purpose_of_use[0] if ctx.purpose_of_use else None
+        for pid in dict.fromkeys(patient_ids):
+            decision = self.consent.decide(pid, purpose=purpose)
+            if not decision:
+                return (f"patient {pid} may not be named to partner communities: {decision.reason}; "
+                        "nothing was sent")
+        return ""
+
+    async def _refuse(self, ctx: RequesterContext, transaction: str, patient_id: str | None, reason: str,
+                      query_id: str | None = None) -> RegistryError:
+        """Audit an outbound call we did not make, and the error that says why."""
+        await self._record([AuditEvent.from_principal(
+            ctx, transaction=transaction, direction="outbound", outcome="denied", patient_id=patient_id,
+            query_id=query_id, reason=reason[:500], partner_community="", partner_organization="",
+            partner_organization_id="")])
+        return RegistryError(E.REGISTRY_ERROR, reason[:500])
+
     async def _fan_out(self, jobs: Iterable[Any]) -> None:
         # gather with return_exceptions=False is fine: every job catches its own exceptions
         await asyncio.gather(*jobs)
@@ -425,9 +464,16 @@ class InitiatingGateway:
     # -- XCPD --
     async def discover(self, demographics: Demographics, ctx: RequesterContext, *,
                        local_patient_id: str | None = None, progress: Progress | None = None) -> DiscoveryResult:
-        """ITI-55 to every partner; trusted matches become stored correlations of our patient."""
+        """ITI-55 to every partner; trusted matches become stored correlations of our patient.
+
+        Refused (nothing sent) unless every patient of ours the query names may be named."""
+        named = [local_patient_id] if local_patient_id else []
         if local_patient_id is None and self.patients is not None:
-            local_patient_id = await asyncio.to_thread(self._local_match, demographics)
+            local_patient_id, named = await asyncio.to_thread(self._local_match, demographics)
+        refusal = await asyncio.to_thread(self._refusal, named, ctx)
+        if refusal:
+            error = await self._refuse(ctx, "ITI-55", local_patient_id or (named[0] if named else None), refusal)
+            return DiscoveryResult(S.FAILURE, local_patient_id, errors=[error], refused=refusal)
         local_ii = parse_cx(local_patient_id) if local_patient_id else None
         result = DiscoveryResult(S.SUCCESS, local_patient_id)
         events: list[AuditEvent] = []
@@ -482,11 +528,17 @@ class InitiatingGateway:
         await self._record(events)
         return result
 
-    def _local_match(self, demographics: Demographics) -> str | None:
+    def _local_match(self, demographics: Demographics) -> tuple[str | None, list[str]]:
+        """(our patient these demographics match, every patient of ours they could name).
+
+        Without a sure match, each candidate scoring at least CANDIDATE_THRESHOLD could be the
+        person the query describes, so each of them must be allowed to be named."""
         from xds_node.patients.matching import match
 
         m = match(demographics, self.patients)
-        return m.patient.patient_id if m.outcome == "match" and m.patient is not None else None
+        if m.outcome == "match" and m.patient is not None:
+            return m.patient.patient_id, [m.patient.patient_id]
+        return None, [p.patient_id for p, s in m.candidates if s >= CANDIDATE_THRESHOLD]
 
     def _judge(self, partner: Partner, patient: Patient, query_demo: Demographics) -> Match:
         """Re-check the partner's patient against what we asked for, on demographics alone."""
@@ -547,6 +599,10 @@ class InitiatingGateway:
         if param is not None:
             if not local_patient_id:
                 raise ValueError("a patient id is required for this query")
+            refusal = await asyncio.to_thread(self._refusal, [local_patient_id], ctx)
+            if refusal:
+                error = await self._refuse(ctx, "ITI-38", local_patient_id, refusal, template.query_id)
+                return QueryResult(S.FAILURE, errors=[error], refused=refusal)
             for partner, community, remote in await asyncio.to_thread(self.correlated, local_patient_id):
                 if partner is None or not endpoint_url(partner, "xca_query"):
                     result.errors.append(RegistryError(E.UNKNOWN_COMMUNITY, f"Community {community} is correlated "

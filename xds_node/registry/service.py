@@ -8,6 +8,7 @@ the caller, not decided here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -112,9 +113,12 @@ class Registry:
         return RegistryResponse.from_errors(errors)  # warnings only -> Success
 
     # --- ITI-18 ---------------------------------------------------------------------------------
-    def query(self, query: StoredQuery, queries: dict[str, QuerySpec] = QUERIES) -> QueryOutcome:
+    def query(self, query: StoredQuery, queries: dict[str, QuerySpec] = QUERIES, *,
+              visible: Callable[[Params, list[Row]], list[Row]] | None = None) -> QueryOutcome:
         """Run a stored query from ``queries``, the calling transaction's table (ITI-18/38:
-        ``QUERIES``, ITI-51: ``MULTI_PATIENT_QUERIES``)."""
+        ``QUERIES``, ITI-51: ``MULTI_PATIENT_QUERIES``). ``visible`` (the XCA consent filter) drops
+        what may not be disclosed before the single-patient rule is applied, so an error never
+        tells of withheld objects."""
         try:
             params = parse_query(query, queries)
         except QueryError as exc:
@@ -124,6 +128,8 @@ class Registry:
         except TooManyResults as exc:
             return QueryOutcome(v.ResponseStatus.FAILURE, params=params,
                                 errors=[RegistryError(code=v.ErrorCode.TOO_MANY_RESULTS, context=str(exc))])
+        if visible is not None:
+            rows = visible(params, rows)
         if params.leaf_class and not params.spec.multi_patient:
             patients = {r.patient_id for r in rows if r.patient_id}
             if len(patients) > 1:

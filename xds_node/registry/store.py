@@ -233,6 +233,46 @@ class RegistryStore:
                     out[row.unique_id] = row.patient_id
         return out
 
+    def patients_of_objects(self, ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """entryUUID -> the patient ids an object reveals, for the consent check on queries.
+
+        A document, submission set or folder reveals its own patient; an association reveals the
+        patients of both its ends (an end that is itself an association, as when a submission set
+        holds a folder->document link, is followed). An id not in the registry, or an association
+        with an end not in the registry, is absent from the answer: callers must withhold it.
+        """
+        pending = set(ids)
+        owners: dict[str, str] = {}
+        ends: dict[str, tuple[str, str]] = {}
+        with self.engine.connect() as conn:
+            for _ in range(3):  # association -> association -> object: registration allows no deeper chain
+                todo = sorted(pending - owners.keys() - ends.keys())
+                if not todo:
+                    break
+                for chunk in _chunks(todo):
+                    for table in (t.documents, t.submission_sets, t.folders):
+                        for row in conn.execute(select(table.c.id, table.c.patient_id).where(table.c.id.in_(chunk))):
+                            owners[row.id] = row.patient_id
+                    a = t.associations
+                    for row in conn.execute(select(a.c.id, a.c.source, a.c.target).where(a.c.id.in_(chunk))):
+                        ends[row.id] = (row.source, row.target)
+                pending = {e for pair in ends.values() for e in pair}
+
+        def reveal(obj: str, depth: int = 0) -> frozenset[str] | None:
+            if obj in owners:
+                return frozenset((owners[obj],))
+            if obj not in ends or depth > 2:
+                return None
+            parts = [reveal(e, depth + 1) for e in ends[obj]]
+            return None if any(p is None for p in parts) else frozenset().union(*parts)  # type: ignore[arg-type]
+
+        out: dict[str, frozenset[str]] = {}
+        for obj in ids:
+            found = reveal(obj)
+            if found is not None:
+                out[obj] = found
+        return out
+
     def count(self, kind: str) -> int:
         from sqlalchemy import func
 

@@ -171,7 +171,8 @@ def build_gateway(node: Any, ig: IgSettings | None = None, **client_kwargs: Any)
     client = OutboundClient(assertions, spool_dir=ig.spool_dir, max_connections=ig.max_connections,
                             **client_kwargs)
     return InitiatingGateway(client, trust=node.trust, home_community_id=node.settings.home_community_id,
-                             patients=node.patients, audit=node.audit, match_mode=ig.match_mode)
+                             consent=node.consent, patients=node.patients, audit=node.audit,
+                             match_mode=ig.match_mode)
 
 
 class _PerLoop:

@@ -4,7 +4,8 @@ XCA adds to ITI-18 (ITI TF-2b 3.38.4.1.3): every returned object carries ``home`
 homeCommunityId); a query not keyed by patient id must name our community in ``home``
 (XDSMissingHomeCommunityId when absent, XDSUnknownCommunity when not ours); every RegistryError
 names us as its ``location``. Consent: a patient who has not opted in is answered exactly like an
-unknown one (Failure, XDSUnknownPatientId), and objects of such patients never leave.
+unknown one (Failure, XDSUnknownPatientId), and objects of such patients never leave: a query keyed
+by object ids returns only objects (associations included) whose every patient may be disclosed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from lxml import etree
 from xds_node.ebxml import rim
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError
-from xds_node.ebxml.query import QUERIES
+from xds_node.ebxml.query import QUERIES, Params
 from xds_node.registry.service import QueryOutcome, Registry
+from xds_node.registry.store import Row
 from xds_node.security.trust import normalize_hcid
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.transactions import blocking, iti18, notify
@@ -47,7 +49,7 @@ def _unknown_patient(home: str) -> QueryOutcome:
 
 
 def respond(registry: Registry, body: etree._Element, *, home: str,
-            consent: Callable[[str], bool] = lambda pid: True) -> tuple[bytes, XcaQueryResult]:
+            consent: Callable[[str], bool]) -> tuple[bytes, XcaQueryResult]:
     iti18.expect_body(body, v.QUERY, "AdhocQueryRequest")
     try:
         query = rim.read_adhoc_query_request(body)
@@ -65,34 +67,39 @@ def respond(registry: Registry, body: etree._Element, *, home: str,
             outcome = QueryOutcome(v.ResponseStatus.FAILURE, errors=[RegistryError(
                 E.UNKNOWN_COMMUNITY, f"homeCommunityId {query.home} is not this community")])
             return _finish(outcome, home, result)
-    outcome = registry.query(query)
-    if outcome.params is not None and spec is not None:
-        if spec.patient_keyed:
-            pid = outcome.params.one(spec.patient_param)
-            result.patient_ids = [pid] if pid else []
-            allowed = consent(pid) if pid else True
-            if pid and (not allowed or (outcome.status == v.ResponseStatus.SUCCESS and not outcome.rows
-                                        and not registry.store.has_patient(pid))):
-                result.withheld = not allowed
-                return _finish(_unknown_patient(home), home, result)
-        else:
-            # id-keyed queries: drop what belongs to patients who have not opted in
-            patients = {r.patient_id for r in outcome.rows if r.patient_id}
-            refused = {p for p in patients if not consent(p)}
-            if refused:
-                result.withheld = True
-                outcome.rows = [r for r in outcome.rows if r.patient_id not in refused]
-                if outcome.leaf_class or any(r.kind != "assoc" for r in outcome.rows):
-                    kept = {r.id for r in outcome.rows if r.kind != "assoc"}
-                    outcome.rows = [r for r in outcome.rows if r.kind != "assoc" or _assoc_kept(r, kept)]
-            result.patient_ids = sorted(patients - refused)
+
+    def visible(params: Params, rows: list[Row]) -> list[Row]:
+        if params.spec.patient_keyed:
+            return rows  # one patient, decided below
+        return _withhold_by_object(registry, rows, result, consent)
+
+    outcome = registry.query(query, visible=visible)
+    if outcome.params is not None and spec is not None and spec.patient_keyed:
+        pid = outcome.params.one(spec.patient_param)
+        result.patient_ids = [pid] if pid else []
+        allowed = consent(pid) if pid else True
+        if pid and (not allowed or (outcome.status == v.ResponseStatus.SUCCESS and not outcome.rows
+                                    and not registry.store.has_patient(pid))):
+            result.withheld = not allowed
+            return _finish(_unknown_patient(home), home, result)
     result.document_ids = [r.id for r in outcome.rows if r.kind == "doc"]
     return _finish(outcome, home, result)
 
 
-def _assoc_kept(row, kept: set[str]) -> bool:
-    el = etree.fromstring(row.rim)
-    return el.get("sourceObject") in kept and el.get("targetObject") in kept
+def _withhold_by_object(registry: Registry, rows: list[Row], result: XcaQueryResult,
+                        consent: Callable[[str], bool]) -> list[Row]:
+    """Id-keyed queries name objects, not a patient: keep an object only when every patient it
+    reveals may be disclosed. An association reveals the patients of both its ends, so
+    GetAssociations (and every association in a *AndContents / Related answer) is checked too;
+    an object whose patient cannot be told is withheld (fail closed). Withheld objects are
+    answered exactly like unknown ids: they are simply not there."""
+    reveals = registry.store.patients_of_objects([r.id for r in rows])
+    patients: set[str] = set().union(*reveals.values())
+    refused = {p for p in patients if not consent(p)}
+    kept = [r for r in rows if r.id in reveals and not reveals[r.id] & refused]
+    result.withheld = len(kept) != len(rows)
+    result.patient_ids = sorted({p for r in kept for p in reveals[r.id]})
+    return kept
 
 
 def _finish(outcome: QueryOutcome, home: str, result: XcaQueryResult) -> tuple[bytes, XcaQueryResult]:
@@ -102,7 +109,7 @@ def _finish(outcome: QueryOutcome, home: str, result: XcaQueryResult) -> tuple[b
 
 
 
-def make_handler(registry: Registry, *, home: str, consent: Callable[[str], bool] = lambda pid: True,
+def make_handler(registry: Registry, *, home: str, consent: Callable[[str], bool],
                  audit: Callable[[SoapRequest, str, Any], Any] | None = None):
     async def handle(req: SoapRequest) -> SoapResponse:
         body, result = await blocking(respond, registry, req.body, home=home, consent=consent)

@@ -2,7 +2,8 @@
 
 Each DocumentRequest must name our community (XDSMissingHomeCommunityId / XDSUnknownCommunity per
 document); each DocumentResponse carries our HomeCommunityId; errors name us as location. A
-document of a patient who has not opted in is answered like an unknown one.
+document of a patient who has not opted in, or whose patient our registry cannot name, is answered
+like an unknown one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class XcaRetrieveResult:
 
 
 def retrieve(repository: Repository, registry: Registry, triples, *, home: str,
-             consent: Callable[[str], bool] = lambda pid: True) -> tuple[RetrieveOutcome, XcaRetrieveResult]:
+             consent: Callable[[str], bool]) -> tuple[RetrieveOutcome, XcaRetrieveResult]:
     def check_home(requested: str | None) -> RegistryError | None:
         if not requested:
             return RegistryError(E.MISSING_HOME_COMMUNITY_ID, "DocumentRequest has no HomeCommunityId", location=home)
@@ -49,7 +50,9 @@ def retrieve(repository: Repository, registry: Registry, triples, *, home: str,
     withheld = False
     for item in outcome.documents:
         owner = owners.get(item.document_unique_id)
-        if item.error is None and owner is not None and not consent(owner):
+        # a document whose patient the registry cannot name is withheld too (fail closed): with a
+        # remote registry (registry_url) our repository alone cannot tell whose it is
+        if item.error is None and (owner is None or not consent(owner)):
             item.error = RegistryError(E.DOCUMENT_UNIQUE_ID_ERROR,
                                        f"No document with uniqueId {item.document_unique_id}", location=home)
             item.located = None
@@ -70,7 +73,7 @@ def retrieve(repository: Repository, registry: Registry, triples, *, home: str,
 
 
 def make_handler(repository: Repository, registry: Registry, *, home: str,
-                 consent: Callable[[str], bool] = lambda pid: True,
+                 consent: Callable[[str], bool],
                  audit: Callable[[SoapRequest, str, Any], Any] | None = None):
     async def handle(req: SoapRequest) -> SoapResponse:
         requests = iti43.read_requests(req.body)
