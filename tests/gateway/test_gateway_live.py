@@ -380,7 +380,7 @@ def test_command_line_tables_for_people(world, capsys, monkeypatch):
     assert "5 document(s)" in table and "XDSUnavailableCommunity" in table and "PartialSuccess" in table
 
 
-def test_our_patient_is_named_to_partners_only_with_consent(world, capsys, monkeypatch):
+def test_our_patient_is_named_to_partners_only_with_consent(world, ehr, capsys, monkeypatch):
     """XCPD, ITI-38 and /ig/registry for our patient reveal the patient to every partner: after a
     revocation nothing is sent (the loopback partners see no request), the command says why and
     exits 2, the refusal is audited; opting in again lets the calls go out again."""
@@ -409,7 +409,8 @@ def test_our_patient_is_named_to_partners_only_with_consent(world, capsys, monke
                 query = rim.write_adhoc_query_request(StoredQuery(v.StoredQueryId.FIND_DOCUMENTS, slots={
                     "$XDSDocumentEntryPatientId": [[f"'{ALEX_ID}'"]],
                     "$XDSDocumentEntryStatus": [["('urn:oasis:names:tc:ebxml-regrep:StatusType:Approved')"]]}))
-                payload, ct, _ = build_request(v.Action.ITI18, query, to="http://ig" + ig.IG_REGISTRY_PATH)
+                payload, ct, _ = build_request(v.Action.ITI18, query, to="http://ig" + ig.IG_REGISTRY_PATH,
+                                               headers=[ehr.header(home_community_id=OURS)])
                 resp = await client.post(ig.IG_REGISTRY_PATH, content=payload, headers={"content-type": ct})
                 return parse_envelope(resp.content, resp.headers["content-type"], require_action=False)
 
