@@ -33,6 +33,7 @@ from xds_node.registry.store import RegistryStore
 from xds_node.repository.service import Repository
 from xds_node.repository.sources import ContentStore
 from xds_node.security.consent import ConsentPolicy, ConsentStore
+from xds_node.security.replay import DatabaseReplayStore
 from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
@@ -79,15 +80,21 @@ class Node:
         self.audit = AuditLog(self.engine, sinks=_audit_sinks(self.settings))
         self.audit.create_schema()
         self.trust = self._load_trust()
-        self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings))
+        self.replay = DatabaseReplayStore(self.engine, quota=self.settings.replay_partner_quota,
+                                          resend_window=self.settings.replay_resend_window_seconds,
+                                          max_resends=self.settings.replay_max_resends)
+        self.replay.create_schema()
+        self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings),
+                                        replay_cache=self.replay)
 
     def _load_trust(self) -> TrustStore:
+        """The partners, followed as the file changes (every worker re-reads it; no restart)."""
         path = self.settings.partners_path
         if path.exists():
-            return TrustStore.load(path)
+            return TrustStore.watching(path)
         log.warning("no partners file at %s: the gateway endpoints will refuse every request "
                     "(create one with `xds-node keys init` or `xds-node partners add`)", path)
-        return TrustStore()
+        return TrustStore.watching(path)
 
     def endpoints(self) -> list[Endpoint]:
         wsdl = wsdl_dir()

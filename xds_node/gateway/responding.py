@@ -56,7 +56,7 @@ class SecurityGate:
         try:
             if header is None:
                 raise SecurityFault("wsse:InvalidSecurity", "WS-Security header required")
-            principal = self.verifier.verify(header, req.envelope)
+            principal = self.verifier.verify(header, req.envelope, request_digest=req.raw_digest)
             if self.allowed_roles and principal.role[0] not in self.allowed_roles:
                 raise SecurityFault("wsse:FailedAuthentication", "role not permitted")
             if req.client_cert is not None and not self._client_is_partner(req.client_cert, principal):
@@ -106,6 +106,8 @@ class Auditor:
 
     def __call__(self, req: SoapRequest, transaction: str, result: Any) -> None:
         outcome, patient, documents, reason = _describe(result)
+        if getattr(req.principal, "resend", False):  # a peer's byte-identical resend, answered again
+            reason = "resend of an already answered message" + (f"; {reason}" if reason else "")
         event = AuditEvent.from_principal(
             req.principal, transaction=transaction, outcome=outcome, patient_id=patient,
             document_ids=documents, query_id=getattr(result, "query_id", None),

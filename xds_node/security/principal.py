@@ -44,3 +44,6 @@ class Principal:
     issuer: str
     name_id: str
     not_on_or_after: datetime
+    #: True when this message is a byte-identical resend of one already answered (the peer lost
+    #: our answer): it is processed again, consent and audit included, and audited as a resend.
+    resend: bool = False

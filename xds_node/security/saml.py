@@ -10,17 +10,27 @@ raises :class:`SecurityFault`. What it enforces, in order:
    verifies it with the *pinned* certificate and from then on only signxml's ``signed_xml`` is read,
    so a decoy or moved assertion (signature wrapping) is never trusted;
 3. Conditions, Audience, Issuer, NameID, holder-of-key SubjectConfirmation;
-4. the XSPA attributes, each exactly once with one value; purpose of use allowed; the assertion's
-   homeCommunityId equal to the one configured for the partner that signed it;
+0. size first: an assertion larger than ``max_assertion_bytes`` or with more than
+   ``max_saml_attributes`` attributes is refused before any signature work;
+4. identity is the certificate's: the partner is the one whose pinned certificate verified the
+   assertion signature; its Issuer must be that certificate's subject (compared as an RFC 4514 DN)
+   or a name listed for the partner (``issuers``); its homeCommunityId must be one of the partner's
+   member ``communities``. The XSPA attributes, each exactly once with one value; purpose of use
+   allowed;
 5. the message signature over the Timestamp, made with the holder-of-key key;
-6. replay.
+6. replay, in a store every worker shares (:class:`xds_node.security.replay.DatabaseReplayStore`).
 
 Replay, and why not simply "assertion ID seen before": eHealth Exchange initiating gateways commonly
 reuse one assertion for a whole user session (many messages), each message carrying a fresh
 Timestamp signed with the holder-of-key key. So the replay key is the message signature (its
 SignatureValue, unforgeable without the holder's private key) plus the (assertion ID, Timestamp
-wsu:Id, Created) combination, remembered until the Timestamp expires. A byte-for-byte resent message
-is refused; a new message under the same assertion is not. ``SecurityPolicy.reject_assertion_reuse``
+wsu:Id, Created) combination, remembered until the Timestamp expires, per partner. The Body is not
+signed, so these keys are what ties a Security header to its message: the store also keeps the digest
+of the whole request, and the same header with any other Body is refused. A byte-identical resend of
+the whole message within the resend window is admitted as a resend (``Principal.resend``): the peer
+lost our answer. The gateway transactions are read-only, so answering it means running the request
+again, consent and audit included (audited as a resend); every other reuse is refused. A new message
+under the same assertion is not a replay. ``SecurityPolicy.reject_assertion_reuse``
 additionally refuses a second message under the same assertion ID, for deployments that want
 one-assertion-per-message.
 
@@ -61,6 +71,7 @@ from signxml import (
 )
 
 from .principal import NHIN_PURPOSE, CodedValue, Principal
+from .replay import MemoryReplayStore, ReplayKey, ReplayRefused, ReplayStore
 from .trust import Partner, TrustStore, fingerprint, normalize_hcid, to_certificate
 from .wss import (
     DS,
@@ -160,14 +171,21 @@ class SecurityPolicy:
     max_timestamp_lifetime: timedelta | None = timedelta(hours=1)
     #: Refuse a second message carrying an assertion ID already seen (see the module docstring).
     reject_assertion_reuse: bool = False
+    #: Largest assertion (exclusive C14N bytes) looked at; larger is refused before signature work.
+    max_assertion_bytes: int = 64 * 1024
+    #: Most saml2:Attribute elements an assertion may carry.
+    max_saml_attributes: int = 64
 
     @classmethod
     def from_settings(cls, settings: Any) -> SecurityPolicy:
-        """Build from :class:`xds_node.config.Settings` (allowed_purposes, clock_skew_seconds, audience)."""
+        """Build from :class:`xds_node.config.Settings` (allowed_purposes, clock_skew_seconds, audience,
+        max_assertion_bytes, max_saml_attributes)."""
         return cls(
             allowed_purposes=frozenset(settings.allowed_purposes),
             clock_skew=timedelta(seconds=settings.clock_skew_seconds),
             audience=settings.audience or None,
+            max_assertion_bytes=getattr(settings, "max_assertion_bytes", 64 * 1024),
+            max_saml_attributes=getattr(settings, "max_saml_attributes", 64),
         )
 
 
@@ -362,6 +380,7 @@ class _Verified:
     fingerprint: str
     signer_key: rsa.RSAPublicKey
     used_sha1: bool
+    signer_cert: x509.Certificate | None = None
 
 
 def _bad_token(reason: str) -> SecurityFault:
@@ -552,21 +571,30 @@ class InboundVerifier:
         trust: TrustStore,
         policy: SecurityPolicy | None = None,
         *,
-        replay_cache: ReplayCache | None = None,
+        replay_cache: ReplayStore | ReplayCache | None = None,
         clock: Callable[[], datetime] = utcnow,
         cache_size: int = 1024,
     ) -> None:
+        """``replay_cache``: where replay keys live; a node passes a
+        :class:`~xds_node.security.replay.DatabaseReplayStore` (shared by every worker). The default,
+        one process's memory, is for tools and unit tests."""
         self.trust = trust
         self.policy = policy or SecurityPolicy()
         self.clock = clock
-        self.replay_cache = replay_cache if replay_cache is not None else ReplayCache(clock=clock)
+        self.replay_cache: ReplayStore | ReplayCache = (
+            replay_cache if replay_cache is not None else MemoryReplayStore())
         self._cache = _AssertionCache(max_entries=cache_size)
         self.cache_stats = _CacheStats()
 
-    def verify(self, security_header: _Element, envelope: _Element | None = None) -> Principal:
-        """Return the requester, or raise :class:`SecurityFault` with a short, safe reason."""
+    def verify(self, security_header: _Element, envelope: _Element | None = None, *,
+               request_digest: str | None = None) -> Principal:
+        """Return the requester, or raise :class:`SecurityFault` with a short, safe reason.
+
+        ``request_digest`` is the SHA-256 of the whole request as received
+        (:attr:`xds_node.soap.envelope.SoapRequest.raw_digest`); without it no message is ever
+        taken for a resend, so every reuse of a Security header is refused."""
         try:
-            return self._verify(security_header, envelope)
+            return self._verify(security_header, envelope, request_digest)
         except SecurityFault as fault:
             log.info("inbound security refused: %s", fault)
             raise
@@ -576,7 +604,7 @@ class InboundVerifier:
             raise SecurityFault("wsse:InvalidSecurity", "security header not acceptable") from None
 
     # -- steps --
-    def _verify(self, security: _Element, envelope: _Element | None) -> Principal:
+    def _verify(self, security: _Element, envelope: _Element | None, request_digest: str | None) -> Principal:
         if not isinstance(security.tag, str) or security.tag != f"{{{WSSE}}}Security":
             raise SecurityFault("wsse:InvalidSecurity", "Security header missing")
         policy = self.policy
@@ -587,9 +615,11 @@ class InboundVerifier:
         assertions = list(security.iter(_q("Assertion")))
         if len(assertions) != 1 or assertions[0].getparent() is not security:
             raise SecurityFault("wsse:InvalidSecurity", "expected one assertion")
+        if sum(1 for _ in assertions[0].iter(_q("Attribute"))) > policy.max_saml_attributes:
+            raise _bad_token("too many attributes")
         verified, partner = self._verified_assertion(assertions[0], now)
         claims = verified.claims
-        self._check_claims(claims, partner, now)
+        self._check_claims(claims, partner, now, verified.signer_cert)
 
         key = claims.hok_key if claims.hok_key is not None else verified.signer_key
         root = envelope if envelope is not None else security.getroottree().getroot()
@@ -597,7 +627,7 @@ class InboundVerifier:
         if msg.token_ref != claims.assertion_id:
             raise SecurityFault("wsse:SecurityTokenUnavailable", "signing token not found")
 
-        self._check_replay(claims, ts, msg.signature_value, partner, now)
+        resend = self._check_replay(claims, ts, msg.signature_value, partner, now, request_digest)
         return Principal(
             subject_id=claims.subject_id,
             organization=claims.organization,
@@ -612,12 +642,14 @@ class InboundVerifier:
             issuer=claims.issuer,
             name_id=claims.name_id,
             not_on_or_after=claims.not_on_or_after,
+            resend=resend,
         )
 
     def _verified_assertion(self, assertion: _Element, now: datetime) -> tuple[_Verified, Partner]:
-        cache_key = hashlib.sha256(
-            etree.tostring(assertion, method="c14n", exclusive=True, with_comments=True)
-        ).hexdigest()
+        canonical = etree.tostring(assertion, method="c14n", exclusive=True, with_comments=True)
+        if len(canonical) > self.policy.max_assertion_bytes:
+            raise _bad_token("assertion too large")
+        cache_key = hashlib.sha256(canonical).hexdigest()
         hit = self._cache.get(cache_key, now)
         if hit is not None:
             partner = self.trust.partner_for_fingerprint(hit.fingerprint)
@@ -708,10 +740,13 @@ class InboundVerifier:
         if not isinstance(signer_key, rsa.RSAPublicKey):
             raise SecurityFault("wsse:FailedAuthentication", "signing certificate not valid")
         used_sha1 = methods[0] == RSA_SHA1 or digest_algs[0] == SHA1
-        return _Verified(claims, fingerprint(pinned), signer_key, used_sha1), partner
+        return _Verified(claims, fingerprint(pinned), signer_key, used_sha1, pinned), partner
 
-    def _check_claims(self, c: _Claims, partner: Partner, now: datetime) -> None:
+    def _check_claims(self, c: _Claims, partner: Partner, now: datetime,
+                      signer: x509.Certificate | None = None) -> None:
         policy, skew = self.policy, self.policy.clock_skew
+        if not partner.accepts_issuer(c.issuer, signer):
+            raise SecurityFault("wsse:FailedAuthentication", "issuer is not the signer")
         if now >= c.not_on_or_after + skew or (
             c.hok_not_on_or_after is not None and now >= c.hok_not_on_or_after + skew
         ):
@@ -737,22 +772,23 @@ class InboundVerifier:
             or c.purpose_of_use.code_system not in policy.purpose_code_systems
         ):
             raise SecurityFault("wsse:FailedAuthentication", "purpose of use not permitted")
-        if c.home_community_id != partner.home_community_id:
+        if not partner.accepts_community(c.home_community_id):
             raise SecurityFault("wsse:FailedAuthentication", "home community not accepted")
 
     def _check_replay(
-        self, c: _Claims, ts: Timestamp, signature_value: bytes, partner: Partner, now: datetime
-    ) -> None:
+        self, c: _Claims, ts: Timestamp, signature_value: bytes, partner: Partner, now: datetime,
+        request_digest: str | None = None,
+    ) -> bool:
+        """Record the message's replay keys for its partner; True for an admitted resend."""
         skew = self.policy.clock_skew
         ts_until = ts.expires + skew
         keys = [
-            (f"sig:{hashlib.sha256(signature_value).hexdigest()}", ts_until),
-            (f"ts:{partner.name}|{c.assertion_id}|{ts.id}|{ts.created.isoformat()}", ts_until),
+            ReplayKey(f"sig:{hashlib.sha256(signature_value).hexdigest()}", ts_until),
+            ReplayKey(f"ts:{c.assertion_id}|{ts.id}|{ts.created.isoformat()}", ts_until),
         ]
         if self.policy.reject_assertion_reuse:
-            keys.append((f"assertion:{partner.name}|{c.assertion_id}", c.not_on_or_after + skew))
-        replayed = False
-        for key, until in keys:
-            replayed = self.replay_cache.seen(key, until, now=now) or replayed
-        if replayed:
-            raise SecurityFault("wsse:FailedAuthentication", "replayed")
+            keys.append(ReplayKey(f"assertion:{c.assertion_id}", c.not_on_or_after + skew))
+        try:
+            return self.replay_cache.admit(partner.name, keys, request_digest, now)
+        except ReplayRefused as refused:
+            raise SecurityFault("wsse:FailedAuthentication", refused.reason) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import logging
 import re
 import ssl
@@ -236,6 +237,7 @@ class SoapApp:
                 return
             req = parse_envelope(data, content_type, understood=self._understood[ep.path.rstrip("/") or "/"])
             req.path = scope["path"]
+            req.raw_digest = hashlib.sha256(data).hexdigest()
             req.client_cert = _client_cert(scope)
             client = scope.get("client")
             req.remote_address = client[0] if client else ""
