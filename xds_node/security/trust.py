@@ -81,12 +81,17 @@ def valid_hcid(hcid: str) -> str:
     return norm
 
 
+_DN_TYPE_RE = re.compile(r"(?:^|\s*(?<!\\)([,+]))\s*([A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)\s*=\s*")
+
+
 def _dn_key(name: str) -> tuple[frozenset[tuple[str, str]], ...] | None:
     """A DN in comparable form: RDNs in order, each a set of (OID, value casefolded with inner
     whitespace collapsed), per RFC 4517 caseIgnoreMatch; None when ``name`` is not an RFC 4514 DN."""
+    # RFC 4514 types are case-insensitive and stacks put spaces after commas: normalise both first
+    text = _DN_TYPE_RE.sub(lambda m: f"{m.group(1) or ''}{m.group(2).upper()}=", name.strip())
     try:
-        parsed = x509.Name.from_rfc4514_string(name.strip(), {"E": x509.NameOID.EMAIL_ADDRESS,
-                                                              "EMAILADDRESS": x509.NameOID.EMAIL_ADDRESS})
+        parsed = x509.Name.from_rfc4514_string(text, {"E": x509.NameOID.EMAIL_ADDRESS,
+                                                      "EMAILADDRESS": x509.NameOID.EMAIL_ADDRESS})
     except (ValueError, TypeError):
         return None
     if not parsed.rdns:
