@@ -138,21 +138,28 @@ class DatabaseReplayStore:
         self._maybe_prune(t)
         if not rows:
             return False
-        for attempt in range(2):
-            try:
-                with self.engine.begin() as conn:
-                    counted = conn.execute(
-                        update(replay_quota)
-                        .where(replay_quota.c.partner == partner, replay_quota.c.live <= self.quota - len(rows))
-                        .values(live=replay_quota.c.live + len(rows))).rowcount
-                    if counted == 1:
-                        conn.execute(insert(replay_entries), rows)
-                        return False
-            except IntegrityError:
+        try:
+            for attempt in range(2):
+                try:
+                    with self.engine.begin() as conn:
+                        counted = conn.execute(
+                            update(replay_quota)
+                            .where(replay_quota.c.partner == partner, replay_quota.c.live <= self.quota - len(rows))
+                            .values(live=replay_quota.c.live + len(rows))).rowcount
+                        if counted == 1:
+                            conn.execute(insert(replay_entries), rows)
+                            return False
+                except IntegrityError:
+                    return self._conflict(partner, rows, request_digest, t)
+                if attempt == 0:
+                    self._reconcile(partner, len(rows), t)
+            raise ReplayRefused("replay quota exceeded")
+        except ReplayRefused as refused:
+            # A full partner's resend (or replay) of a message it already sent is decided as such:
+            # it adds no entry. One lookup, on the refusal path only.
+            if refused.reason != "replayed" and self._known(partner, rows):
                 return self._conflict(partner, rows, request_digest, t)
-            if attempt == 0:
-                self._reconcile(partner, len(rows), t)
-        raise ReplayRefused("replay quota exceeded")
+            raise
 
     def _reconcile(self, partner: str, n: int, t: float) -> None:
         """The partner's counter is at the quota (or missing): drop its expired entries and count the
@@ -188,6 +195,12 @@ class DatabaseReplayStore:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(replay_quota).on_conflict_do_nothing()
+
+    def _known(self, partner: str, rows: list[dict]) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(replay_entries.c.key_digest).where(
+                replay_entries.c.partner == partner,
+                replay_entries.c.key_digest.in_([r["key_digest"] for r in rows])).limit(1)).first() is not None
 
     def _conflict(self, partner: str, rows: list[dict], request_digest: str | None, t: float) -> bool:
         """Some key is taken: a resend of the very same message, or a replay."""
@@ -225,11 +238,12 @@ class DatabaseReplayStore:
         finally:
             self._prune_lock.release()
 
-    def live_entries(self, partner: str) -> int:
+    def live_entries(self, partner: str, now: datetime | None = None) -> int:
         """Unexpired entries of one partner (for tools and tests; not used per request)."""
+        t = now.timestamp() if now is not None else time.time()
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(replay_entries).where(
-                and_(replay_entries.c.partner == partner, replay_entries.c.expires_at > time.time()))).scalar_one()
+                and_(replay_entries.c.partner == partner, replay_entries.c.expires_at > t))).scalar_one()
 
 
 class MemoryReplayStore:
