@@ -169,7 +169,7 @@ def _partner_from_args(args: argparse.Namespace, old=None):
 
 def _edit_partners(args: argparse.Namespace, change) -> int:
     """Read-modify-write partners.toml under a lock; a running node picks the change up by itself."""
-    from xds_node.security.filewatch import edit_lock
+    from xds_node.security.filewatch import edit_lock, record_last_good
     from xds_node.security.trust import TrustStore
 
     settings = _settings(args)
@@ -182,6 +182,7 @@ def _edit_partners(args: argparse.Namespace, change) -> int:
                 raise _CliError(f"partners file {path} is not valid: {exc}") from None
             message = change(store)
             store.save(path)
+            record_last_good(path, path.read_bytes())
     except _CliError as exc:
         print(f"xds-node partners: {exc}", file=sys.stderr)
         return 2

@@ -135,6 +135,8 @@ def test_watched_partners_file_follows_changes_and_keeps_the_last_good(tmp_path,
         for _ in range(3):
             assert store.partner_for_certificate(certs["two"]).name == "two"
     assert len([r for r in caplog.records if "not valid" in r.message]) == 1  # once per change, not per call
+    path.write_bytes(b"")  # truncated by an editor about to write: not "trust nobody"
+    assert store.partner_for_certificate(certs["two"]).name == "two"
 
     os.unlink(path)  # no file: nobody is trusted
     assert store.partners() == []
@@ -193,3 +195,18 @@ def test_a_full_partner_still_gets_its_resend(make_store):
     assert store.admit("p", keys_for("m"), "d", NOW) is True
     with pytest.raises(ReplayRefused, match="replayed"):
         store.admit("p", keys_for("m"), "other body", NOW)
+
+
+def test_an_idle_worker_falls_back_to_the_newest_good_version_not_its_own(tmp_path, certs):
+    """Partner two is removed while worker B is idle, then the file is broken: B must not go on
+    trusting two from its own older copy."""
+    path = tmp_path / "partners.toml"
+    both = [Partner("one", "1.2.3", [certs["one"]]), Partner("two", "1.2.5", [certs["two"]])]
+    TrustStore(both).save(path)
+    worker_a, worker_b = TrustStore.watching(path), TrustStore.watching(path)
+    assert worker_b.partner_for_certificate(certs["two"]) is not None
+    TrustStore(both[:1]).save(path)
+    assert worker_a.partner_for_certificate(certs["two"]) is None  # A read the change, B did not
+    atomic_write(path, path.read_bytes() + b"\n[[partner\n")
+    assert worker_b.partner_for_certificate(certs["two"]) is None
+    assert worker_b.partner_for_certificate(certs["one"]).name == "one"

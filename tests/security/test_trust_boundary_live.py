@@ -29,6 +29,7 @@ from xds_node.admin import DEMO_PARTNER_HCID, init_keys
 from xds_node.cli import main as cli
 from xds_node.config import load_settings
 from xds_node.ebxml import vocabulary as v
+from xds_node.security.filewatch import atomic_write
 from xds_node.security.keys import generate_demo_keys, load_key_and_cert
 from xds_node.security.saml import (
     ATTRNAME_URI,
@@ -251,12 +252,18 @@ def test_partner_added_replaced_removed_while_running(world):
         assert answered(reply), reply.fault_reason
 
     # a broken file keeps the last good partners
-    good = (world.data / "partners.toml").read_bytes()
-    (world.data / "partners.toml").write_bytes(good[: len(good) // 2])
-    for node in (world.a, world.b):
-        reply = post(node, message(world, header(world, "Late Partner v2", hcid=hcid)))
+    path = world.data / "partners.toml"
+    good = path.read_bytes()
+    try:
+        atomic_write(path, good + b"\n[[partner\n")  # an editor's save of a broken file
+        for node in (world.a, world.b):
+            reply = post(node, message(world, header(world, "Late Partner v2", hcid=hcid)))
+            assert answered(reply), reply.fault_reason
+        path.write_bytes(b"")  # an editor truncating before it writes: not "trust nobody"
+        reply = post(world.a, message(world, header(world, "Late Partner v2", hcid=hcid)))
         assert answered(reply), reply.fault_reason
-    (world.data / "partners.toml").write_bytes(good)
+    finally:
+        atomic_write(path, good)
 
     assert world.cli("partners", "remove", "Late Partner") == 0
     for node in (world.b, world.a, world.a, world.a):

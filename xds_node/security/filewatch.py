@@ -8,7 +8,13 @@ one it parsed: one ``stat`` system call per request (about a microsecond), no th
 (which does not see changes made on another host over NFS). A changed file is parsed outside the
 lock and swapped in with one assignment, so readers never see half a store. A file that fails to
 parse keeps the last good content and logs one error per change of the file (not per request);
-a missing file means the ``empty`` content (nothing trusted: fail closed).
+a missing file means the ``empty`` content (nothing trusted: fail closed). A zero-byte file counts
+as broken, not as "trust nobody": editors that save in place truncate the file before writing it,
+and a reader between the two must not drop every partner (delete the file to trust nobody).
+
+"The last good version" is the last one *any* process parsed or the command line wrote, kept as
+``<file>.last-good`` beside it: a worker that was idle while a partner was removed must not fall
+back to its own older copy when the next edit breaks the file.
 
 Writers use :func:`atomic_write` (temporary file + rename), so a reader sees the old file or the
 new one and never a half-written one; the rename also gives the file a new inode, which makes two
@@ -62,9 +68,19 @@ class WatchedFile(Generic[T]):
         """Read the file now, raising when it is broken (at start there is no last good version)."""
         with self._lock:
             sig = stat_signature(self.path)
-            value = self._empty() if sig is None else self._load(self.path)
+            value = self._empty() if sig is None or sig[2] == 0 else self._read(sig)
             self._value, self._signature, self._failed = value, sig, False
             return value
+
+    def _read(self, sig: _Signature) -> T:
+        """Parse the file; remember its bytes as the last good version for every process."""
+        data = self.path.read_bytes()
+        if not data:  # an editor truncating before it writes; delete the file to trust nobody
+            raise ValueError("the file is empty")
+        value = self._load(self.path)
+        if stat_signature(self.path) == sig:  # the bytes read are the version parsed
+            record_last_good(self.path, data)
+        return value
 
     def get(self) -> T:
         """The current content: one ``stat``; a parse only when the file changed."""
@@ -81,9 +97,10 @@ class WatchedFile(Generic[T]):
                 value = self._empty()
             else:
                 try:
-                    value = self._load(self.path)
-                except Exception as exc:  # keep serving with the last good content
+                    value = self._read(sig)
+                except Exception as exc:
                     self._failed = sig
+                    self._value = self._last_good()
                     log.error("%s %s is not valid, keeping the last good version: %s", self._what, self.path,
                               exc)
                     return self._value
@@ -92,6 +109,33 @@ class WatchedFile(Generic[T]):
             self._value, self._signature, self._failed = value, sig, False
             self.reloads += 1
             return value
+
+    def _last_good(self) -> T:
+        """The last version any process parsed (or the command line wrote): not just this worker's,
+        which may predate a change it never read (a partner removed while it was idle)."""
+        snapshot = last_good_path(self.path)
+        try:
+            if snapshot.exists():
+                return self._load(snapshot)
+        except Exception as exc:
+            log.error("%s %s is not valid either: %s", self._what, snapshot, exc)
+        return self._value
+
+
+def last_good_path(path: Path) -> Path:
+    return path.with_name(path.name + ".last-good")
+
+
+def record_last_good(path: Path, data: bytes) -> None:
+    """Keep ``data`` (a version of ``path`` known to parse) beside it, for a later broken version to
+    fall back to in every process. Best effort: a read-only directory only loses the fallback."""
+    snapshot = last_good_path(path)
+    try:
+        if snapshot.exists() and snapshot.read_bytes() == data:
+            return
+        atomic_write(snapshot, data)
+    except OSError as exc:
+        log.warning("could not keep the last good version of %s: %s", path, exc)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -46,13 +46,12 @@ from sqlalchemy import (
     and_,
     delete,
     func,
-    insert,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
-from xds_node.db import metadata
+from xds_node.db import insert_rows, metadata
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,15 @@ def _ts(dt: datetime) -> float:
 
 
 class DatabaseReplayStore:
-    """:class:`ReplayStore` on the node's database (SQLite or PostgreSQL); see the module docstring."""
+    """:class:`ReplayStore` on the node's database (SQLite or PostgreSQL); see the module docstring.
+
+    On PostgreSQL the admitting transaction commits with ``synchronous_commit = off``: it does not
+    wait for its WAL flush (about 6 ms of the 8 ms an admission took on a loaded test machine; 1.4 ms
+    with it off). The price: if the *database server* crashes, the entries of its last fraction of a
+    second (at most three WAL-writer delays, 600 ms by default) can be lost, so a message captured
+    in that instant could be replayed once before its Timestamp expires. Every other guarantee
+    (visibility to every worker at commit, uniqueness) is unchanged.
+    """
 
     def __init__(self, engine: Engine, *, quota: int = 200_000, resend_window: float = 120.0,
                  max_resends: int = 3) -> None:
@@ -125,6 +132,12 @@ class DatabaseReplayStore:
         self.max_resends = max_resends
         self._next_prune = 0.0
         self._prune_lock = threading.Lock()
+        # The hot path is driver-level SQL (no statement objects built per request).
+        self._pg = engine.dialect.name == "postgresql"
+        self._named = engine.dialect.paramstyle in ("pyformat", "named")
+        self._count_sql = ("UPDATE replay_partner SET live = live + %(n)s WHERE partner = %(p)s AND live <= %(lim)s"
+                           if self._named else
+                           "UPDATE replay_partner SET live = live + ? WHERE partner = ? AND live <= ?")
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[replay_entries, replay_quota])
@@ -142,12 +155,14 @@ class DatabaseReplayStore:
             for attempt in range(2):
                 try:
                     with self.engine.begin() as conn:
-                        counted = conn.execute(
-                            update(replay_quota)
-                            .where(replay_quota.c.partner == partner, replay_quota.c.live <= self.quota - len(rows))
-                            .values(live=replay_quota.c.live + len(rows))).rowcount
+                        if self._pg:  # see the class docstring
+                            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        n, limit = len(rows), self.quota - len(rows)
+                        counted = conn.exec_driver_sql(
+                            self._count_sql, {"n": n, "p": partner, "lim": limit} if self._named
+                            else (n, partner, limit)).rowcount
                         if counted == 1:
-                            conn.execute(insert(replay_entries), rows)
+                            insert_rows(conn, replay_entries, rows)
                             return False
                 except IntegrityError:
                     return self._conflict(partner, rows, request_digest, t)
