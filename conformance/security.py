@@ -185,6 +185,13 @@ def _missing_timestamp(s: Signer) -> etree._Element:
     return h
 
 
+def _issuer_mismatch(s: Signer) -> etree._Element:
+    """Signed with the pinned key, but the Issuer names somebody else than that certificate."""
+    key, cert = s.key, s.cert
+    a = unsigned_assertion(s.requester, cert, issuer="CN=Someone Else,O=Not The Signer")
+    return build_security_header(sign_assertion(a, key, cert), key, cert)
+
+
 #: Security negatives by name (the ``security`` value of a step); each must be refused.
 NEGATIVES: dict[str, Callable[[Signer], etree._Element]] = {
     "expired": _expired,
@@ -193,6 +200,7 @@ NEGATIVES: dict[str, Callable[[Signer], etree._Element]] = {
     "tampered": _tampered,
     "wrapped": _wrapped,
     "unknown_signer": _unknown_signer,
+    "issuer_mismatch": _issuer_mismatch,
     "missing_subject_id": _missing_subject,
     "missing_purpose_of_use": _missing_purpose,
     "doubled_role": _doubled_role,
