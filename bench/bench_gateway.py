@@ -105,7 +105,8 @@ def main() -> None:
         t0 = time.perf_counter()
         fresh = messages(port, args.requests, lambda i: req.header())
         sign_ms = (time.perf_counter() - t0) / args.requests * 1000
-        a = sign_assertion(unsigned_assertion(req.ctx, req.cert, issuer="CN=bench", lifetime=__import__(
+        issuer = req.cert.subject.rfc4514_string()  # the partner checks the Issuer is its certificate
+        a = sign_assertion(unsigned_assertion(req.ctx, req.cert, issuer=issuer, lifetime=__import__(
             "datetime").timedelta(hours=1)), req.key, req.cert)
         t0 = time.perf_counter()
         reused = messages(port, args.requests, lambda i: build_security_header(a, req.key, req.cert))

@@ -201,6 +201,7 @@ NEGATIVES: dict[str, Callable[[Signer], etree._Element]] = {
     "tampered": _tampered,
     "wrapped": _wrapped,
     "unknown_signer": _unknown_signer,
+    "issuer_mismatch": _issuer_mismatch,
     "missing_subject_id": _missing_subject,
     "missing_purpose_of_use": _missing_purpose,
     "doubled_role": _doubled_role,
@@ -208,7 +209,6 @@ NEGATIVES: dict[str, Callable[[Signer], etree._Element]] = {
     "disallowed_purpose": _disallowed_purpose,
     "unknown_audience": _unknown_audience,
     "missing_timestamp": _missing_timestamp,
-    "issuer_mismatch": _issuer_mismatch,
 }
 
 

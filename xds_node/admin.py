@@ -93,14 +93,14 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
     if not settings.partners_path.exists():
         print(f"no partners file at {settings.partners_path}", file=sys.stderr)
         return 1
-    table = Table("name", "homeCommunityId", "certificate (SHA-256)", "expires", "endpoints", "options")
+    table = Table("name", "communities", "certificate (SHA-256)", "expires", "endpoints", "options")
     for p in TrustStore.load(settings.partners_path).partners():
         for i, cert in enumerate(p.certificates or [None]):
             fp = cert.fingerprint(_sha256()).hex()[:23] + "…" if cert is not None else "-"
             expires = cert.not_valid_after_utc.date().isoformat() if cert is not None else "-"
             opts = ", ".join(f"{k}={v}" for k, v in (("sha1", p.allow_sha1), ("batch", p.retrieve_batch_size),
                                                       ("timeout", p.timeout)))
-            table.add_row(p.name if i == 0 else "", p.home_community_id if i == 0 else "", fp, expires,
+            table.add_row(p.name if i == 0 else "", "\n".join(p.communities) if i == 0 else "", fp, expires,
                           "\n".join(f"{k}: {u}" for k, u in p.endpoints.items()) if i == 0 else "", opts)
     Console().print(table)
     return 0
@@ -112,21 +112,130 @@ def _sha256():
     return hashes.SHA256()
 
 
-def cmd_partners_add(args: argparse.Namespace) -> int:
+class _CliError(Exception):
+    """A one-line error for the operator (exit status 2, no traceback)."""
+
+
+def _read_certs(paths: list[str]) -> list:
     from cryptography import x509
 
-    from xds_node.security.trust import Partner, TrustStore
+    from xds_node.security.trust import _PEM_RE
+
+    certs = []
+    for c in paths:
+        try:
+            data = Path(c).read_bytes()
+            pems = _PEM_RE.findall(data)
+            if pems:
+                certs.extend(x509.load_pem_x509_certificate(p) for p in pems)
+            else:
+                certs.append(x509.load_der_x509_certificate(data))
+        except OSError as exc:
+            raise _CliError(f"cannot read certificate {c}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise _CliError(f"{c} is not a PEM or DER certificate") from None
+    return certs
+
+
+def _partner_from_args(args: argparse.Namespace, old=None):
+    from xds_node.security.trust import Partner, valid_hcid
+
+    name = args.name or args.name_opt
+    if not name:
+        raise _CliError("a partner NAME is required")
+    communities = list(args.community or []) + ([args.home_community_id] if args.home_community_id else [])
+    if not communities and old is None:
+        raise _CliError("at least one --community OID is required")
+    try:
+        communities = [valid_hcid(c) for c in communities] or list(old.communities)
+    except ValueError as exc:
+        raise _CliError(str(exc)) from None
+    endpoints = {}
+    for e in args.endpoint or []:
+        if "=" not in e:
+            raise _CliError(f"--endpoint {e!r}: expected NAME=URL")
+        k, url = e.split("=", 1)
+        endpoints[k] = url
+
+    def pick(value, attr, default):
+        return value if value is not None else (getattr(old, attr) if old is not None else default)
+
+    return Partner(name=name, communities=communities, certificates=_read_certs(args.cert),
+                   issuers=list(args.issuer or []) or (list(old.issuers) if old is not None else []),
+                   endpoints=endpoints or (dict(old.endpoints) if old is not None else {}),
+                   allow_sha1=bool(args.allow_sha1) or (old.allow_sha1 if old is not None else False),
+                   retrieve_batch_size=pick(args.batch_size, "retrieve_batch_size", 50),
+                   timeout=pick(args.timeout, "timeout", 30.0),
+                   options=dict(old.options) if old is not None else {})
+
+
+def _edit_partners(args: argparse.Namespace, change) -> int:
+    """Read-modify-write partners.toml under a lock; a running node picks the change up by itself."""
+    from xds_node.security.filewatch import edit_lock, record_last_good
+    from xds_node.security.trust import TrustStore
 
     settings = _settings(args)
-    store = TrustStore.load(settings.partners_path) if settings.partners_path.exists() else TrustStore()
-    certs = [x509.load_pem_x509_certificate(Path(c).read_bytes()) for c in args.cert]
-    endpoints = dict(e.split("=", 1) for e in args.endpoint)
-    store.add(Partner(name=args.name, home_community_id=args.home_community_id, certificates=certs,
-                      endpoints=endpoints, allow_sha1=args.allow_sha1, retrieve_batch_size=args.batch_size,
-                      timeout=args.timeout))
-    store.save(settings.partners_path)
-    print(f"added {args.name} to {settings.partners_path}")
+    path = settings.partners_path
+    try:
+        with edit_lock(path):
+            try:
+                store = TrustStore.load(path) if path.exists() else TrustStore()
+            except (OSError, ValueError) as exc:
+                raise _CliError(f"partners file {path} is not valid: {exc}") from None
+            message = change(store)
+            store.save(path)
+            record_last_good(path, path.read_bytes())
+    except _CliError as exc:
+        print(f"xds-node partners: {exc}", file=sys.stderr)
+        return 2
+    print(f"{message} in {path}")
     return 0
+
+
+def cmd_partners_add(args: argparse.Namespace) -> int:
+    from xds_node.security.trust import PartnerConflict
+
+    def change(store) -> str:
+        partner = _partner_from_args(args)
+        if store.partner(partner.name) is not None:
+            raise _CliError(f"partner {partner.name!r} already exists; use `xds-node partners replace "
+                            f"{partner.name} ...` to change it")
+        try:
+            store.add(partner)
+        except PartnerConflict as exc:
+            raise _CliError(f"{exc}; use `xds-node partners replace {exc.existing} ...` to change that "
+                            "partner") from None
+        return f"added {partner.name} ({', '.join(partner.communities)})"
+
+    return _edit_partners(args, change)
+
+
+def cmd_partners_replace(args: argparse.Namespace) -> int:
+    from xds_node.security.trust import PartnerConflict
+
+    def change(store) -> str:
+        name = args.name or args.name_opt
+        old = store.partner(name or "")
+        if old is None:
+            raise _CliError(f"no partner named {name!r}; use `xds-node partners add` to add one")
+        partner = _partner_from_args(args, old)
+        try:
+            store.replace(partner)
+        except PartnerConflict as exc:
+            raise _CliError(str(exc)) from None
+        return f"replaced {partner.name} ({', '.join(partner.communities)})"
+
+    return _edit_partners(args, change)
+
+
+def cmd_partners_remove(args: argparse.Namespace) -> int:
+    def change(store) -> str:
+        if store.partner(args.name) is None:
+            raise _CliError(f"no partner named {args.name!r}")
+        store.remove(args.name)
+        return f"removed {args.name}"
+
+    return _edit_partners(args, change)
 
 
 def cmd_partners_check(args: argparse.Namespace) -> int:
@@ -427,15 +536,25 @@ def add_parsers(sub) -> None:
     partners = sub.add_parser("partners", help="trusted partner communities").add_subparsers(
         dest="partners_command", required=True)
     common(partners.add_parser("list")).set_defaults(func=cmd_partners_list)
-    p = common(partners.add_parser("add"))
-    p.add_argument("--name", required=True)
-    p.add_argument("--home-community-id", required=True)
-    p.add_argument("--cert", action="append", required=True, help="PEM signing certificate to pin (repeatable)")
-    p.add_argument("--endpoint", action="append", default=[], help="NAME=URL, e.g. xca_query=https://...")
-    p.add_argument("--allow-sha1", action="store_true")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--timeout", type=float, default=30.0)
-    p.set_defaults(func=cmd_partners_add)
+    for verb, func, text in (("add", cmd_partners_add, "pin a partner's certificate for its member communities"),
+                             ("replace", cmd_partners_replace, "change a partner (certificates, communities, ...)")):
+        p = common(partners.add_parser(verb, help=text))
+        p.add_argument("name", nargs="?", metavar="NAME")
+        p.add_argument("--name", dest="name_opt", help=argparse.SUPPRESS)  # the older spelling
+        p.add_argument("--cert", action="append", required=True, help="PEM signing certificate to pin (repeatable)")
+        p.add_argument("--community", action="append", metavar="OID",
+                       help="member homeCommunityId, urn:oid:... (repeatable; the first is the partner's own)")
+        p.add_argument("--home-community-id", help=argparse.SUPPRESS)  # the older spelling of --community
+        p.add_argument("--issuer", action="append", metavar="NAME",
+                       help="SAML Issuer accepted besides the certificate's subject DN (repeatable)")
+        p.add_argument("--endpoint", action="append", default=[], help="NAME=URL, e.g. xca_query=https://...")
+        p.add_argument("--allow-sha1", action="store_true")
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--timeout", type=float)
+        p.set_defaults(func=func)
+    p = common(partners.add_parser("remove", help="stop trusting a partner"))
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=cmd_partners_remove)
     p = common(partners.add_parser("check", help="certificates in date, endpoints reachable"))
     p.add_argument("--offline", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0)

@@ -88,6 +88,19 @@ class Settings:
     allowed_purposes: list[str] = field(default_factory=lambda: ["TREATMENT"])
     audience: str = ""
     consent_mode: str = "opt-in"  # or "opt-out"
+    #: A byte-identical resend of a whole message from the same partner within this many seconds is
+    #: answered again (the peer lost our answer); 0 refuses every reuse as a replay.
+    replay_resend_window_seconds: int = 120
+    #: Resends of one message answered within the window; more are refused as replays.
+    replay_max_resends: int = 3
+    #: Replay entries (about two per message, kept until the message's Timestamp expires) one partner
+    #: may hold; past it that partner alone is refused ("replay quota exceeded").
+    replay_partner_quota: int = 200_000
+    #: Largest SAML assertion (bytes, exclusive C14N) checked; larger is refused before signature work.
+    max_assertion_bytes: int = 64 * 1024
+    #: Most SAML attributes an assertion may carry.
+    max_saml_attributes: int = 64
+
     #: Admit unauthenticated callers on /xds/* when they connect from a loopback address (the demo).
     anonymous_loopback: bool = True
     clients_file: Path | None = None  # internal clients (xds-node clients); default: <data_dir>/clients.toml

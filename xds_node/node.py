@@ -39,6 +39,7 @@ from xds_node.repository.sources import ContentStore
 from xds_node.security.clients import ClientDirectory
 from xds_node.security.consent import ConsentPolicy, ConsentStore
 from xds_node.security.policy import GATEWAY, INTERNAL_OR_LOOPBACK, AccessPolicy, describe
+from xds_node.security.replay import DatabaseReplayStore
 from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
@@ -83,9 +84,16 @@ class Node:
         self.consent = ConsentPolicy(self.consent_store, self.settings.consent_mode)
         self.audit = AuditLog(self.engine, sinks=_audit_sinks(self.settings))
         self.trust = self._load_trust()
-        self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings))
+        self.replay = DatabaseReplayStore(self.engine, quota=self.settings.replay_partner_quota,
+                                          resend_window=self.settings.replay_resend_window_seconds,
+                                          max_resends=self.settings.replay_max_resends)
+        self.replay.create_schema()
+        self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings),
+                                        replay_cache=self.replay)
         self.clients = ClientDirectory(self.settings.clients_path, self.settings.home_community_id)
-        self.client_verifier = InboundVerifier(self.clients, SecurityPolicy.from_settings(self.settings))
+        # internal clients' assertions share the replay table (entries keyed by the client's name)
+        self.client_verifier = InboundVerifier(self.clients, SecurityPolicy.from_settings(self.settings),
+                                               replay_cache=self.replay)
         if self.settings.secure_xds_endpoints:
             log.warning("secure_xds_endpoints is deprecated: it now means anonymous_loopback = false "
                         "(internal clients authenticate with clients.toml; see README, Trust model)")
@@ -96,12 +104,13 @@ class Node:
                                    anonymous_loopback=self.settings.admits_anonymous_loopback)
 
     def _load_trust(self) -> TrustStore:
+        """The partners, followed as the file changes (every worker re-reads it; no restart)."""
         path = self.settings.partners_path
         if path.exists():
-            return TrustStore.load(path)
+            return TrustStore.watching(path)
         log.warning("no partners file at %s: the gateway endpoints will refuse every request "
                     "(create one with `xds-node keys init` or `xds-node partners add`)", path)
-        return TrustStore()
+        return TrustStore.watching(path)
 
     def endpoints(self) -> list[Endpoint]:
         wsdl = wsdl_dir()

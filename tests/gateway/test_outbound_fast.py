@@ -108,7 +108,7 @@ def _sec(raw: bytes):
 
 
 def test_every_message_gets_its_own_timestamp_and_signature(keys):
-    client = OutboundClient(AssertionCache(keys[0], keys[1], issuer="CN=x"), signing_threads=2)
+    client = OutboundClient(AssertionCache(keys[0], keys[1], issuer="CN=VA initiating gateway"), signing_threads=2)
 
     async def main():
         try:

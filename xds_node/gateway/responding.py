@@ -98,6 +98,8 @@ class Auditor:
 
     def __call__(self, req: SoapRequest, transaction: str, result: Any) -> None:
         outcome, patient, documents, reason = _describe(result)
+        if getattr(req.principal, "resend", False):  # a peer's byte-identical resend, answered again
+            reason = "resend of an already answered message" + (f"; {reason}" if reason else "")
         per_patient = getattr(result, "documents_by_patient", None) or {}
         # an answer spanning patients (ITI-51) is one row per patient: each accounting shows it
         rows = list(per_patient.items()) if len(per_patient) > 1 else [(patient, documents)]

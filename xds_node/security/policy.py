@@ -120,7 +120,7 @@ class AccessPolicy:
                 raise _wrong_door("internal client", req.path)
             raise SecurityFault("wsse:InvalidSecurity", "WS-Security header required")
         try:
-            principal = self.partners.verify(header, req.envelope)
+            principal = self.partners.verify(header, req.envelope, request_digest=req.raw_digest)
         except SecurityFault:  # say why when it is a client at the wrong door (off the hot path)
             if any(self.clients.trust.partner_for_fingerprint(fp) for fp in signer_fingerprints(header)):
                 raise _wrong_door("internal client", req.path) from None
@@ -140,7 +140,8 @@ class AccessPolicy:
     def _client_by_assertion(self, req, header: _Element) -> Principal:
         if any(self.partners.trust.partner_for_fingerprint(fp) for fp in signer_fingerprints(header)):
             raise _wrong_door("partner", req.path)
-        principal = replace(self.clients.verify(header, req.envelope), kind=INTERNAL)
+        principal = replace(self.clients.verify(header, req.envelope, request_digest=req.raw_digest),
+                            kind=INTERNAL)
         if req.client_cert is not None:
             cert = x509.load_der_x509_certificate(req.client_cert)
             if self.partners.trust.partner_for_certificate(cert) is not None:

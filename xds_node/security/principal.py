@@ -57,6 +57,10 @@ class Principal:
     not_on_or_after: datetime
     kind: str = PARTNER
 
+    #: True when this message is a byte-identical resend of one already answered (the peer lost
+    #: our answer): it is processed again, consent and audit included, and audited as a resend.
+    resend: bool = False
+
     @classmethod
     def anonymous(cls, home_community_id: str = "") -> Principal:
         """An unauthenticated loopback caller the access policy chose to admit (demo, local tools)."""

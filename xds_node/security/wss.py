@@ -1,5 +1,5 @@
 """WS-Security 1.0/1.1 message level: the ``wsse:Security`` header, its ``wsu:Timestamp``, the
-holder-of-key ``ds:Signature`` over that Timestamp, and a replay cache.
+holder-of-key ``ds:Signature`` over that Timestamp. (Replay state lives in :mod:`.replay`.)
 
 The Timestamp signature is made and checked here with lxml's exclusive C14N and ``cryptography``
 directly, not with signxml: its key is named by a ``wsse:SecurityTokenReference`` to the SAML
@@ -13,11 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import heapq
 import hmac
-import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape as xml_escape
 
@@ -31,6 +28,7 @@ from lxml.etree import _Element
 
 from xds_node import safexml
 
+from .replay import ReplayCache  # noqa: F401  (kept importable from here)
 from .trust import to_certificate
 
 # --- namespaces and URIs ---------------------------------------------------------------------
@@ -427,50 +425,6 @@ def serialize_with_security(envelope: _Element, security: _Element) -> bytes:
     finally:
         headers[0].remove(headers[0][0])
     return data.replace(f"<!--{marker}-->".encode(), etree.tostring(security), 1)
-
-
-# --- replay cache -----------------------------------------------------------------------------
-class ReplayCache:
-    """Remembers keys until they expire. ``seen`` records and answers in one atomic step.
-
-    Memory is bounded by ``max_entries``. When the cache is full of entries that have not yet
-    expired, ``seen`` answers True (treat as a replay) instead of forgetting a live entry: failing
-    closed turns a flood into refusals rather than into a window for replays. Entries are only ever
-    added after a message passed every other check, so only an authenticated partner can fill it.
-    """
-
-    def __init__(self, max_entries: int = 100_000, *, clock: Callable[[], datetime] = utcnow) -> None:
-        self.max_entries = max_entries
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._expiry: dict[str, datetime] = {}
-        self._heap: list[tuple[datetime, str]] = []
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._expiry)
-
-    def _evict(self, now: datetime) -> None:
-        heap, expiry = self._heap, self._expiry
-        while heap and heap[0][0] <= now:
-            exp, key = heapq.heappop(heap)
-            if expiry.get(key) == exp:
-                del expiry[key]
-
-    def seen(self, key: str, expires: datetime, *, now: datetime | None = None) -> bool:
-        """True if ``key`` is already recorded and unexpired; otherwise record it until ``expires``."""
-        now = now or self._clock()
-        with self._lock:
-            self._evict(now)
-            if key in self._expiry:
-                return True
-            if len(self._expiry) >= self.max_entries:
-                return True
-            if expires <= now:
-                return False
-            self._expiry[key] = expires
-            heapq.heappush(self._heap, (expires, key))
-            return False
 
 
 # --- per-message Security header from a template (outbound hot path) -----------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import hashlib
 import logging
 import re
 import ssl
@@ -251,8 +252,11 @@ class SoapApp:
                 req = await asyncio.to_thread(
                     parse_envelope, data, content_type, understood=understood, limits=self.xml_limits
                 )
+                # the whole message's digest ties a replay entry to its body (resends vs. reuse)
+                req.raw_digest = await asyncio.to_thread(lambda d: hashlib.sha256(d).hexdigest(), data)
             else:
                 req = parse_envelope(data, content_type, understood=understood, limits=self.xml_limits)
+                req.raw_digest = hashlib.sha256(data).hexdigest()
             del data
             req.path = scope["path"]
             req.client_cert = _client_cert(scope)

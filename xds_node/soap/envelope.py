@@ -212,6 +212,9 @@ class SoapRequest:
     principal: Any = None
     relates_to: str | None = None
     mtom: bool = False
+    #: SHA-256 (hex) of the whole request as received; replay protection tells a peer's
+    #: byte-identical resend from a captured header reused with another Body by it.
+    raw_digest: str = ""
 
     def header_block(self, ns: str, local: str) -> _Element | None:
         """The first header block with this QName, if any."""
