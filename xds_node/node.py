@@ -87,7 +87,6 @@ class Node:
         self.replay = DatabaseReplayStore(self.engine, quota=self.settings.replay_partner_quota,
                                           resend_window=self.settings.replay_resend_window_seconds,
                                           max_resends=self.settings.replay_max_resends)
-        self.replay.create_schema()
         self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings),
                                         replay_cache=self.replay)
         self.clients = ClientDirectory(self.settings.clients_path, self.settings.home_community_id)
@@ -105,12 +104,7 @@ class Node:
 
     def _load_trust(self) -> TrustStore:
         """The partners, followed as the file changes (every worker re-reads it; no restart)."""
-        path = self.settings.partners_path
-        if path.exists():
-            return TrustStore.watching(path)
-        log.warning("no partners file at %s: the gateway endpoints will refuse every request "
-                    "(create one with `xds-node keys init` or `xds-node partners add`)", path)
-        return TrustStore.watching(path)
+        return TrustStore.watching(self.settings.partners_path)
 
     def endpoints(self) -> list[Endpoint]:
         wsdl = wsdl_dir()
@@ -173,6 +167,11 @@ class Node:
         return SecurityGate(self.access, self.audit, kinds=kinds)
 
     def app(self) -> SoapApp:
+        """The ASGI app of a serving process (admin commands build a Node but never this)."""
+        if not self.settings.partners_path.exists() and not self.settings.insecure_no_gateway_security:
+            log.warning("no partners file at %s: the gateway endpoints will refuse every request "
+                        "(create one with `xds-node keys init` or `xds-node partners add`)",
+                        self.settings.partners_path)
         return SoapApp(self.endpoints(), on_error=_log_error, **app_options(self.settings))
 
     def endpoint_urls(self) -> dict[str, str]:
