@@ -144,7 +144,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for suite in suites:
             results.append(runner.run(suite, only=args.case))
         if args.nist_testkit:
-            results.append(runner.run_nist(args.nist_testkit, seed=not args.no_seed))
+            from .nist.run import run_nist
+
+            results.append(run_nist(runner, args.nist_testkit, seed=not args.no_seed))
 
     table = Table(title=f"conformance against {args.target}")
     for col in ("suite", "cases", "passed", "failed", "skipped", "time", "result"):
