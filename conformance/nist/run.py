@@ -356,7 +356,8 @@ class NistRun:
         if "XDSUnknownPatientId" in obs.error_codes and step.transaction in (*PROVIDES, "Register", "Http"):
             sr.notes.append("needs a patient identity feed (ITI-8/ITI-44): the target does not know the test's "
                             "patient and the harness sends no feed")
-        if obs.payload is not None and obs.fault is None:
+        if obs.payload is not None and obs.fault is None and not sr.failures:
+            # a failed step produced nothing later steps may build on (they say so when they skip)
             record_result(step, self.ctx, body, obs.payload)
         instruction = etree.QName(step.instruction).localname if step.instruction is not None else "Transaction"
         log.add(step, body, obs.payload if obs.fault is None else None, instruction)
