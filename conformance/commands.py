@@ -160,6 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for c in r.cases:
             if c.outcome == "failed":
                 Console().print(f"[red]FAILED[/] {r.suite}/{c.id}: {c.reason}")
+            elif r.suite.startswith("nist:") and c.outcome != "passed":
+                # NIST: every skip says which input it lacked, so a skip never hides a failure
+                Console().print(f"{c.outcome.upper()} {r.suite}/{c.id}: {c.reason}", markup=False)
     if args.junit:
         console.print(f"JUnit report: {report.write_junit(results, args.junit)}")
     if args.html:

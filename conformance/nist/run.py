@@ -356,6 +356,9 @@ class NistRun:
         if "XDSUnknownPatientId" in obs.error_codes and step.transaction in (*PROVIDES, "Register", "Http"):
             sr.notes.append("needs a patient identity feed (ITI-8/ITI-44): the target does not know the test's "
                             "patient and the harness sends no feed")
+        if step.transaction == "Http" and "XDSDuplicateUniqueIdInRegistry" in obs.error_codes:
+            sr.notes.append("the captured body's uniqueIds are literal: a target that already received them (an "
+                            "earlier run) refuses them again; run these tests against a fresh registry")
         if obs.payload is not None and obs.fault is None and not sr.failures:
             # a failed step produced nothing later steps may build on (they say so when they skip)
             record_result(step, self.ctx, body, obs.payload)
