@@ -356,6 +356,10 @@ class NistRun:
         if "XDSUnknownPatientId" in obs.error_codes and step.transaction in (*PROVIDES, "Register", "Http"):
             sr.notes.append("needs a patient identity feed (ITI-8/ITI-44): the target does not know the test's "
                             "patient and the harness sends no feed")
+        if sr.failures and "XDSUnknownPatientId" in step.expectation.error_codes:
+            sr.notes.append("this negative expects the registry to refuse a patient no identity feed announced "
+                            "(XDSUnknownPatientId); a target that accepts any patient (ours unless "
+                            "require_known_patient) fails it")
         if step.transaction == "Http" and "XDSDuplicateUniqueIdInRegistry" in obs.error_codes:
             sr.notes.append("the captured body's uniqueIds are literal: a target that already received them (an "
                             "earlier run) refuses them again; run these tests against a fresh registry")
