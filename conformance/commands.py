@@ -34,7 +34,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--suite", action="append", default=[],
                      help=f"suite name ({', '.join(list_suites())}) or path to a suite .toml; repeatable; 'all'")
     run.add_argument("--case", action="append", default=[], help="run only these case ids")
-    run.add_argument("--nist-testkit", type=Path, help="run NIST XDS Toolkit test folders from this directory")
+    run.add_argument("--nist-testkit", type=Path,
+                     help="run the NIST XDS Toolkit tests under this directory as NIST does (index.idx sections, "
+                          "a patient per test, assertions); every skip names its missing input")
     run.add_argument("--no-seed", action="store_true", help="NIST: do not register the stored-query seed first")
     run.add_argument("--sign-with", type=Path, metavar="KEY", help="PEM private key the target pinned (SAML/WSS)")
     run.add_argument("--cert", type=Path, metavar="CERT", help="PEM certificate for --sign-with")

@@ -194,6 +194,18 @@ def test_assertions_are_evaluated_over_the_log(tmp_path, run_on_node):
     assert "assertion DocCount (documents) is false" in cases["Bad"].reason
 
 
+def test_assertions_get_the_steps_linkage_values(tmp_path, run_on_node):
+    """NIST substitutes a step's UseId/UseReport values into its assertions: ``'$pid$'`` here is the
+    patient the submit step assigned, and the answer's DocumentEntry must carry it."""
+    check = ("<Assertions><DataRef file=\"THIS\" as=\"output\"/><Assert id=\"pid\">//Result//*[local-name()="
+             f"'ExternalIdentifier'][@identificationScheme='{v.DOC_PATIENT_ID}']/@value = '$pid$'</Assert>"
+             "</Assertions>")
+    _submit_then_query(tmp_path / "kit" / "T", 1, check)
+    case = run_on_node(tmp_path / "kit")["T"]
+    assert case.outcome == "passed", case.reason
+    assert "assertions passed: pid" in case.steps[1].notes
+
+
 def test_null_transaction_assertion_reads_earlier_steps(tmp_path, run_on_node):
     """11902/uuid's shape: a NullTransaction step whose assertion reads the previous step's Result."""
     test = tmp_path / "kit" / "T"
