@@ -1,4 +1,4 @@
-"""Run conformance suites (and NIST testkit folders) against a target and judge every answer.
+"""Run conformance suites against a target and judge every answer.
 
 The harness talks to a *partner's* endpoint, so it treats every answer as untrusted and possibly
 broken: a refused connection, a timeout, an HTML error page, a body that is not XML or a missing
@@ -452,7 +452,8 @@ class Runner:
         self._transport = transport
         self._wsdl_clients: dict[str, Any] = {}
 
-    def _http(self) -> httpx.AsyncClient:
+    def http_client(self) -> httpx.AsyncClient:
+        """An HTTP client for this target (TLS settings, timeout, the test transport if any)."""
         return httpx.AsyncClient(timeout=self.target.timeout, verify=self.target.ssl_verify(),
                                  transport=self._transport)
 
@@ -464,7 +465,7 @@ class Runner:
         wanted = set(only)
         result = RunResult(suite=suite.name, title=suite.title, target=self.target.base_url)
         start = time.monotonic()
-        async with self._http() as http:
+        async with self.http_client() as http:
             for case in suite.cases:
                 if wanted and case.id not in wanted:
                     continue
@@ -624,22 +625,6 @@ class Runner:
         if zeep_status is None:
             sr.failures.append("zeep parsed the answer but found no status attribute in it")
         return sr
-
-    # --- NIST testkit --------------------------------------------------------------------------
-    def run_nist(self, testkit: Path, *, seed: bool = True) -> RunResult:
-        return asyncio.run(self.run_nist_async(testkit, seed=seed))
-
-    async def run_nist_async(self, testkit: Path, *, seed: bool = True) -> RunResult:
-        from .nist_run import NistRun
-
-        result = RunResult(suite=f"nist:{Path(testkit).name}", title=f"NIST testkit {testkit}",
-                           target=self.target.base_url)
-        start = time.monotonic()
-        async with self._http() as http:
-            run = NistRun(self, http)
-            await run.run(Path(testkit), result, seed=seed)
-        result.seconds = time.monotonic() - start
-        return result
 
 
 def _wrap_provide(body: etree._Element, documents: list[tuple[str, str]]) -> etree._Element:

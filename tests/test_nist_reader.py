@@ -102,6 +102,26 @@ def test_testplan_details_are_parsed():
 
 
 @requires_corpus
+def test_tests_are_the_sections_index_idx_lists():
+    """NIST runs the sections index.idx names, in order, and only those (find_tests); iter_tests still
+    reads every testplan of the corpus."""
+    tests = {t.id: t for t in nist.find_tests(TESTKIT / "tests")}
+    assert [s.name for s in tests["12021"].sections] == ["submit", "query", "retrieve"]
+    assert "no_matching_classcode" not in [s.name for s in tests["11897"].sections]
+    assert tests["11897"].ignored == ["section no_matching_classcode (not listed in index.idx)"]
+    assert [s.name for s in tests["11966"].sections] == ["submit", "eval"]  # patientFeed is not listed
+    assert [s.name for s in tests["12308"].sections] == ["retrieve_one"]
+    assert [s.name for s in tests["PnrXop"].sections] == ["patientFeed", "Xop", "NoXop", "encodedURL", "dicom"]
+    assert all(s.test_id == f"{t.id}/{sec.name}" for t in tests.values() for sec in t.sections for s in sec.steps)
+    verify = tests["11902"].sections[0].steps[1]
+    assert verify.transaction == "Null" and [a.id for a in verify.asserts] == ["availabilityStatus"]
+    assert verify.data_refs == ["THIS as output"]
+    xcr = tests["12312"].sections[0].steps[0]
+    assert [a.id for a in xcr.asserts] == ["OneDocument", "HomeCommunityId", "RepositoryUniqueId"]
+    assert "$home$" in xcr.asserts[1].xpath
+
+
+@requires_corpus
 def test_sections_follow_index_order():
     ids = [s.test_id for s in nist.iter_tests(TESTKIT / "tests" / "12021")]
     assert ids == ["12021/submit", "12021/query", "12021/retrieve"]
