@@ -31,6 +31,7 @@ from xds_node.audit.store import AuditLog
 from xds_node.config import Settings, load_settings
 from xds_node.db import make_engine
 from xds_node.gateway.responding import Auditor, ConsentCheck, SecurityGate
+from xds_node.paths import wsdl_dir
 from xds_node.patients.index import PatientIndex
 from xds_node.registry.service import Registry
 from xds_node.registry.store import RegistryStore
@@ -53,12 +54,6 @@ REPOSITORY_PATH = "/xds/repository"
 XCA_QUERY_PATH = "/xca/query"
 XCA_RETRIEVE_PATH = "/xca/retrieve"
 XCPD_PATH = "/xcpd"
-
-
-def wsdl_dir() -> Path:
-    """Where our published WSDLs live: ``XDS_WSDL_DIR`` or the ``wsdl/`` folder of the checkout."""
-    env = os.environ.get("XDS_WSDL_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "wsdl"
 
 
 class Node:

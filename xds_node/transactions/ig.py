@@ -279,7 +279,7 @@ def endpoints(node: Any, *, before: list | None = None) -> list[Endpoint]:
 
     ``before`` defaults to the node's access policy admitting internal clients only.
     """
-    from xds_node.node import wsdl_dir
+    from xds_node.paths import wsdl_dir
     from xds_node.security.policy import INTERNAL_ONLY
 
     ig = IgSettings.from_settings(node.settings)
