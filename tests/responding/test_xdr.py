@@ -296,3 +296,16 @@ def test_folder_delivery_is_undone_when_the_audit_cannot_be_written(make_node, t
     reply = push(client, sub, contents, headers=[partner.header()])
     assert reply.http_status == 503 and reply.is_fault
     assert not list((tmp_path / "received").iterdir())
+
+
+def test_xdr_wsdl_is_published(make_node):
+    """GET /xdr?wsdl: the Document Recipient's WSDL, addressed at this node's /xdr, MTOM."""
+    _node, client, _partner = make_node()
+    resp = client.get("/xdr?wsdl")
+    assert resp.status_code == 200
+    doc = etree.fromstring(resp.content)
+    ops = {o.get("name") for o in doc.iter("{http://schemas.xmlsoap.org/wsdl/}operation")}
+    assert ops == {"DocumentRecipient_ProvideAndRegisterDocumentSet-b"}
+    (address,) = doc.iter("{http://schemas.xmlsoap.org/wsdl/soap12/}address")
+    assert address.get("location").endswith("/xdr")
+    assert b"OptimizedMimeSerialization" in resp.content
