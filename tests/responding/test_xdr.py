@@ -309,3 +309,21 @@ def test_xdr_wsdl_is_published(make_node):
     (address,) = doc.iter("{http://schemas.xmlsoap.org/wsdl/soap12/}address")
     assert address.get("location").endswith("/xdr")
     assert b"OptimizedMimeSerialization" in resp.content
+
+
+def test_limited_metadata_rule_set_is_data():
+    """The relaxations are derived from the XDR MS column table and name real catalogue rules;
+    the flag survives the codec both ways (a model-built entry and a parsed one)."""
+    from xds_node.ebxml.validation import RULES_BY_ID
+    from xds_node.ebxml.validation.xdr import LIMITED_USAGE, RELAXED_FOR_LIMITED
+
+    assert set(RELAXED_FOR_LIMITED) - set(RULES_BY_ID) == set()
+    assert "DE-required-classCode" in RELAXED_FOR_LIMITED and "SS-required-contentTypeCode" in RELAXED_FOR_LIMITED
+    assert "DE-required-uniqueId" not in RELAXED_FOR_LIMITED and "DE-required-mimeType" not in RELAXED_FOR_LIMITED
+    assert LIMITED_USAGE["DocumentEntry"]["mimeType"] == "R"
+    sub, _ = limited(None)
+    once = rim.read_submit_objects_request(rim.write_submit_objects_request(sub))
+    twice = rim.read_submit_objects_request(rim.write_submit_objects_request(once))
+    for s in (once, twice):
+        assert s.submission_set.limited_metadata and s.documents[0].limited_metadata
+        assert sum(c.node == v.DOC_LIMITED_METADATA for c in s.documents[0].extra_classifications) == 1
