@@ -160,7 +160,8 @@ class Node:
             Endpoint(
                 xdr.XDR_PATH,  # partners only, like /xca/*: a push is a partner's write into our records
                 dict.fromkeys(xdr.ACTIONS, xdr.make_handler(self.repository, self.registry,
-                                                            xdr.Destination.from_settings(settings), audit=auditor)),
+                                                            xdr.Destination.from_settings(settings), audit=auditor,
+                                                            registry_url=settings.registry_url)),
                 wsdl=wsdl / "xdr.wsdl",
                 before=list(gate),
             ),

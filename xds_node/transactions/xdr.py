@@ -24,6 +24,7 @@ folder delivery whose audit cannot be written is removed again and the partner a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -43,7 +44,7 @@ from xds_node.registry.service import Registry, now_dtm
 from xds_node.repository.service import Repository
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.soap.fault import SoapFault
-from xds_node.transactions import blocking, notify, submission_audit
+from xds_node.transactions import blocking, iti41, notify, submission_audit
 
 log = logging.getLogger(__name__)
 ACTION = v.Action.ITI41
@@ -139,12 +140,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def make_handler(repository: Repository, registry: Registry, destination: Destination, *, audit=None,
-                 limits=None):
+                 limits=None, registry_url: str = "", client_factory=None):
     """The /xdr ITI-41 handler. ``audit(req, "ITI-41", Audited)`` runs (through ``notify``) before
-    the answer leaves; ``limits`` are the storage bounds checked before a folder delivery."""
-
-    async def register(sub, also):
-        return await blocking(registry.register, sub, transaction="ITI-41", also=also)
+    the answer leaves; ``limits`` are the storage bounds checked before a folder delivery; with
+    ``registry_url`` the repository registers with that remote registry, as ITI-41 does."""
+    if registry_url:
+        register = iti41.remote_register(registry_url, client_factory)
+    else:
+        async def register(sub, also):
+            return await blocking(registry.register, sub, transaction="ITI-41", also=also)
 
     async def handle(req: SoapRequest) -> SoapResponse:
         try:
@@ -165,9 +169,11 @@ def make_handler(repository: Repository, registry: Registry, destination: Destin
             mark_received(sub, getattr(req, "principal", None), now)
             folder = destination.folder or (destination.inbox if is_limited(sub) else None)
             if folder is None:
-                response = await repository.provide_and_register(sub, documents, register)
-            else:
-                response, delivered = await blocking(_to_folder, repository, folder, sub, documents, req, now)
+                response = await repository.provide_and_register(sub, documents, register,
+                                                                 co_located=not registry_url)
+            else:  # file writes and fsyncs: never on the event loop
+                response, delivered = await asyncio.to_thread(_to_folder, repository, folder, sub, documents, req,
+                                                              now)
         try:
             await notify(audit, req, "ITI-41", submission_audit(response.status, sub, response.errors))
         except BaseException:
