@@ -327,3 +327,20 @@ def test_limited_metadata_rule_set_is_data():
     for s in (once, twice):
         assert s.submission_set.limited_metadata and s.documents[0].limited_metadata
         assert sum(c.node == v.DOC_LIMITED_METADATA for c in s.documents[0].extra_classifications) == 1
+
+
+@pytest.mark.server
+def test_push_registers_with_a_remote_registry_when_configured(make_node, live_node, live_client):
+    """With ``registry_url`` the push is registered where ITI-41 would register it (ITI-42 to the
+    remote registry), marked there as received; the local registry stays empty."""
+    node, client, partner = make_node(registry_url=live_node.url + "/xds/registry")
+    sub, contents = one_doc(f.patient(4109))
+    sub.submission_set.id, sub.documents[0].id = "SubmissionSet01", "Document01"  # symbolic: the repository assigns
+    sub.associations[0].source, sub.associations[0].target = "SubmissionSet01", "Document01"
+    contents = {"Document01": next(iter(contents.values()))}
+    reply = push(client, sub, contents, headers=[partner.header()])
+    assert reply.status == v.ResponseStatus.SUCCESS, reply.raw[:1500]
+    assert registered(node) == 0
+    uuid_ = node.repository.row_for_uid(sub.documents[0].unique_id)["entry_uuid"]
+    (entry,) = live_client.call("/xds/registry", v.Action.ITI18, get_documents(uuid_)).objects("ExtrinsicObject")
+    assert slot_values(entry, RECEIVED_FROM)[:2] == [PARTNER_HCID, "demo-partner"]
