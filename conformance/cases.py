@@ -44,7 +44,7 @@ __all__ = [
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 #: Transactions that store documents or metadata in the target.
-WRITING_TRANSACTIONS = frozenset({"ITI-41", "ITI-42"})
+WRITING_TRANSACTIONS = frozenset({"ITI-41", "ITI-42", "XDR"})
 
 #: Endpoint roles and their default paths on a node laid out like ours (overridable per run).
 ROLES: dict[str, str] = {
@@ -53,6 +53,7 @@ ROLES: dict[str, str] = {
     "xca_query": "/xca/query",
     "xca_retrieve": "/xca/retrieve",
     "xcpd": "/xcpd",
+    "xdr": "/xdr",
     "ig_registry": "/ig/registry",
     "ig_repository": "/ig/repository",
 }
@@ -75,6 +76,8 @@ TRANSACTIONS: dict[str, Transaction] = {
     "ITI-38": Transaction(v.Action.ITI38, "xca_query", secured=True),
     "ITI-39": Transaction(v.Action.ITI39, "xca_retrieve", mtom=True, secured=True),
     "ITI-55": Transaction(v.Action.ITI55, "xcpd", secured=True),
+    # ITI-41 pushed point to point to a partner's XDR Document Recipient (signed like XCA)
+    "XDR": Transaction(v.Action.ITI41, "xdr", mtom=True, secured=True),
 }
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.\-]*)\}")

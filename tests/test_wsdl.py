@@ -52,6 +52,11 @@ ITI41 = (
     "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b",
     False,
 )
+XDR41 = (
+    "DocumentRecipient_ProvideAndRegisterDocumentSet-b",
+    "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b",
+    False,
+)
 ITI43 = ("DocumentRepository_RetrieveDocumentSet", "urn:ihe:iti:2007:RetrieveDocumentSet", False)
 ITI38 = ("RespondingGateway_CrossGatewayQuery", "urn:ihe:iti:2007:CrossGatewayQuery", False)
 ITI39 = ("RespondingGateway_CrossGatewayRetrieve", "urn:ihe:iti:2007:CrossGatewayRetrieve", False)
@@ -69,6 +74,7 @@ EXPECTED: dict[str, dict[str, tuple[bool, list[tuple[str, str, bool]]]]] = {
     "xca-responding-gateway.wsdl": {"/xca/query": (False, [ITI38]), "/xca/retrieve": (True, [ITI39])},
     "xcpd-responding-gateway.wsdl": {"/xcpd": (False, [ITI55])},
     "initiating-gateway.wsdl": {"/ig/registry": (False, [ITI18]), "/ig/repository": (True, [ITI43])},
+    "xdr.wsdl": {"/xdr": (True, [XDR41])},
 }
 WSDL_FILES = sorted(EXPECTED)
 ITI18_PORTS = [("registry.wsdl", "/xds/registry"), ("initiating-gateway.wsdl", "/ig/registry")]

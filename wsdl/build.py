@@ -112,6 +112,14 @@ ITI41 = _xds(
     "xdsb:ProvideAndRegisterDocumentSetRequest",
     "rs:RegistryResponse",
 )
+#: ITI-41 as an XDR Document Recipient receives it (ITI TF-1 15; eHealth Exchange Document Submission)
+XDR41 = _xds(
+    "DocumentRecipient_ProvideAndRegisterDocumentSet-b",
+    "ProvideAndRegisterDocumentSet-b",
+    "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b",
+    "xdsb:ProvideAndRegisterDocumentSetRequest",
+    "rs:RegistryResponse",
+)
 ITI43 = _xds(
     "DocumentRepository_RetrieveDocumentSet",
     "RetrieveDocumentSet",
@@ -180,6 +188,15 @@ WSDLS: tuple[Wsdl, ...] = (
         "xds-node IHE XCPD Responding Gateway: Cross Gateway Patient Discovery (ITI-55)",
         "RespondingGateway_Service",
         (Port("RespondingGateway", "/xcpd", (ITI55,)),),
+    ),
+    Wsdl(
+        "xdr.wsdl",
+        "DocumentRecipient",
+        IHE_XDSB,
+        "xds-node IHE XDR Document Recipient for partners (eHealth Exchange Document Submission): "
+        "Provide and Register Document Set-b (ITI-41, MTOM/XOP) at /xdr; WS-Security + SAML required",
+        "DocumentRecipient_Service",
+        (Port("DocumentRecipient", "/xdr", (XDR41,), mtom=True),),
     ),
     Wsdl(
         "initiating-gateway.wsdl",

@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin.add_parsers(sub)
     gateway_commands.add_parsers(sub)
+    from xds_node.gateway import send as send_command  # `xds-node send`: XDR pushes to a partner
+
+    send_command.add_parser(sub)
     conformance_commands.add_parsers(sub)
     return parser
 

@@ -104,6 +104,12 @@ class Settings:
     #: Admit unauthenticated callers on /xds/* when they connect from a loopback address (the demo).
     anonymous_loopback: bool = True
     clients_file: Path | None = None  # internal clients (xds-node clients); default: <data_dir>/clients.toml
+    #: Where partners' XDR pushes (/xdr) go: "repository" (registered here, marked as received from
+    #: the partner) or a folder path (one directory per submission; relative paths under data_dir).
+    xdr_destination: str = "repository"
+    #: Folder for limited-metadata XDR pushes while xdr_destination = "repository" (the registry
+    #: cannot hold them); empty: <data_dir>/xdr-inbox.
+    xdr_inbox: str = ""
 
     # logs
     log_level: str = "info"  # debug, info, warning, error (`-v` means debug)
@@ -152,6 +158,18 @@ class Settings:
         return Path(self.data_dir) / "keys"
 
     @property
+    def xdr_folder(self) -> Path | None:
+        """The folder partners' XDR pushes are written to, or None for the repository."""
+        if self.xdr_destination.strip() == "repository":
+            return None
+        return Path(self.data_dir) / Path(self.xdr_destination).expanduser()  # absolute paths win
+
+    @property
+    def xdr_inbox_path(self) -> Path:
+        """Where limited-metadata pushes go while xdr_destination = "repository"."""
+        return Path(self.data_dir) / Path(self.xdr_inbox or "xdr-inbox").expanduser()
+
+    @property
     def home_oid(self) -> str:
         """homeCommunityId without the ``urn:oid:`` prefix."""
         return self.home_community_id.removeprefix("urn:oid:")
@@ -176,6 +194,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 _RULES: dict[str, tuple[Any, str]] = {
     "port": (lambda v: 0 < v < 65536, "a TCP port, 1-65535"),
     "workers": (lambda v: v >= 1, "at least 1"),
+    "xdr_destination": (lambda v: bool(str(v).strip()), '"repository" or a folder path'),
     "max_body_bytes": (lambda v: v > 0, "a positive number of bytes"),
     "max_header_bytes": (lambda v: v > 0, "a positive number of bytes"),
     "max_query_results": (lambda v: v >= 1, "at least 1"),

@@ -9,6 +9,7 @@ This is the only module that knows every part of the node. Endpoint paths:
 ``/xca/query``        ITI-38 Cross Gateway Query (responding gateway)
 ``/xca/retrieve``     ITI-39 Cross Gateway Retrieve (responding gateway)
 ``/xcpd``             ITI-55 Cross Gateway Patient Discovery (responding gateway)
+``/xdr``              ITI-41 pushed by partners (XDR Document Recipient; transactions.xdr)
 ``/ig/registry``      ITI-18 answered across every partner community (initiating gateway)
 ``/ig/repository``    ITI-43 fetched from partner communities (initiating gateway)
 ====================  =====================================================
@@ -45,7 +46,7 @@ from xds_node.security.saml import InboundVerifier, SecurityPolicy
 from xds_node.security.trust import TrustStore
 from xds_node.soap.app import Endpoint, SoapApp
 from xds_node.soap.limits import app_options
-from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti51, iti55
+from xds_node.transactions import ig, iti18, iti38, iti39, iti41, iti42, iti43, iti51, iti55, xdr
 
 log = logging.getLogger("xds_node")
 
@@ -154,6 +155,14 @@ class Node:
                 wsdl=wsdl / "xcpd-responding-gateway.wsdl",
                 before=list(gate),
             ),
+            Endpoint(
+                xdr.XDR_PATH,  # partners only, like /xca/*: a push is a partner's write into our records
+                dict.fromkeys(xdr.ACTIONS, xdr.make_handler(self.repository, self.registry,
+                                                            xdr.Destination.from_settings(settings), audit=auditor,
+                                                            registry_url=settings.registry_url)),
+                wsdl=wsdl / "xdr.wsdl",
+                before=list(gate),
+            ),
             *ig.endpoints(self),
         ]
 
@@ -176,6 +185,7 @@ class Node:
                 "XCA query (ITI-38)": base + XCA_QUERY_PATH,
                 "XCA retrieve (ITI-39)": base + XCA_RETRIEVE_PATH,
                 "XCPD (ITI-55)": base + XCPD_PATH,
+                "XDR document recipient (ITI-41)": base + xdr.XDR_PATH,
                 "initiating gateway (ITI-18)": base + ig.IG_REGISTRY_PATH,
                 "initiating gateway (ITI-43)": base + ig.IG_REPOSITORY_PATH}
 
@@ -228,7 +238,7 @@ def access_lines(settings: Settings) -> list[str]:
 
     gateway = None if settings.insecure_no_gateway_security else GATEWAY
     table = [(REGISTRY_PATH, INTERNAL_OR_LOOPBACK), (REPOSITORY_PATH, INTERNAL_OR_LOOPBACK),
-             (XCA_QUERY_PATH, gateway), (XCA_RETRIEVE_PATH, gateway), (XCPD_PATH, gateway),
+             (XCA_QUERY_PATH, gateway), (XCA_RETRIEVE_PATH, gateway), (XCPD_PATH, gateway), (xdr.XDR_PATH, gateway),
              (ig.IG_REGISTRY_PATH, INTERNAL_ONLY), (ig.IG_REPOSITORY_PATH, INTERNAL_ONLY)]
     anonymous = settings.admits_anonymous_loopback
     return [f"  {path:16} {describe(kinds, anonymous_loopback=anonymous)}" for path, kinds in table]

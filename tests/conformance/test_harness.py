@@ -149,9 +149,13 @@ def test_unreachable_target_is_a_failed_case(tmp_path):
 
 
 def test_bundled_suites_load_and_cover_the_transactions():
-    assert set(list_suites()) == {"registry", "repository", "responding_gateway", "initiating_gateway", "security"}
+    assert set(list_suites()) == {"registry", "repository", "responding_gateway", "initiating_gateway", "security",
+                                  "xdr"}
     transactions = {s.transaction for n in list_suites() for c in load_suite(n).cases for s in c.steps}
-    assert transactions == {"ITI-18", "ITI-38", "ITI-39", "ITI-41", "ITI-42", "ITI-43", "ITI-51", "ITI-55"}
+    assert transactions == {"ITI-18", "ITI-38", "ITI-39", "ITI-41", "ITI-42", "ITI-43", "ITI-51", "ITI-55", "XDR"}
+    xdr = load_suite("xdr")
+    assert {s.role for c in xdr.cases for s in c.steps if s.transaction == "XDR"} == {"xdr"}
+    assert all(c.writes for c in xdr.cases)  # pushes store documents: run only with --allow-writes
     security = load_suite("security")
     kinds = {s.security for c in security.cases for s in c.steps}
     assert set(NEGATIVES) | {"none", "saml"} <= kinds

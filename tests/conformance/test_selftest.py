@@ -123,7 +123,7 @@ def _failures(result: RunResult) -> list[str]:
     return [f"{c.id}: {c.reason}" for c in result.cases if c.outcome == "failed"]
 
 
-@pytest.mark.parametrize("suite", ["registry", "repository", "responding_gateway", "security"])
+@pytest.mark.parametrize("suite", ["registry", "repository", "responding_gateway", "security", "xdr"])
 def test_suite_passes_against_our_node(results, suite):
     result = results[suite]
     assert _failures(result) == [], "\n".join(_failures(result))
@@ -159,6 +159,18 @@ def test_registry_suite_covers_iti51(results):
     mpq = [s for s in case.steps if s.transaction == "ITI-51"]
     assert [s.id for s in mpq] == ["mpq-leafclass", "mpq-objectref"]
     assert all(s.exchange is not None and s.exchange.status == 200 for s in mpq)
+
+
+def test_xdr_suite_pushed_signed_as_the_harness_partner(results):
+    """XDR runs in the self-test: the harness (a pinned partner) pushed full and limited metadata to
+    /xdr, an unsigned push was refused with a fault, and the registered push reads back marked."""
+    cases = {c.id: c for c in results["xdr"].cases}
+    assert set(cases) >= {"xdr-push-accepted", "xdr-limited-metadata-accepted", "xdr-missing-document",
+                          "refuse-xdr-unsigned", "xdr-push-registered-as-received"}
+    assert all(c.outcome == "passed" for c in cases.values()), {i: c.reason for i, c in cases.items()}
+    pushes = [s for c in cases.values() for s in c.steps if s.transaction == "XDR"]
+    assert all(s.exchange is not None and s.exchange.url.endswith("/xdr") for s in pushes)
+    assert "SOAP fault (Sender" in cases["refuse-xdr-unsigned"].steps[-1].observed
 
 
 def test_security_negatives_were_refused_with_faults(results):

@@ -372,9 +372,10 @@ def test_start_banner_says_who_may_call_each_endpoint(tmp_path):
     settings = load_settings(env={}, data_dir=tmp_path)
     lines = dict(line.split(None, 1) for line in access_lines(settings))
     assert set(lines) == {"/xds/registry", "/xds/repository", "/xca/query", "/xca/retrieve", "/xcpd",
-                          "/ig/registry", "/ig/repository"}
+                          "/ig/registry", "/ig/repository", "/xdr"}
     assert "anonymous from loopback" in lines["/xds/registry"] and "internal clients" in lines["/xds/registry"]
     assert lines["/xca/query"].startswith("partners") and "internal" not in lines["/xca/query"]
+    assert lines["/xdr"] == lines["/xca/query"]  # XDR pushes: partners only, like the responding gateway
     assert "no anonymous" in lines["/ig/registry"] and "partners" not in lines["/ig/registry"]
     strict = dict(line.split(None, 1) for line in access_lines(replace(settings, anonymous_loopback=False)))
     assert "no anonymous callers" in strict["/xds/repository"]

@@ -584,6 +584,12 @@ def _extid(p: list[str], owner: str, scheme: str, value: str, ident_id: str | No
     p.append("</rim:ExternalIdentifier>")
 
 
+def _limited_flag(p: list[str], obj: RegistryObject, node: str) -> None:
+    """The limitedMetadata flag of an object built in code (a parsed one keeps it among its extras)."""
+    if getattr(obj, "limited_metadata", False) and not any(c.node == node for c in obj.extra_classifications):
+        _node_classification(p, obj.id, node, None)
+
+
 def _extras(p: list[str], obj: RegistryObject) -> None:
     for cl in obj.extra_classifications:
         _classification(p, obj.id, cl)
@@ -616,6 +622,7 @@ def _document_entry(p: list[str], de: DocumentEntry, root: bool) -> None:
     for scheme, attr in _DE_CODE_LISTS.items():
         for code in getattr(de, attr):
             _code(p, scheme, de.id, code)
+    _limited_flag(p, de, v.DOC_LIMITED_METADATA)
     _extras(p, de)
     if de.patient_id is not None:
         _extid(p, de.id, v.DOC_PATIENT_ID, de.patient_id, de.patient_id_ident_id)
@@ -639,6 +646,7 @@ def _submission_set(p: list[str], ss: SubmissionSet, root: bool) -> None:
     if ss.content_type_code is not None:
         _code(p, v.SS_CONTENT_TYPE_CODE, ss.id, ss.content_type_code)
     _node_classification(p, ss.id, v.SUBMISSION_SET_NODE, ss.node_classification_id)
+    _limited_flag(p, ss, v.SS_LIMITED_METADATA)
     _extras(p, ss)
     for scheme, value, ident in ((v.SS_UNIQUE_ID, ss.unique_id, ss.unique_id_ident_id),
                                  (v.SS_SOURCE_ID, ss.source_id, ss.source_id_ident_id),
@@ -659,6 +667,7 @@ def _folder(p: list[str], fd: Folder, root: bool) -> None:
     for code in fd.codes:
         _code(p, v.FOLDER_CODE_LIST, fd.id, code)
     _node_classification(p, fd.id, v.FOLDER_NODE, fd.node_classification_id)
+    _limited_flag(p, fd, v.FOLDER_LIMITED_METADATA)
     _extras(p, fd)
     if fd.unique_id is not None:
         _extid(p, fd.id, v.FOLDER_UNIQUE_ID, fd.unique_id, fd.unique_id_ident_id)

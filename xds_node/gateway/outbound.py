@@ -35,7 +35,7 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -884,26 +884,31 @@ class OutboundClient:
         options: PartnerOptions | None = None,
         mtom: bool = False,
         spool_dir: Path | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> SoapRequest:
         """One partner call with its timeout, retries (transport failures only) and concurrency cap.
 
-        A SOAP fault is the partner's answer and is never retried.
+        A SOAP fault is the partner's answer and is never retried. ``attachments`` (in memory) go
+        out as MTOM parts (XDR pushes); the body's xop:Include elements name them.
         """
         options = options or PartnerOptions.of(partner)
+        mtom = mtom or bool(attachments)
         lean = self._lean is not None and not mtom and url.isascii()
         http = None if lean else self._http(partner, options)
         async with self._semaphore(partner, options), (self._in_flight or contextlib.nullcontext()):
             return await retrying(
-                lambda: self._send(http, url, action, body, ctx, options, mtom=mtom, spool_dir=spool_dir),
+                lambda: self._send(http, url, action, body, ctx, options, mtom=mtom, spool_dir=spool_dir,
+                                   attachments=attachments),
                 retries=options.retries, backoff=options.backoff)
 
     async def _send(self, http: httpx.AsyncClient | None, url: str, action: str, body: _Element | bytes,
                     ctx: RequesterContext | None, options: PartnerOptions, *, mtom: bool,
-                    spool_dir: Path | None) -> SoapRequest:
+                    spool_dir: Path | None, attachments: Sequence[Attachment] = ()) -> SoapRequest:
         security = await self._security_header(ctx, options) if ctx is not None and self.assertions else None
         payload, content_type, _ = build_request(action, body, to=url, headers=[_PLACEHOLDER] if security else [],
-                                                 mtom=mtom)
-        assert isinstance(payload, bytes)  # no file attachments are sent by the initiating gateway
+                                                 mtom=mtom, attachments=attachments)
+        if not isinstance(payload, bytes):  # attachments backed by files: sent whole
+            payload = b"".join(payload)
         if security is not None:
             payload = _splice(payload, security)
         try:
