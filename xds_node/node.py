@@ -164,7 +164,10 @@ class Node:
         return SecurityGate(self.access, self.audit, kinds=kinds)
 
     def app(self) -> SoapApp:
-        return SoapApp(self.endpoints(), on_error=_log_error, **app_options(self.settings))
+        from xds_node import metrics, ops
+
+        return SoapApp(metrics.instrument(self.endpoints()), on_error=_log_error, ops=ops.for_node(self),
+                       **app_options(self.settings))
 
     def endpoint_urls(self) -> dict[str, str]:
         base = self.settings.public_url
