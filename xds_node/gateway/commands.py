@@ -216,10 +216,22 @@ def cmd_query(args: argparse.Namespace) -> int:
     if not _cx_or_none(args, args.patient):
         return 2
 
+    uncorrelated = False
+
     async def work(gateway, ctx, progress):
-        return await gateway.query(args.patient, ctx, progress=progress)
+        nonlocal uncorrelated
+        result = await gateway.query(args.patient, ctx, progress=progress)
+        # "0 documents, Success" would read as "the partners have nothing": say why nobody was asked
+        uncorrelated = not result.refused and not await asyncio.to_thread(gateway.correlated, args.patient)
+        return result
 
     result, console = _run(args, "cross-community query (ITI-38)", work)
+    if uncorrelated:
+        if args.json:
+            print(json.dumps({**result.to_dict(), "correlated": False}, indent=2))
+        print(f"query: no partner community is correlated with {args.patient}: "
+              "run `xds-node discover` first", file=sys.stderr)
+        return 1
     if not args.json and not result.refused:
         _documents_table(console, result.documents())
     return _finish(args, console, result)
