@@ -141,10 +141,8 @@ class TcpCut:
                 s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread; close alone does not
-        except OSError:
-            pass
         self.listener.close()
         with self.lock:
             for s in self.conns:

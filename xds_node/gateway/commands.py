@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from xds_node import term
 from xds_node.config import load_settings, require_data_dir
 from xds_node.ebxml import vocabulary as v
 
@@ -119,7 +120,7 @@ def _run(args: argparse.Namespace, title: str,
     node = Node(settings)
     ig = IgSettings.from_settings(settings)
     ctx = _ctx(args, ig)
-    console = Console(stderr=True)
+    console = term.console(stderr=True)
     outcomes: list = []
 
     async def main():
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace, title: str,
         node.close()
     if not args.json and not console.is_terminal and getattr(result, "partners", None):
         console.print(_progress_table(result.partners, title))
-    return result, Console()
+    return result, term.console()
 
 
 def _errors(console: Console, errors: list) -> None:
