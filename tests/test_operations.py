@@ -231,5 +231,5 @@ def test_ops_allow_admits_a_monitoring_network_and_nothing_else(tmp_path):
 def test_ops_allow_must_be_networks(tmp_path):
     cfg = tmp_path / "node.toml"
     cfg.write_text('ops_allow = ["monitoring.example.org"]\n')
-    with pytest.raises(ConfigError, match="ops_allow = .* is not valid: expected IP networks"):
+    with pytest.raises(ConfigError, match=r"ops_allow = .* is not valid: expected IP networks"):
         load_settings(cfg, env={})
