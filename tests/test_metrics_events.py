@@ -78,3 +78,30 @@ def test_http_limit_refusals_are_counted(tmp_path):
         assert sample(text_, "xds_http_refusals_total", status="431") == 1
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize(("body", "outcome"), [
+    (b'<q:AdhocQueryResponse xmlns:q="urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0" '
+     b'status="urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"/>', "success"),
+    (b'<rs:RegistryResponse xmlns:rs="urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0" '
+     b'status="urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"/>', "failure"),
+    (b'<x:RetrieveDocumentSetResponse xmlns:x="urn:ihe:iti:xds-b:2007"><rs:RegistryResponse '
+     b'xmlns:rs="urn:oasis:names:tc:ebxml-regrep:xsd:rs:3.0" '
+     b'status="urn:ihe:iti:2007:ResponseStatusType:PartialSuccess"/></x:RetrieveDocumentSetResponse>', "partial"),
+    (b'<PRPA_IN201306UV02 xmlns="urn:hl7-org:v3"><acknowledgement><typeCode code="AE"/></acknowledgement>'
+     b'</PRPA_IN201306UV02>', "failure"),
+    (b'<PRPA_IN201306UV02 xmlns="urn:hl7-org:v3"><acknowledgement><typeCode code="AA"/></acknowledgement>'
+     b'</PRPA_IN201306UV02>', "success"),
+])
+def test_outcome_read_from_the_answer_element_or_its_bytes(body, outcome):
+    from lxml import etree
+
+    assert metrics.response_outcome(etree.fromstring(body)) == outcome
+    if b"RegistryResponse" in body or b"AdhocQuery" in body:  # pre-serialized answers carry the status early
+        assert metrics.response_outcome(body) == outcome
+
+
+def test_transaction_labels():
+    assert metrics.transaction_label("/xds/registry", "urn:ihe:iti:2007:RegistryStoredQuery") == "ITI-18"
+    assert metrics.transaction_label("/ig/registry", "urn:ihe:iti:2007:RegistryStoredQuery") == "ig-ITI-18"
+    assert metrics.transaction_label("/xds/registry", "urn:example:made-up") == "other"
