@@ -105,3 +105,11 @@ def test_transaction_labels():
     assert metrics.transaction_label("/xds/registry", "urn:ihe:iti:2007:RegistryStoredQuery") == "ITI-18"
     assert metrics.transaction_label("/ig/registry", "urn:ihe:iti:2007:RegistryStoredQuery") == "ig-ITI-18"
     assert metrics.transaction_label("/xds/registry", "urn:example:made-up") == "other"
+
+
+def test_a_status_word_inside_the_content_does_not_decide_the_outcome():
+    body = (b'<q:AdhocQueryResponse xmlns:q="urn:oasis:names:tc:ebxml-regrep:xsd:query:3.0" '
+            b'status="urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"><rim:RegistryObjectList '
+            b'xmlns:rim="urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"><rim:Name>urn:oasis:names:tc:ebxml-regrep:'
+            b'ResponseStatusType:Failure</rim:Name></rim:RegistryObjectList></q:AdhocQueryResponse>')
+    assert metrics.response_outcome(body) == "success"

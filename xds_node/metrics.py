@@ -94,7 +94,10 @@ _HL7_ACK = "{urn:hl7-org:v3}acknowledgement/{urn:hl7-org:v3}typeCode"
 def response_outcome(body: Any) -> str:
     """success / partial / failure from an answer's RegistryResponse status or HL7v3 acknowledgement."""
     if isinstance(body, bytes | bytearray | memoryview):
-        head = bytes(body[:4096])
+        # the status is on the root or (retrieve answers) its first child: read only those start tags
+        first = body.find(b">", 0, 4096)
+        second = body.find(b">", first + 1, first + 4096) if first >= 0 else -1
+        head = bytes(body[:second + 1 if second >= 0 else 4096])
         if _STATUS_FAILURE in head:
             return "failure"
         return "partial" if _STATUS_PARTIAL in head else "success"
