@@ -60,10 +60,15 @@ def test_container_builds_and_answers_health():
         deadline = time.monotonic() + 60
         ok = False
         while time.monotonic() < deadline and not ok:
-            try:
-                ok = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            try:  # from the host: the published port answers (WSDL is public)
+                ok = httpx.get(f"http://127.0.0.1:{port}/xds/registry?wsdl", timeout=2).status_code == 200
             except httpx.HTTPError:
                 time.sleep(0.5)
         assert ok
+        # /health answers loopback only (and ops_allow): inside the container, as its HEALTHCHECK asks
+        probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8080/health', timeout=2).read())"
+        inside = subprocess.run(["docker", "exec", cid, "python", "-c", probe], capture_output=True, text=True,
+                                timeout=30)
+        assert inside.returncode == 0 and "ok" in inside.stdout, inside.stderr
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)

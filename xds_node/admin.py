@@ -11,10 +11,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from xds_node.config import Settings, load_settings, require_data_dir
+from xds_node.term import console, to_json
 
 #: The demo partner `keys init` creates: a fictional hospital community signing with its own key.
 DEMO_PARTNER_HCID = "urn:oid:1.3.6.1.4.1.21367.2026.2.1"
@@ -93,8 +93,15 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
     if not settings.partners_path.exists():
         print(f"no partners file at {settings.partners_path}", file=sys.stderr)
         return 1
+    partners = TrustStore.load(settings.partners_path).partners()
+    if args.json:
+        print(to_json([{"name": p.name, "communities": list(p.communities), "issuers": list(p.issuers),
+                        "endpoints": dict(p.endpoints), "certificates": [_cert_dict(c) for c in p.certificates],
+                        "allow_sha1": p.allow_sha1, "retrieve_batch_size": p.retrieve_batch_size,
+                        "timeout": p.timeout} for p in partners]))
+        return 0
     table = Table("name", "communities", "certificate (SHA-256)", "expires", "endpoints", "options")
-    for p in TrustStore.load(settings.partners_path).partners():
+    for p in partners:
         for i, cert in enumerate(p.certificates or [None]):
             fp = cert.fingerprint(_sha256()).hex()[:23] + "…" if cert is not None else "-"
             expires = cert.not_valid_after_utc.date().isoformat() if cert is not None else "-"
@@ -102,8 +109,13 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
                                                       ("timeout", p.timeout)))
             table.add_row(p.name if i == 0 else "", "\n".join(p.communities) if i == 0 else "", fp, expires,
                           "\n".join(f"{k}: {u}" for k, u in p.endpoints.items()) if i == 0 else "", opts)
-    Console().print(table)
+    console().print(table)
     return 0
+
+
+def _cert_dict(cert) -> dict:
+    return {"sha256": cert.fingerprint(_sha256()).hex(), "subject": cert.subject.rfc4514_string(),
+            "expires": cert.not_valid_after_utc.isoformat()}
 
 
 def _sha256():
@@ -313,12 +325,16 @@ def _clients(args: argparse.Namespace, settings: Settings) -> int:
     path = settings.clients_path
     store = _client_store(settings)
     if args.clients_command == "list":
+        if args.json:
+            print(to_json([{"name": c.name, "certificates": [_cert_dict(cert) for cert in c.certificates]}
+                           for c in store.partners()]))
+            return 0
         table = Table("name", "certificate (SHA-256)", "subject", "expires")
         for c in store.partners():
             for i, cert in enumerate(c.certificates):
                 table.add_row(c.name if i == 0 else "", fingerprint(cert)[:23] + "…", cert.subject.rfc4514_string(),
                               cert.not_valid_after_utc.date().isoformat())
-        Console().print(table)
+        console().print(table)
         if not store.partners():
             print(f"no internal clients in {path}", file=sys.stderr)
         return 0
@@ -377,6 +393,12 @@ def cmd_consent(args: argparse.Namespace) -> int:
             print(f"consent {args.action}: {exc}", file=sys.stderr)
             return 2
         status = store.status(patient)
+        if args.json:
+            import dataclasses
+
+            print(to_json({"patient_id": patient, "state": status.state, "mode": node.settings.consent_mode,
+                           "directives": [dataclasses.asdict(d) for d in store.history(patient)]}))
+            return 0
         print(f"{patient}: {status.state} (mode {node.settings.consent_mode})")
         if args.action == "show":
             print(format_history(store.history(patient)))
@@ -396,13 +418,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     try:
         if args.accounting:
             rows = node.audit.accounting_of_disclosures(args.accounting, _when(args.since))
-            print(format_accounting(rows, patient_id=args.accounting))
+            print(to_json(rows) if args.json else format_accounting(rows, patient_id=args.accounting))
             return 0
         events = node.audit.list(since=_when(args.since), until=_when(args.until), patient_id=args.patient,
                                  partner=args.partner, transaction=args.transaction, outcome=args.outcome,
                                  limit=args.limit)
-        if args.format in ("json", "csv"):
-            export(events, args.format, sys.stdout)
+        if args.json or args.format in ("json", "csv"):
+            export(events, "json" if args.json else args.format, sys.stdout)
             return 0
         table = Table("time (UTC)", "transaction", "outcome", "partner", "user", "purpose", "patient", "documents",
                       "reason", "caller")
@@ -414,7 +436,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 e.partner_organization or e.partner_community, e.user_subject_id, e.purpose_of_use,
                 e.patient_id or "", str(len(e.document_ids)) if e.document_ids else "", e.reason,
                 f"{e.partner or '-'} ({e.caller_kind})" if e.caller_kind else e.partner)))
-        Console().print(table)
+        console().print(table)
     finally:
         node.close()
     return 0
@@ -437,6 +459,9 @@ def cmd_patients(args: argparse.Namespace) -> int:
     import dataclasses
     import re
 
+    from rich.text import Text
+
+    from xds_node.audit.text import printable
     from xds_node.patients.model import Address, Demographics, Patient, parse_cx
     from xds_node.patients.report import (
         discrepancy_report,
@@ -488,8 +513,21 @@ def cmd_patients(args: argparse.Namespace) -> int:
                 print(f"{args.patient}: not in the patient index", file=sys.stderr)
                 return 1
             print(render_json(report) if args.json else render_text(report))
+        elif args.action == "list":
+            rows = node.patients.listing(limit=args.limit)
+            if args.json:
+                print(to_json(rows))
+            else:
+                table = Table("patient id", "family", "given", "gender", "birth date", "source", "updated (UTC)")
+                for r in rows:
+                    table.add_row(*(Text(printable(str(r[k] or ""))) for k in (
+                        "patient_id", "family", "given", "gender", "birth_date", "source")),
+                        r["updated"].strftime("%Y-%m-%d %H:%M:%S") if r["updated"] else "")
+                console().print(table)
+                if not rows:
+                    print("no patients in the patient index", file=sys.stderr)
         elif args.action == "discrepancies":
-            rows = discrepancy_report(node.patients, limit=args.limit)
+            rows = discrepancy_report(node.patients, limit=args.limit or 200)
             print(render_json(rows) if args.json else render_discrepancies(rows))
     finally:
         node.close()
@@ -535,7 +573,9 @@ def add_parsers(sub) -> None:
 
     partners = sub.add_parser("partners", help="trusted partner communities").add_subparsers(
         dest="partners_command", required=True)
-    common(partners.add_parser("list")).set_defaults(func=cmd_partners_list)
+    p = common(partners.add_parser("list"))
+    p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+    p.set_defaults(func=cmd_partners_list)
     for verb, func, text in (("add", cmd_partners_add, "pin a partner's certificate for its member communities"),
                              ("replace", cmd_partners_replace, "change a partner (certificates, communities, ...)")):
         p = common(partners.add_parser(verb, help=text))
@@ -562,7 +602,9 @@ def add_parsers(sub) -> None:
 
     clients = sub.add_parser("clients", help="internal clients (our EHR, sources, consumers): clients.toml"
                              ).add_subparsers(dest="clients_command", required=True)
-    common(clients.add_parser("list")).set_defaults(func=cmd_clients)
+    p = common(clients.add_parser("list"))
+    p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
+    p.set_defaults(func=cmd_clients)
     p = common(clients.add_parser("add", help="pin a client's certificate(s) (TLS client or SAML signer)"))
     p.add_argument("name")
     p.add_argument("--cert", action="append", required=True, help="PEM certificate to pin (repeatable)")
@@ -580,6 +622,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--by", default="", help="who recorded it")
     p.add_argument("--note", default="")
     p.add_argument("--force", action="store_true", help="no warning when the patient is not in the patient index")
+    p.add_argument("--json", action="store_true", help="print the state and directives as JSON")
     p.set_defaults(func=cmd_consent)
 
     p = common(sub.add_parser("audit", help="list or export audit events; accounting of disclosures"))
@@ -591,6 +634,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--until")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--accounting", metavar="PATIENT", help="accounting of disclosures for one patient")
     p.set_defaults(func=cmd_audit)
 
@@ -603,7 +647,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_fsck)
 
     p = common(sub.add_parser("patients", help="the XCPD patient index (versions, discrepancies)"))
-    p.add_argument("action", choices=["add", "import", "show", "discrepancies"])
+    p.add_argument("action", choices=["add", "import", "list", "show", "discrepancies"])
     p.add_argument("patient", nargs="?", help="patient id (add, show)")
     p.add_argument("files", nargs="*", type=Path, help="CSV or JSON-lines files (import)")
     p.add_argument("--family")
@@ -617,6 +661,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--phone")
     p.add_argument("--root", help="assigning authority OID for bare ids in imported files")
     p.add_argument("--by", default="", help="who makes the change (add, import; default: the OS user)")
-    p.add_argument("--json", action="store_true", help="show, discrepancies: machine-readable output")
-    p.add_argument("--limit", type=int, default=200, help="discrepancies: how many, newest first")
+    p.add_argument("--json", action="store_true", help="list, show, discrepancies: machine-readable output")
+    p.add_argument("--limit", type=int, help="list (default all), discrepancies (default 200, newest first): how many")
     p.set_defaults(func=cmd_patients)

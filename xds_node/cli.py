@@ -21,7 +21,7 @@ def _settings(args: argparse.Namespace, **overrides):
     return load_settings(getattr(args, "config", None), **{k: val for k, val in overrides.items() if val is not None})
 
 
-def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> None:
+def _serve(settings, *, workers: int | None = None, tls: dict | None = None, announce=None) -> None:
     # uvicorn with our protocol: header/connection limits and the TLS floor (see httpserver.py)
     from xds_node import httpserver
     from xds_node.config import EFFECTIVE_ENV, effective_json
@@ -32,14 +32,18 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None) -> 
     workers = workers or settings.workers
     if workers > 1:
         _upgrade_schema(settings)  # once, here: the workers then find the schema current
-        httpserver.run("xds_node.node:create_app", settings, workers=workers, tls=tls, factory=True)
+        from xds_node.metrics import prepare_multiprocess
+
+        prepare_multiprocess(settings.data_dir)  # /metrics in any worker sums every worker's values
+        httpserver.run("xds_node.node:create_app", settings, workers=workers, tls=tls, factory=True,
+                       announce=announce)
     else:
         from xds_node.node import Node, tune_gc
 
         node = Node(settings)
         app = node.app()
         tune_gc()
-        httpserver.run(app, settings, tls=tls)
+        httpserver.run(app, settings, tls=tls, announce=announce)
 
 
 def writable_data_dir(settings) -> None:
@@ -131,9 +135,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     clean_at_start(settings.data_dir, settings.store_grace_seconds)  # temp files of requests that died
     mode = " with mutual TLS (pinned partner or client certificates required)" if args.mtls else ""
-    print(f"xds-node serving on {settings.public_url}{mode} (database {mask_url(settings.db_url)})", flush=True)
-    _print_access(settings)
-    _serve(settings, workers=args.workers, tls=tls)
+
+    def announce() -> None:  # called once the socket is bound: never for someone else's port
+        print(f"xds-node serving on {settings.public_url}{mode} (database {mask_url(settings.db_url)})",
+              flush=True)
+        _print_access(settings)
+
+    _serve(settings, workers=args.workers, tls=tls, announce=announce)
     return 0
 
 
@@ -188,9 +196,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for patient in summary.patients:  # demo data only: every fictional veteran has opted in
         if node.consent_store.status(patient).state != "granted":
             node.consent_store.grant(patient, source="demo", note="xds-node demo: fictional patient")
-    print_banner(node, summary, keys)  # includes who may call each endpoint
     node.close()
-    _serve(settings, workers=1)
+    # the banner (with its curl line) only once the port is ours
+    _serve(settings, workers=1, announce=lambda: print_banner(node, summary, keys))
     return 0
 
 
@@ -410,6 +418,10 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return f"permission denied: {exc.filename or exc}", 1
     if isinstance(exc, IsADirectoryError | NotADirectoryError):
         return f"not the expected kind of file: {exc.filename or exc}", 2
+    from xds_node.httpserver import ListenError
+
+    if isinstance(exc, ListenError):
+        return exc.strerror, 1
     if isinstance(exc, OSError) and exc.errno == 98:  # EADDRINUSE
         return "the address is already in use: another process listens on that port (choose --port)", 1
     if isinstance(exc, ValueError):

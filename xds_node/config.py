@@ -116,6 +116,9 @@ class Settings:
     log_format: str = "text"  # text, or json: one JSON object per line for log shippers
     access_log: bool = False  # one line per HTTP request (uvicorn's access log)
 
+    # operations endpoints (/health, /ready, /metrics): loopback always; these networks too
+    ops_allow: list[str] = field(default_factory=list)  # CIDRs of monitoring hosts, e.g. ["10.0.0.5/32"]
+
     # C-CDA ingest (`xds-node load`): what the document header does not decide
     #: Which recordTarget id root becomes the XDS patient id (the affinity domain's assigning
     #: authority). Empty: the first id that is not a Social Security Number; an SSN never is.
@@ -202,6 +205,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "consent_mode": (lambda v: v in ("opt-in", "opt-out"), "'opt-in' or 'opt-out'"),
     "log_level": (lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
     "log_format": (lambda v: v in ("text", "json"), "text or json"),
+    "ops_allow": (lambda v: _are_networks(v), "IP networks in CIDR notation, e.g. [\"10.0.0.5/32\"]"),
     "patient_id_root": (lambda v: not v or _is_oid(v), "an OID such as 2.16.840.1.113883.3.42.10001.100001.12"),
     "facility_type_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
     "practice_setting_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
@@ -212,6 +216,17 @@ def _is_oid(value: str) -> bool:
     import re
 
     return bool(re.fullmatch(r"[0-2](\.(0|[1-9][0-9]*))+", value)) and len(value) <= 64
+
+
+def _are_networks(values: list[str]) -> bool:
+    import ipaddress
+
+    try:
+        for value in values:
+            ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_coded(value: str) -> bool:

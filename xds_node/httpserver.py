@@ -17,16 +17,20 @@ Body size, body time and XML limits live in the app (:mod:`xds_node.soap.body`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
+import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from xds_node import metrics
 from xds_node.soap.limits import ServerLimits, server_limits
 
 log = logging.getLogger("xds_node.http")
@@ -206,6 +210,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         log.debug("%s from %s: %s", status, self.client[0] if self.client else "?", reason)
+        metrics.http_refusal(status)
         body = reason.encode("ascii")
         head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error"))
         headers = b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n" % len(
@@ -253,8 +258,36 @@ def tls_context_factory(config: uvicorn.Config, default: Any) -> ssl.SSLContext:
     return ctx
 
 
-def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None, **extra: Any) -> None:
-    """Serve ``app`` (an ASGI app, or an import string for a factory when ``workers > 1``)."""
+class ListenError(OSError):
+    """The listening address is taken or not ours: one line for the operator, never a traceback."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket (inheritable, so workers share it); :class:`ListenError` if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(exc.errno, f"address already in use: {host}:{port} "
+                                          "(another process listens there; choose --port)") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ListenError(exc.errno, f"cannot listen on {host}:{port}: not an address of this "
+                                          "machine (choose --host)") from None
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None,
+        announce: Callable[[], None] | None = None, **extra: Any) -> None:
+    """Serve ``app`` (an ASGI app, or an import string for a factory when ``workers > 1``).
+
+    The socket is bound here first, then ``announce`` is called: a "serving on" line is never
+    printed for an address another process holds."""
     from uvicorn.supervisors import Multiprocess
 
     soft = raise_fd_limit()
@@ -274,9 +307,11 @@ def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None, *
         options.setdefault("ssl_context_factory", tls_context_factory)
     options.update(extra)
     config = NodeConfig(app, limits=limits, workers=workers, **options)
-    server = uvicorn.Server(config)
+    sock = bind(settings.host, settings.port)
+    sock.listen(config.backlog)
+    if announce is not None:
+        announce()
     if workers > 1:
-        sock = config.bind_socket()
         Multiprocess(config, sockets=[sock]).run()
     else:
-        server.run()
+        uvicorn.Server(config).run(sockets=[sock])

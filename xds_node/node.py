@@ -176,7 +176,10 @@ class Node:
             log.warning("no partners file at %s: the gateway endpoints will refuse every request "
                         "(create one with `xds-node keys init` or `xds-node partners add`)",
                         self.settings.partners_path)
-        return SoapApp(self.endpoints(), on_error=_log_error, **app_options(self.settings))
+        from xds_node import metrics, ops
+
+        return SoapApp(metrics.instrument(self.endpoints()), on_error=_log_error, ops=ops.for_node(self),
+                       **app_options(self.settings))
 
     def endpoint_urls(self) -> dict[str, str]:
         base = self.settings.public_url

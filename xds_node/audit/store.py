@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol, TextIO
 
 from sqlalchemy import Column, DateTime, Engine, Index, String, Table, Text, or_, select
 
+from xds_node import metrics
 from xds_node.audit.events import DISCLOSED, MAX_FIELD_CHARS, TRANSACTION_NAMES, AuditEvent
 from xds_node.audit.text import csv_cell, printable
 from xds_node.db import insert_rows, metadata
@@ -138,12 +139,17 @@ class AuditLog:
             "partner": event.partner,
             "caller_kind": event.caller_kind,
         }
-        with self.engine.begin() as conn:
-            insert_rows(conn, audit_events, [row])  # one per request: the cheap driver-level path
+        try:
+            with self.engine.begin() as conn:
+                insert_rows(conn, audit_events, [row])  # one per request: the cheap driver-level path
+        except Exception:
+            metrics.audit_failure("database")
+            raise
         for sink in self.sinks:
             try:
                 sink.send(event)
             except Exception:
+                metrics.audit_failure("sink")
                 log.exception("audit sink %r failed for event %s; continuing", sink, event.event_id)
         return event
 

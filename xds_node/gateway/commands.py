@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from xds_node import term
 from xds_node.config import load_settings, require_data_dir
 from xds_node.ebxml import vocabulary as v
 
@@ -119,7 +120,7 @@ def _run(args: argparse.Namespace, title: str,
     node = Node(settings)
     ig = IgSettings.from_settings(settings)
     ctx = _ctx(args, ig)
-    console = Console(stderr=True)
+    console = term.console(stderr=True)
     outcomes: list = []
 
     async def main():
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace, title: str,
         node.close()
     if not args.json and not console.is_terminal and getattr(result, "partners", None):
         console.print(_progress_table(result.partners, title))
-    return result, Console()
+    return result, term.console()
 
 
 def _errors(console: Console, errors: list) -> None:
@@ -216,10 +217,22 @@ def cmd_query(args: argparse.Namespace) -> int:
     if not _cx_or_none(args, args.patient):
         return 2
 
+    uncorrelated = False
+
     async def work(gateway, ctx, progress):
-        return await gateway.query(args.patient, ctx, progress=progress)
+        nonlocal uncorrelated
+        result = await gateway.query(args.patient, ctx, progress=progress)
+        # "0 documents, Success" would read as "the partners have nothing": say why nobody was asked
+        uncorrelated = not result.refused and not await asyncio.to_thread(gateway.correlated, args.patient)
+        return result
 
     result, console = _run(args, "cross-community query (ITI-38)", work)
+    if uncorrelated:
+        if args.json:
+            print(json.dumps({**result.to_dict(), "correlated": False}, indent=2))
+        print(f"query: no partner community is correlated with {args.patient}: "
+              "run `xds-node discover` first", file=sys.stderr)
+        return 1
     if not args.json and not result.refused:
         _documents_table(console, result.documents())
     return _finish(args, console, result)

@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 from lxml.etree import _Element
 
+from xds_node import metrics
 from xds_node.security.saml import ATTRNAME_URI, RequesterContext, sign_assertion, unsigned_assertion
 from xds_node.security.trust import Partner
 from xds_node.security.wss import (
@@ -895,11 +896,19 @@ class OutboundClient:
         mtom = mtom or bool(attachments)
         lean = self._lean is not None and not mtom and url.isascii()
         http = None if lean else self._http(partner, options)
-        async with self._semaphore(partner, options), (self._in_flight or contextlib.nullcontext()):
-            return await retrying(
-                lambda: self._send(http, url, action, body, ctx, options, mtom=mtom, spool_dir=spool_dir,
-                                   attachments=attachments),
-                retries=options.retries, backoff=options.backoff)
+        started = time.perf_counter()
+        outcome = "answered"
+        try:
+            async with self._semaphore(partner, options), (self._in_flight or contextlib.nullcontext()):
+                return await retrying(
+                    lambda: self._send(http, url, action, body, ctx, options, mtom=mtom, spool_dir=spool_dir,
+                                       attachments=attachments),
+                    retries=options.retries, backoff=options.backoff)
+        except BaseException as exc:
+            outcome = call_outcome(exc)
+            raise
+        finally:
+            metrics.partner_call(partner.name, action, outcome, time.perf_counter() - started)
 
     async def _send(self, http: httpx.AsyncClient | None, url: str, action: str, body: _Element | bytes,
                     ctx: RequesterContext | None, options: PartnerOptions, *, mtom: bool,
@@ -1021,6 +1030,17 @@ def _drop(attachments: dict[str, Attachment]) -> None:
     for att in attachments.values():
         if att.path is not None:
             Path(att.path).unlink(missing_ok=True)
+
+
+def call_outcome(exc: BaseException) -> str:
+    """The ``xds_partner_calls_total`` outcome of a call that raised ``exc``."""
+    if isinstance(exc, SoapFault):
+        return "fault"
+    if isinstance(exc, SoapTransportError):
+        return "timeout" if exc.timeout else ("http_error" if exc.status else "unreachable")
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return "invalid"
 
 
 async def retrying(make: Callable[[], Awaitable[T]], *, retries: int, backoff: float) -> T:

@@ -227,6 +227,14 @@ class PatientIndex:
         with self.engine.connect() as conn:
             return conn.scalar(select(func.count()).select_from(t.patient)) or 0
 
+    def listing(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every patient's id and main demographics, by id (``xds-node patients list``)."""
+        c = t.patient.c
+        stmt = select(c.patient_id, c.family, c.given, c.gender, c.birth_date, c.source, c.updated
+                      ).order_by(c.patient_id).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(stmt)]
+
     def find_by_identifier(self, root: str, extension: str) -> Patient | None:
         j = t.patient.join(t.patient_identifier, t.patient.c.patient_id == t.patient_identifier.c.patient_id)
         stmt = select(t.patient).select_from(j).where(

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 from lxml import etree
 from lxml.etree import _Element
 
+from xds_node import metrics
+
 from .body import BodyReader, Inflight
 from .envelope import (
     DEFAULT_UNDERSTOOD,
@@ -56,6 +58,8 @@ _WSDL_CACHE_MAX = 64
 _THREAD_PARSE_BYTES = 1 << 20
 #: Statuses after which the connection is closed: the rest of the body is not worth reading.
 _CLOSE_STATUSES = frozenset({408, 413, 503})
+#: Operations endpoints (plain GETs, no credentials, see xds_node.ops).
+_OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 @dataclass
@@ -100,9 +104,12 @@ class SoapApp:
         base_url: str = "",
         server_names: Collection[str] = (),
         fallback_url: str = "",
+        ops: Any = None,
     ) -> None:
         """``base_url`` (or else ``fallback_url``, else the listening address) is the WSDL address;
-        a Host header is honoured only when it is one of ``server_names`` and no base_url is set."""
+        a Host header is honoured only when it is one of ``server_names`` and no base_url is set.
+        ``ops`` (:class:`xds_node.ops.Operations`) decides who reaches /health, /ready and /metrics
+        and what readiness means; by default loopback only, ready when the process answers."""
         self._endpoints: dict[str, Endpoint] = {}
         self._understood: dict[str, frozenset[str]] = {}
         for ep in endpoints:
@@ -120,6 +127,11 @@ class SoapApp:
         self._on_error = on_error
         self._wsdl_templates: dict[str, _Element] = {}
         self._wsdl_cache: dict[tuple[str, str], bytes] = {}
+        if ops is None:
+            from xds_node.ops import Operations  # here, not at import: soap stays below security
+
+            ops = Operations()
+        self._ops = ops
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -178,6 +190,8 @@ class SoapApp:
         body = fault_envelope(fault, relates_to=req.message_id if req is not None else None)
         extra = [(b"connection", b"close")] if fault.http_status in _CLOSE_STATUSES else []
         extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in fault.http_headers]
+        if fault.http_status in _CLOSE_STATUSES:
+            metrics.http_refusal(fault.http_status)
         if fault.http_status == 503 and not any(k == b"retry-after" for k, _ in extra):
             extra.append((b"retry-after", b"5"))
         await self._send_bytes(send, fault.http_status, body, _FAULT_CT, extra)
@@ -198,8 +212,8 @@ class SoapApp:
         method: str = scope["method"]
         ep = self._endpoints.get(path) or self._endpoints.get(path.rstrip("/") or "/")
         if ep is None:
-            if path == "/health" and method == "GET":
-                await self._send_text(send, 200, "ok")
+            if path in _OPS_PATHS and method == "GET":
+                await self._operations(path, scope, send)
             else:
                 await self._send_text(send, 404, "not found")
             return
@@ -221,6 +235,21 @@ class SoapApp:
                 )
         else:
             await self._send_text(send, 405, "method not allowed", [(b"allow", b"POST, GET")])
+
+    async def _operations(self, path: str, scope: dict[str, Any], send: Any) -> None:
+        """/health, /ready, /metrics: for loopback and ``ops_allow`` only; others see a 404."""
+        client = scope.get("client")
+        if not self._ops.admits(client[0] if client else None):
+            await self._send_text(send, 404, "not found")
+            return
+        if path == "/health":
+            await self._send_text(send, 200, "ok")
+        elif path == "/ready":
+            status, text = await self._ops.ready()
+            await self._send_text(send, status, text, [(b"cache-control", b"no-store")])
+        else:
+            body, content_type = await asyncio.to_thread(metrics.render)
+            await self._send_bytes(send, 200, body, content_type.encode("latin-1"), [(b"cache-control", b"no-store")])
 
     @property
     def max_body_bytes(self) -> int:
