@@ -83,5 +83,6 @@ def print_banner(node, summary: LoadSummary, keys: dict | None = None) -> None:
         print("\nThe gateway endpoints (XCA, XCPD) require WS-Security with a SAML assertion signed by a")
         print("partner pinned in partners.toml. The demo partner's key and certificate:")
         print(f"  {keys['demo partner key']}\n  {keys['demo partner certificate']}")
-        print("Every sample patient has opted in to sharing (xds-node consent show <patient>).")
+        print("Every sample patient has opted in to sharing "
+              f"(xds-node consent show <patient> --data-dir {node.settings.data_dir}).")
     print("Press Ctrl+C to stop.\n", flush=True)
