@@ -95,7 +95,8 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
         return 1
     partners = TrustStore.load(settings.partners_path).partners()
     if args.json:
-        print(to_json([{"name": p.name, "communities": list(p.communities), "issuers": list(p.issuers),
+        print(to_json([{"name": p.name, "home_community_id": p.home_community_id,
+                        "communities": list(p.communities), "issuers": list(p.issuers),
                         "endpoints": dict(p.endpoints), "certificates": [_cert_dict(c) for c in p.certificates],
                         "allow_sha1": p.allow_sha1, "retrieve_batch_size": p.retrieve_batch_size,
                         "timeout": p.timeout} for p in partners]))
