@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from lxml import etree
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.db import Sql, insert_rows, metadata
@@ -26,7 +27,8 @@ _CHUNK = 500  # bound IN-lists (SQLite's variable limit, planner sanity)
 
 
 class DuplicateError(Exception):
-    """A unique index rejected the submission (a concurrent duplicate uniqueId or entryUUID)."""
+    """A constraint rejected the submission: something registered concurrently (an entryUUID, a
+    SubmissionSet/Folder uniqueId, or a DocumentEntry uniqueId with other content) got there first."""
 
 
 @dataclass(slots=True)
@@ -72,13 +74,16 @@ class RegistryStore:
                 rows.extend(conn.exec_driver_sql(sql.text, sql.bound).all())
         return rows
 
-    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None, str]]:
+        """uniqueId -> (entryUUID, hash, patientId) of one object registered with it. DocumentEntries
+        sharing a uniqueId share hash and patient (``xds_document_uid``), so any one of them speaks
+        for all."""
         def write(sql: Sql, chunk: Sequence[str]) -> None:
             tables = (("xds_document", "hash"), ("xds_submission_set", "NULL"), ("xds_folder", "NULL"))
-            sql += " UNION ALL ".join(f"SELECT unique_id, id, {digest} FROM {table} WHERE unique_id IN "
+            sql += " UNION ALL ".join(f"SELECT unique_id, id, {digest}, patient_id FROM {table} WHERE unique_id IN "
                                       + sql.in_(chunk) for table, digest in tables)
 
-        return {uid: (obj_id, digest) for uid, obj_id, digest in self._lookup(unique_ids, write)}
+        return {uid: (obj_id, digest, pid) for uid, obj_id, digest, pid in self._lookup(unique_ids, write)}
 
     def existing_ids(self, uuids: Iterable[str]) -> set[str]:
         def write(sql: Sql, chunk: Sequence[str]) -> None:
@@ -116,17 +121,23 @@ class RegistryStore:
     # --- registration ---------------------------------------------------------------------------
     def register(self, sub: Submission, *, deprecate: Sequence[str] = (),
                  touched_folders: Sequence[str] = (), now: str | None = None,
-                 also: Callable[[Connection], None] | None = None, conn: Connection | None = None) -> None:
+                 replacements: Sequence[tuple[str, str]] = (),
+                 also: Callable[[Connection], None] | None = None, conn: Connection | None = None) -> list[Association]:
         """Store a validated submission, deprecate replaced entries, bump folders; all or nothing.
 
+        ``replacements`` are (replacement, original) entryUUID pairs (RPLC, XFRM_RPLC): each
+        replacement joins every Folder its original is a member of (ITI TF-2a 3.42.4.1.3.5, TF-3
+        4.2.2.2.3); the HasMember associations the registry creates for that are returned.
         ``also`` runs inside the same transaction: a co-located repository records its documents
         there, so metadata and content index commit (or roll back) together. With ``conn`` the
         submission is written under a savepoint of the caller's transaction (bulk loading).
         """
         doc_rows, ss_rows, folder_rows, assoc_rows = [], [], [], []
-        code_rows, author_rows, refid_rows = [], [], []
+        code_rows, author_rows, refid_rows, uid_rows = [], [], [], []
         for de in sub.documents:
             doc_rows.append(_document_row(de))
+            uid_rows.append({"unique_id": de.unique_id or "", "patient_id": de.patient_id or "",
+                             "fingerprint": de.hash.lower() if de.hash and not de.on_demand else de.id})
             code_rows.extend(_document_codes(de))
             author_rows.extend({"obj_id": de.id, "person": a.person} for a in de.authors if a.person)
             refid_rows.extend({"doc_id": de.id, "value": r} for r in de.reference_ids)
@@ -146,14 +157,21 @@ class RegistryStore:
                   (t.associations, assoc_rows), (t.codes, code_rows), (t.authors, author_rows),
                   (t.reference_ids, refid_rows))
 
+        created: list[Association] = []
+
         def write(c: Connection) -> None:
+            if uid_rows:  # first: on SQLite this write takes the database's write lock
+                _claim_unique_ids(c, uid_rows)
             for table, rows in tables:
                 if rows:
                     insert_rows(c, table, rows)
+            created[:] = self._join_folders_of_originals(c, sub, replacements)
+            if created:
+                insert_rows(c, t.associations, [_association_row(a) for a in created])
             for doc_id in deprecate:
                 self._set_status(c, t.documents, doc_id, v.Status.DEPRECATED)
-            for folder_id in touched_folders:
-                if now:
+            if now:
+                for folder_id in sorted({*touched_folders, *(a.source for a in created)}):
                     self._touch_folder(c, folder_id, now)
             if also is not None:
                 also(c)
@@ -167,6 +185,37 @@ class RegistryStore:
                     write(conn)
         except IntegrityError as exc:
             raise DuplicateError(str(exc.orig) if exc.orig else str(exc)) from exc
+        return created
+
+    @staticmethod
+    def _join_folders_of_originals(conn: Connection, sub: Submission,
+                                   replacements: Sequence[tuple[str, str]]) -> list[Association]:
+        """New Folder -> replacement HasMember associations, one per Folder holding the original.
+
+        Read inside the registering transaction, so a membership committed just before is seen.
+        A Folder the submission itself already links to the replacement is left alone.
+        """
+        if not replacements:
+            return []
+        a, fd = t.associations, t.folders
+        originals = sorted({orig for _, orig in replacements})
+        member_of: dict[str, list[str]] = {}
+        for chunk in _chunks(originals):
+            rows = conn.execute(select(a.c.source, a.c.target).join(fd, fd.c.id == a.c.source).where(
+                a.c.type == v.AssociationType.HAS_MEMBER, a.c.target.in_(chunk),
+                a.c.status == v.Status.APPROVED)).all()
+            for source, target in rows:
+                member_of.setdefault(target, []).append(source)
+        linked = {(x.source, x.target) for x in sub.associations
+                  if x.association_type == v.AssociationType.HAS_MEMBER}
+        created: list[Association] = []
+        for new, orig in replacements:
+            for folder_id in sorted(set(member_of.get(orig, ()))):
+                if (folder_id, new) not in linked:
+                    linked.add((folder_id, new))
+                    created.append(Association(id=rim.new_uuid(), association_type=v.AssociationType.HAS_MEMBER,
+                                               source=folder_id, target=new, status=v.Status.APPROVED))
+        return created
 
     @staticmethod
     def _set_status(conn, table, obj_id: str, status: str) -> None:
@@ -199,7 +248,7 @@ class RegistryStore:
         """Empty the registry (tests and ``xds-node demo --fresh``)."""
         with self.engine.begin() as conn:
             for table in (t.codes, t.authors, t.reference_ids, t.associations, t.documents,
-                          t.folders, t.submission_sets, t.patients):
+                          t.document_unique_ids, t.folders, t.submission_sets, t.patients):
                 conn.execute(delete(table))
 
     # --- reads used by stored queries ------------------------------------------------------------
@@ -278,6 +327,24 @@ class RegistryStore:
 
         with self.engine.connect() as conn:
             return conn.scalar(select(func.count()).select_from(_TABLES[kind])) or 0
+
+
+def _claim_unique_ids(conn: Connection, rows: list[dict]) -> None:
+    """Record what each new DocumentEntry uniqueId stands for; fail if it already stands for else.
+
+    One statement: a new uniqueId is inserted; a known one with the same fingerprint (hash) and
+    patient is left as it is (an identical resubmission); a known one with other content is
+    "updated" to NULL, which the NOT NULL column refuses, so the whole registration rolls back.
+    A competing transaction's uncommitted claim makes PostgreSQL wait for its outcome (SQLite
+    serialises writers), so two racing submissions of different content cannot both commit.
+    """
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    u = t.document_unique_ids
+    stmt = dialect.insert(u)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[u.c.unique_id], set_={"fingerprint": None},
+        where=or_(u.c.fingerprint != stmt.excluded.fingerprint, u.c.patient_id != stmt.excluded.patient_id))
+    conn.execute(stmt, rows)
 
 
 _TABLES = {"doc": t.documents, "ss": t.submission_sets, "folder": t.folders, "assoc": t.associations}

@@ -50,8 +50,9 @@ from xds_node.ebxml.validation.limits import FieldLimits, check_limits
 class RegistryLookup(Protocol):
     """Read-only questions about what is already registered (``registry.store`` implements it)."""
 
-    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
-        """uniqueId -> (entryUUID, hash); hash is None for SubmissionSets, Folders, On-Demand."""
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None, str]]:
+        """uniqueId -> (entryUUID, hash, patientId) of an object registered with it; hash is None for
+        SubmissionSets, Folders, On-Demand entries."""
         ...
 
     def existing_ids(self, uuids: Iterable[str]) -> set[str]:
@@ -329,7 +330,7 @@ def check_submission(sub: m.Submission, ctx: ValidationContext) -> list[Violatio
         else:
             by_uid[uid] = (kind, o)
     if lookup is not None and by_uid:
-        for uid, (entry_uuid, known_hash) in lookup.existing_unique_ids(by_uid.keys()).items():
+        for uid, (entry_uuid, known_hash, known_pid) in lookup.existing_unique_ids(by_uid.keys()).items():
             if uid not in by_uid:
                 continue
             kind, d = by_uid[uid]
@@ -342,7 +343,10 @@ def check_submission(sub: m.Submission, ctx: ValidationContext) -> list[Violatio
                 out.add("UID-registered-not-comparable", d.id, value=uid)
             elif d.hash is not None and d.hash.lower() != known_hash.lower():
                 out.add("UID-nonidentical-hash", d.id, value=uid)
-            # no hash yet (ITI-41 before the Repository computed it): nothing to compare
+            elif d.patient_id and known_pid and d.patient_id != known_pid:
+                out.add("UID-other-patient", d.id, value=uid, expected=known_pid)
+            # same hash (or none yet: ITI-41 before the Repository computed it): the same document,
+            # registered again under a new entryUUID, is accepted
 
     # --- known patients ------------------------------------------------------------------------------
     if lookup is not None:
