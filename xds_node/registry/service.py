@@ -23,7 +23,7 @@ from xds_node.ebxml.validation import (
     validate_submission,
 )
 from xds_node.registry import limits as registry_limits
-from xds_node.registry.store import DuplicateError, RegistryStore, Row
+from xds_node.registry.store import DuplicateError, RegistryStore, Row, UniqueIdTaken
 from xds_node.registry.stored_queries import QueryRunner, TooManyResults
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,19 @@ class Registry:
                 errors = validate_submission(sub, ctx)
                 if any(e.is_error for e in errors):
                     return RegistryResponse.from_errors(errors)
+                if isinstance(exc, UniqueIdTaken):
+                    # taken in the caller's own uncommitted transaction (a bulk load's batch),
+                    # which the validation's reads cannot see
+                    return RegistryResponse.from_errors([RegistryError(
+                        code=v.ErrorCode.NON_IDENTICAL_HASH, location=self.home_community_id,
+                        context="A DocumentEntry uniqueId of this submission is already registered with "
+                                "another hash or for another patient")])
                 # nothing left to object to: the competitor rolled back; try once more
         else:
             return RegistryResponse.from_errors([RegistryError(
-                code=v.ErrorCode.REGISTRY_ERROR,
-                context="The submission conflicted with concurrent registrations; nothing was registered")])
+                code=v.ErrorCode.REGISTRY_ERROR, location=self.home_community_id,
+                context="A uniqueId or entryUUID of this submission conflicts with what is already "
+                        "stored; nothing was registered")])
         return RegistryResponse.from_errors(errors)  # warnings only -> Success
 
     # --- ITI-18 ---------------------------------------------------------------------------------

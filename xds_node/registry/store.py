@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from lxml import etree
-from sqlalchemy import Connection, Engine, delete, insert, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.db import Sql, insert_rows, metadata
@@ -29,6 +28,11 @@ _CHUNK = 500  # bound IN-lists (SQLite's variable limit, planner sanity)
 class DuplicateError(Exception):
     """A constraint rejected the submission: something registered concurrently (an entryUUID, a
     SubmissionSet/Folder uniqueId, or a DocumentEntry uniqueId with other content) got there first."""
+
+
+class UniqueIdTaken(DuplicateError):
+    """A DocumentEntry uniqueId stands for other content (or another patient) already: committed,
+    or written earlier in the caller's own transaction (bulk loading), never a rolled-back race."""
 
 
 @dataclass(slots=True)
@@ -161,7 +165,10 @@ class RegistryStore:
 
         def write(c: Connection) -> None:
             if uid_rows:  # first: on SQLite this write takes the database's write lock
-                _claim_unique_ids(c, uid_rows)
+                try:
+                    _claim_unique_ids(c, uid_rows)
+                except IntegrityError as exc:
+                    raise UniqueIdTaken(str(exc.orig) if exc.orig else str(exc)) from exc
             for table, rows in tables:
                 if rows:
                     insert_rows(c, table, rows)
@@ -329,6 +336,13 @@ class RegistryStore:
             return conn.scalar(select(func.count()).select_from(_TABLES[kind])) or 0
 
 
+#: Same text on SQLite (3.24+) and PostgreSQL; ``{p}`` becomes the DBAPI's placeholder.
+_CLAIM = ("INSERT INTO xds_document_uid (unique_id, fingerprint, patient_id) VALUES ({p}unique_id{s}, "
+          "{p}fingerprint{s}, {p}patient_id{s}) ON CONFLICT (unique_id) DO UPDATE SET fingerprint = NULL "
+          "WHERE xds_document_uid.fingerprint <> excluded.fingerprint "
+          "OR xds_document_uid.patient_id <> excluded.patient_id")
+
+
 def _claim_unique_ids(conn: Connection, rows: list[dict]) -> None:
     """Record what each new DocumentEntry uniqueId stands for; fail if it already stands for else.
 
@@ -337,14 +351,10 @@ def _claim_unique_ids(conn: Connection, rows: list[dict]) -> None:
     "updated" to NULL, which the NOT NULL column refuses, so the whole registration rolls back.
     A competing transaction's uncommitted claim makes PostgreSQL wait for its outcome (SQLite
     serialises writers), so two racing submissions of different content cannot both commit.
+    Driver-level SQL, like ``insert_rows``: this runs on every registration.
     """
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    u = t.document_unique_ids
-    stmt = dialect.insert(u)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[u.c.unique_id], set_={"fingerprint": None},
-        where=or_(u.c.fingerprint != stmt.excluded.fingerprint, u.c.patient_id != stmt.excluded.patient_id))
-    conn.execute(stmt, rows)
+    named = conn.dialect.paramstyle in ("qmark", "named", "numeric")
+    conn.exec_driver_sql(_CLAIM.format(p=":" if named else "%(", s="" if named else ")s"), rows)
 
 
 _TABLES = {"doc": t.documents, "ss": t.submission_sets, "folder": t.folders, "assoc": t.associations}

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, Submission
@@ -62,8 +61,12 @@ def _index(conn: Connection, rows: list[dict]) -> None:
     """Index stored documents by uniqueId. An identical resubmission (a new entry, the same uniqueId
     and hash: accepted, ITI TF-3 Table 4.2.4.1-2) finds its uniqueId indexed with the same bytes
     already: that row stays, as it would for a concurrent one (PostgreSQL waits for its outcome)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    conn.execute(dialect.insert(t.documents).on_conflict_do_nothing(index_elements=[t.documents.c.unique_id]), rows)
+    named = conn.dialect.paramstyle in ("qmark", "named", "numeric")
+    cols = [c.name for c in t.documents.columns]
+    marks = ", ".join((f":{c}" if named else f"%({c})s") for c in cols)
+    quote = conn.dialect.identifier_preparer.quote
+    conn.exec_driver_sql(f"INSERT INTO repo_document ({', '.join(quote(c) for c in cols)}) VALUES ({marks}) "
+                         "ON CONFLICT (unique_id) DO NOTHING", rows)
 
 
 class Repository:
