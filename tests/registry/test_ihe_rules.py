@@ -217,3 +217,26 @@ def test_replacement_of_a_document_in_no_folder_adds_no_association(client, node
     before = node.registry_store.count("assoc")
     assert register(client, replacing).status == SUCCESS
     assert node.registry_store.count("assoc") == before + len(replacing.associations)
+
+
+def test_identical_multi_document_submissions_in_opposite_order_never_deadlock(node):
+    """Submissions that claim the same uniqueIds, listed in opposite orders, race round after round:
+    each is the same documents again, so all are accepted (ITI TF-3 Table 4.2.4.1-2); claims are
+    taken in one order, so they queue rather than deadlock (which PostgreSQL would end by aborting
+    one of them: an XDSRegistryError for a valid submission)."""
+    rounds = 30
+    for n in range(rounds):
+        first = f.submission(f.patient(1230 + n), 2)
+        second = f.submission(f.patient(1230 + n), 2)
+        for mine, theirs in zip(second.documents, reversed(first.documents), strict=True):
+            mine.unique_id, mine.hash, mine.size = theirs.unique_id, theirs.hash, theirs.size
+        start = threading.Barrier(2)
+
+        def go(sub, start=start):
+            start.wait(30)
+            return node.registry.register(sub)
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(go, [first, second]))
+        assert [r.status for r in results] == [SUCCESS, SUCCESS], [r.errors for r in results]
+    assert node.registry_store.count("doc") == 4 * rounds

@@ -166,7 +166,9 @@ class RegistryStore:
         def write(c: Connection) -> None:
             if uid_rows:  # first: on SQLite this write takes the database's write lock
                 try:
-                    _claim_unique_ids(c, uid_rows)
+                    # in one order everywhere: two submissions claiming the same uniqueIds wait
+                    # for each other instead of deadlocking
+                    _claim_unique_ids(c, sorted(uid_rows, key=lambda r: r["unique_id"]))
                 except IntegrityError as exc:
                     raise UniqueIdTaken(str(exc.orig) if exc.orig else str(exc)) from exc
             for table, rows in tables:

@@ -66,7 +66,7 @@ def _index(conn: Connection, rows: list[dict]) -> None:
     marks = ", ".join((f":{c}" if named else f"%({c})s") for c in cols)
     quote = conn.dialect.identifier_preparer.quote
     conn.exec_driver_sql(f"INSERT INTO repo_document ({', '.join(quote(c) for c in cols)}) VALUES ({marks}) "
-                         "ON CONFLICT (unique_id) DO NOTHING", rows)
+                         "ON CONFLICT (unique_id) DO NOTHING", sorted(rows, key=lambda r: r["unique_id"]))
 
 
 class Repository:
