@@ -386,6 +386,12 @@ def _b_uid_hash(sub: m.Submission, reg: FakeRegistry) -> None:
     reg.unique_ids[doc(sub).unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "0" * 40, PID)  # type: ignore[index]
 
 
+def _b_uid_size(sub: m.Submission, reg: FakeRegistry) -> None:
+    """Same hash, another size: XDSNonIdenticalSize (ITI TF-3 Table 4.2.4.1-2)."""
+    d = doc(sub)
+    reg.unique_ids[d.unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", d.hash, PID, (d.size or 0) + 1)  # type: ignore[assignment]
+
+
 def _b_uid_other_patient(sub: m.Submission, reg: FakeRegistry) -> None:
     """The same document (same hash) registered for another patient: a uniqueId names one
     patient's document (consent and audit look documents up by uniqueId)."""
@@ -454,6 +460,7 @@ CASES: dict[str, tuple[Callable[..., object], frozenset[str]]] = {
     "UID-already-registered": (_b_uid_registered, frozenset()),
     "UID-nonidentical-hash": (_b_uid_hash, frozenset()),
     "UID-other-patient": (_b_uid_other_patient, frozenset()),
+    "UID-nonidentical-size": (_b_uid_size, frozenset()),
     "UID-registered-not-comparable": (_b_uid_not_comparable, frozenset()),
     "LIMIT-length": (_b_too_long, frozenset()),
     "LIMIT-range": (_b_out_of_range, frozenset()),

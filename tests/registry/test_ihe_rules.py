@@ -71,6 +71,16 @@ def test_resubmission_with_another_hash_is_non_identical_hash(client, node):
     assert node.registry_store.count("doc") == 1 and node.registry_store.count("ss") == 1
 
 
+def test_resubmission_with_same_hash_and_another_size_is_non_identical_size(client, node):
+    """ITI TF-3 Table 4.2.4.1-2: a duplicate whose size does not match is XDSNonIdenticalSize."""
+    first = f.submission(f.patient(1206), 1)
+    assert register(client, first).status == SUCCESS
+    again = _again(first)
+    again.documents[0].size = (first.documents[0].size or 0) + 1
+    reply = register(client, again)
+    assert reply.status == FAILURE and reply.error_codes == [E.NON_IDENTICAL_SIZE]
+
+
 def test_resubmission_for_another_patient_is_refused(client, node):
     """The same document registered again stays one patient's document: consent and audit of
     ITI-39/43 look documents up by uniqueId. XDSPatientIdDoesNotMatch (ITI TF-3 Table 4.2.4.1-2)."""

@@ -78,16 +78,17 @@ class RegistryStore:
                 rows.extend(conn.exec_driver_sql(sql.text, sql.bound).all())
         return rows
 
-    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None, str]]:
-        """uniqueId -> (entryUUID, hash, patientId) of one object registered with it. DocumentEntries
-        sharing a uniqueId share hash and patient (``xds_document_uid``), so any one of them speaks
-        for all."""
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None, str, int | None]]:
+        """uniqueId -> (entryUUID, hash, patientId, size) of one object registered with it.
+        DocumentEntries sharing a uniqueId share hash and patient (``xds_document_uid``) and size
+        (validated), so any one of them speaks for all."""
         def write(sql: Sql, chunk: Sequence[str]) -> None:
-            tables = (("xds_document", "hash"), ("xds_submission_set", "NULL"), ("xds_folder", "NULL"))
-            sql += " UNION ALL ".join(f"SELECT unique_id, id, {digest}, patient_id FROM {table} WHERE unique_id IN "
-                                      + sql.in_(chunk) for table, digest in tables)
+            tables = (("xds_document", "hash", "size"), ("xds_submission_set", "NULL", "NULL"),
+                      ("xds_folder", "NULL", "NULL"))
+            sql += " UNION ALL ".join(f"SELECT unique_id, id, {digest}, patient_id, {size} FROM {table} "
+                                      "WHERE unique_id IN " + sql.in_(chunk) for table, digest, size in tables)
 
-        return {uid: (obj_id, digest, pid) for uid, obj_id, digest, pid in self._lookup(unique_ids, write)}
+        return {uid: (obj_id, digest, pid, size) for uid, obj_id, digest, pid, size in self._lookup(unique_ids, write)}
 
     def existing_ids(self, uuids: Iterable[str]) -> set[str]:
         def write(sql: Sql, chunk: Sequence[str]) -> None:
