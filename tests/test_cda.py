@@ -6,6 +6,7 @@ import base64
 import importlib.util
 import re
 import sys
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from lxml import etree
 from xds_node.cda import CdaDefaults, CdaError, extract_metadata, is_cda, normalize_ts
 from xds_node.cda.metadata import SSN_ROOT
 from xds_node.ebxml.model import Code, DocumentEntry
+from xds_node.ebxml.validation import valid_document_unique_id
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 HL7_EXAMPLES = CORPUS / "04-ccda" / "hl7-c-cda-examples"
@@ -258,12 +260,45 @@ def test_unique_id(doc_id, expected):
         ("", "ClinicalDocument/id is missing"),
         ('<id root="not-an-oid"/>', "neither an OID nor a UUID"),
         (f'<id root="1.{"2" * 70}"/>', "longer than 64"),
-        (f'<id root="1.2.3" extension="{"x" * 130}"/>', "longer than the 128"),
+        # (an extension of 130 characters was refused here: it is a legal HL7 II, now mapped below)
     ],
 )
 def test_unique_id_errors(doc_id, reason):
     with pytest.raises(CdaError, match=rf"^bad\.xml: .*{re.escape(reason)}"):
         extract_metadata(cda(doc_id=doc_id), source_name="bad.xml")
+
+
+def _mapped(root: str, ext: str) -> str:
+    """The documented mapping (README, "C-CDA ids XDS cannot carry"), computed independently."""
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:hl7ii:{root}:{ext}").int)
+
+
+@pytest.mark.parametrize(
+    ("ext", "legal"),
+    [
+        ("ABC 123", False),  # a space: legal in an HL7 II extension, not in a uniqueId
+        ("x" * 16, True),  # the longest extension ITI TF-3 4.2.3.2.26 allows ...
+        ("x" * 17, False),  # ... one more character is too long (the old check took up to 128)
+        ("é" * 16, True),  # the limit is 16 UTF-8 characters, not bytes
+        ("A^B", False),  # the root^extension separator itself
+        ("A|B", False),  # an HL7 v2 delimiter
+    ],
+)
+def test_unique_id_of_any_legal_ii_extension(ext, legal):
+    """ITI TF-3 4.2.3.2.26: a CDA uniqueId is "oid^extension", OID 64 characters max, extension 16
+    UTF-8 characters max, 128 bytes in all. An HL7 II extension outside that (a space, 17+
+    characters, a delimiter) is still the document's id: it maps to a 2.25 OID, never refused, and
+    the same id always maps to the same uniqueId. The old code refused ids with a space (the
+    registry's format check) and passed extensions of up to 127 characters through unchanged."""
+    root = "1.2.3.4.5"
+    entry = extract_metadata(cda(doc_id=f'<id root="{root}" extension="{ext}"/>'))
+    assert entry.unique_id == (f"{root}^{ext}" if legal else _mapped(root, ext))
+    assert valid_document_unique_id(entry.unique_id)
+    again = extract_metadata(cda(doc_id=f'<id root="{root}" extension="{ext}"/>'))
+    assert again.unique_id == entry.unique_id
+    if not legal:
+        other = extract_metadata(cda(doc_id=f'<id root="1.2.3.4.6" extension="{ext}"/>'))
+        assert other.unique_id != entry.unique_id  # the root is part of the identity
 
 
 def test_required_header_parts():

@@ -199,3 +199,29 @@ def test_migrations_ship_inside_the_package():
     revisions = {s.revision for s in migrations.script().walk_revisions()}
     assert {"0001", migrations.head()} <= revisions
     assert len(migrations.script().get_heads()) == 1, "two heads: merge them (alembic merge) before release"
+
+
+def test_0004_backfills_document_uniqueids_and_lets_a_uniqueid_repeat(engine):
+    """Migration 0004 (issue 12, rule 1): registered documents get their xds_document_uid claim
+    (hash, or the entryUUID of an On-Demand entry, and the patient), and xds_document.unique_id is
+    no longer unique, so an identical resubmission can be stored (ITI TF-3 Table 4.2.4.1-2)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(migrations.config(conn), "0003")
+    doc = {"unique_id": "1.2.3.4^D1", "patient_id": "P1^^^&1.2.3&ISO", "status": "Approved",
+           "object_type": "stable", "rim": b"<x/>"}
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO xds_document (id, unique_id, patient_id, status, object_type, hash, rim) "
+                          "VALUES ('urn:uuid:1', :unique_id, :patient_id, :status, :object_type, 'ABCDEF', :rim)"),
+                     doc)
+        conn.execute(text("INSERT INTO xds_document (id, unique_id, patient_id, status, object_type, rim) "
+                          "VALUES ('urn:uuid:2', '1.2.3.4^OD', :patient_id, :status, :object_type, :rim)"), doc)
+    migrations.upgrade(engine)
+    assert migrations.check(engine) == []
+    with engine.begin() as conn:
+        claims = sorted(conn.execute(text("SELECT unique_id, fingerprint, patient_id FROM xds_document_uid")).all())
+        assert claims == [("1.2.3.4^D1", "abcdef", doc["patient_id"]), ("1.2.3.4^OD", "urn:uuid:2", doc["patient_id"])]
+        conn.execute(text("INSERT INTO xds_document (id, unique_id, patient_id, status, object_type, hash, rim) "
+                          "VALUES ('urn:uuid:3', :unique_id, :patient_id, :status, :object_type, 'abcdef', :rim)"),
+                     doc)

@@ -34,11 +34,11 @@ class FakeRegistry:
     """In-memory RegistryLookup."""
 
     objects: dict[str, tuple[str, str, str | None]] = field(default_factory=dict)  # id -> status, pid, kind
-    unique_ids: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    unique_ids: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)  # uid -> id, hash, pid
     association_ids: set[str] = field(default_factory=set)
     patients: set[str] | None = field(default_factory=lambda: {PID, OTHER_PID})
 
-    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None, str]]:
         return {u: self.unique_ids[u] for u in unique_ids if u in self.unique_ids}
 
     def existing_ids(self, uuids: Iterable[str]) -> set[str]:
@@ -54,7 +54,7 @@ class FakeRegistry:
 def make_registry() -> FakeRegistry:
     reg = FakeRegistry()
     reg.objects[OLD_DOC] = (APPROVED, PID, V.DOCUMENT_ENTRY)
-    reg.unique_ids["1.2.840.99.1.1"] = (OLD_DOC, "a" * 40)
+    reg.unique_ids["1.2.840.99.1.1"] = (OLD_DOC, "a" * 40, PID)
     return reg
 
 
@@ -173,7 +173,7 @@ def test_resubmitted_document_with_identical_hash_is_accepted() -> None:
     reg = make_registry()
     d = doc(make_submission())
     sub = make_submission()
-    reg.unique_ids[d.unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", d.hash.upper())  # type: ignore[arg-type,union-attr]
+    reg.unique_ids[d.unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", d.hash.upper(), PID)  # type: ignore[arg-type,union-attr]
     assert check(sub, reg) == []
 
 
@@ -379,15 +379,28 @@ def _b_uid_in_message(sub: m.Submission, reg: FakeRegistry) -> None:
 
 def _b_uid_registered(sub: m.Submission, reg: FakeRegistry) -> None:
     assert sub.submission_set is not None and sub.submission_set.unique_id
-    reg.unique_ids[sub.submission_set.unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", None)
+    reg.unique_ids[sub.submission_set.unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", None, PID)
 
 
 def _b_uid_hash(sub: m.Submission, reg: FakeRegistry) -> None:
-    reg.unique_ids[doc(sub).unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "0" * 40)  # type: ignore[index]
+    reg.unique_ids[doc(sub).unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "0" * 40, PID)  # type: ignore[index]
+
+
+def _b_uid_size(sub: m.Submission, reg: FakeRegistry) -> None:
+    """Same hash, another size: XDSNonIdenticalSize (ITI TF-3 Table 4.2.4.1-2)."""
+    d = doc(sub)
+    reg.unique_ids[d.unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", d.hash, PID, (d.size or 0) + 1)  # type: ignore[assignment]
+
+
+def _b_uid_other_patient(sub: m.Submission, reg: FakeRegistry) -> None:
+    """The same document (same hash) registered for another patient: a uniqueId names one
+    patient's document (consent and audit look documents up by uniqueId)."""
+    d = doc(sub)
+    reg.unique_ids[d.unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", d.hash, OTHER_PID)  # type: ignore[index]
 
 
 def _b_uid_not_comparable(sub: m.Submission, reg: FakeRegistry) -> None:
-    reg.unique_ids[doc(sub).unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", None)  # type: ignore[index]
+    reg.unique_ids[doc(sub).unique_id] = ("urn:uuid:aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", None, PID)  # type: ignore[index]
 
 
 def _b_too_long(sub: m.Submission, reg: FakeRegistry) -> dict:
@@ -446,6 +459,8 @@ CASES: dict[str, tuple[Callable[..., object], frozenset[str]]] = {
     "UID-duplicate-in-submission": (_b_uid_in_message, frozenset()),
     "UID-already-registered": (_b_uid_registered, frozenset()),
     "UID-nonidentical-hash": (_b_uid_hash, frozenset()),
+    "UID-other-patient": (_b_uid_other_patient, frozenset()),
+    "UID-nonidentical-size": (_b_uid_size, frozenset()),
     "UID-registered-not-comparable": (_b_uid_not_comparable, frozenset()),
     "LIMIT-length": (_b_too_long, frozenset()),
     "LIMIT-range": (_b_out_of_range, frozenset()),
@@ -530,7 +545,7 @@ def test_all_violations_are_reported_not_just_the_first() -> None:
     doc(sub).mime_type = None
     sub.documents[1].patient_id = OTHER_PID
     sub.folders[0].codes = []
-    reg.unique_ids[sub.folders[0].unique_id] = (EXISTING_FOLDER, None)  # type: ignore[index]
+    reg.unique_ids[sub.folders[0].unique_id] = (EXISTING_FOLDER, None, PID)  # type: ignore[index]
     errors = V.validate_submission(sub, V.ValidationContext(lookup=reg, home_community_id="urn:oid:1.2.3"))
     codes = [e.code for e in errors]
     assert codes.count(v.ErrorCode.REGISTRY_METADATA_ERROR) == 3  # hash, mimeType, codeList

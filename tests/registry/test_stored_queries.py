@@ -169,7 +169,9 @@ def test_get_all(client, world):
            XDSFolderStatus=APPROVED)
     assert _ids(r) == sorted([world.a1.id, world.a2.id, world.a3.id])
     assert len(_ids(r, "RegistryPackage")) == 3
-    assert len(r.objects("Association")) == 7 + 1 + 1  # submission 1, submission 2 HasMember, the RPLC
+    # submission 1, submission 2 HasMember, the RPLC, and the HasMember the registry added from a1's
+    # folder to its replacement a3 (ITI TF-2a 3.42.4.1.3.5)
+    assert len(r.objects("Association")) == 7 + 1 + 1 + 1
 
 
 # --- Get* by id ------------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def test_get_associations(client, world):
 def test_get_documents_and_associations(client, world):
     r = _q(client, Q.GET_DOCUMENTS_AND_ASSOCIATIONS, XDSDocumentEntryEntryUUID=f"('{world.a3.id}')")
     assert _ids(r) == [world.a3.id]
-    assert len(r.objects("Association")) == 2
+    assert len(r.objects("Association")) == 3  # from SS2, the RPLC, from a1's folder (a3 replaced a1)
 
 
 def test_get_submission_sets(client, world):
@@ -226,8 +228,9 @@ def test_get_submission_set_and_contents(client, world):
 
 def test_get_folder_and_contents(client, world):
     r = _q(client, Q.GET_FOLDER_AND_CONTENTS, XDSFolderEntryUUID=f"'{world.folder.id}'")
-    assert _ids(r) == sorted([world.a1.id, world.a2.id])
-    assert len(r.objects("Association")) == 2
+    # a3 replaced a1, a member: the registry added it to the folder (ITI TF-2a 3.42.4.1.3.5)
+    assert _ids(r) == sorted([world.a1.id, world.a2.id, world.a3.id])
+    assert len(r.objects("Association")) == 3
 
 
 def test_get_folders_for_document(client, world):

@@ -109,8 +109,11 @@ def test_failed_submission_alone_leaves_no_bytes(client, node):
     assert [p for p in node.content_store.root.rglob("*") if p.is_file()] == []
 
 
-def test_duplicate_of_committed_document_keeps_it(client, node):
-    """A client retry of an acknowledged submission fails as a duplicate and removes nothing."""
+def test_resubmission_of_committed_document_keeps_it(client, node):
+    """A client retry of an acknowledged submission (new entry, same uniqueId and bytes) is accepted
+    as an identical resubmission (ITI TF-3 Table 4.2.4.1-2); one with other bytes is
+    XDSNonIdenticalHash. Neither removes the acknowledged document. (This test expected the retry
+    to fail as a duplicate: the rule the registry wrongly applied before.)"""
     good, good_de = _valid(730)
     data = os.urandom(5000)
     assert asyncio.run(node.repository.provide_and_register(
@@ -118,8 +121,14 @@ def test_duplicate_of_committed_document_keeps_it(client, node):
     retry, retry_de = _valid(730)
     retry_de.unique_id = good_de.unique_id
     again = asyncio.run(node.repository.provide_and_register(retry, {retry_de.id: data}, _register(node)))
-    assert again.status == v.ResponseStatus.FAILURE
+    assert again.status == v.ResponseStatus.SUCCESS, again.errors
+    other, other_de = _valid(730)
+    other_de.unique_id = good_de.unique_id
+    refused = asyncio.run(node.repository.provide_and_register(other, {other_de.id: os.urandom(5000)},
+                                                               _register(node)))
+    assert [e.code for e in refused.errors] == [v.ErrorCode.NON_IDENTICAL_HASH]
     _assert_retrievable(client, good_de.unique_id, data)
+    assert len(_files(node.content_store)) == 1
 
 
 # --- the store's own protocol --------------------------------------------------------------------

@@ -519,7 +519,21 @@ def _format_code(root: etree._Element, non_xml: bool, defaults: CdaDefaults) -> 
     return Code(c.code, c.scheme, c.display)
 
 
+#: Characters a DocumentEntry.uniqueId cannot carry in its extension part: whitespace and control
+#: characters, and the HL7 v2 delimiters (``^`` separates root from extension).
+_UID_EXT_BAD = re.compile(r"[\s\x00-\x1f^&~\\|]")
+
+
 def _unique_id(root: etree._Element, name: str) -> str:
+    """DocumentEntry.uniqueId of a CDA: ``root^extension`` of ClinicalDocument/id.
+
+    ITI TF-3 4.2.3.2.26 bounds that form: the OID root at most 64 characters, the extension at most
+    16 (UTF-8) characters, the whole at most 128 bytes. HL7 II allows far more in an extension
+    (spaces, any length), and such an id is still the document's own: it is mapped, not refused,
+    to ``2.25.<n>`` where n is the integer of the name-based UUID (RFC 4122 version 5, URL
+    namespace) of the HL7 II URN ``urn:hl7ii:<root>:<extension>`` (ITU-T X.667 OID form) — the
+    same id always maps to the same uniqueId, so replacements and resubmissions match.
+    """
     ids = _ids(root, _P["id"])
     if not ids:
         raise CdaError(f"{name}: ClinicalDocument/id is missing")
@@ -529,10 +543,12 @@ def _unique_id(root: etree._Element, name: str) -> str:
         raise CdaError(f"{name}: ClinicalDocument/id root {doc_root!r} is neither an OID nor a UUID")
     if len(oid) > 64:
         raise CdaError(f"{name}: ClinicalDocument/id root is longer than 64 characters")
-    unique_id = f"{oid}^{ext}" if ext else oid
-    if len(unique_id) > 128:
-        raise CdaError(f"{name}: ClinicalDocument/id is longer than the 128 characters XDS allows")
-    return unique_id
+    if ext is None:
+        return oid
+    unique_id = f"{oid}^{ext}"
+    if len(ext) <= 16 and not _UID_EXT_BAD.search(ext) and len(unique_id.encode()) <= 128:
+        return unique_id
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, f'urn:hl7ii:{doc_root}:{ext}').int}"
 
 
 _STREET = f"{{{CDA_NS}}}streetAddressLine"

@@ -23,7 +23,7 @@ from xds_node.ebxml.validation import (
     validate_submission,
 )
 from xds_node.registry import limits as registry_limits
-from xds_node.registry.store import DuplicateError, RegistryStore, Row
+from xds_node.registry.store import DuplicateError, RegistryStore, Row, UniqueIdTaken
 from xds_node.registry.stored_queries import QueryRunner, TooManyResults
 
 log = logging.getLogger(__name__)
@@ -102,14 +102,34 @@ class Registry:
         }
         existing_folders &= {k for k, val in self.store.document_status(existing_folders).items()
                              if val[2] == "Folder"}
-        try:
-            self.store.register(sub, deprecate=deprecations(sub), touched_folders=sorted(existing_folders),
-                                now=now, also=also, conn=conn)
-        except DuplicateError as exc:
-            log.info("registration rejected by a unique index: %s", exc)
+        replacements = [(a.source, a.target) for a in sub.associations
+                        if a.association_type in v.REPLACING_TYPES and a.source and a.target]
+        for _attempt in (1, 2):
+            try:
+                self.store.register(sub, deprecate=deprecations(sub), touched_folders=sorted(existing_folders),
+                                    now=now, replacements=replacements, also=also, conn=conn)
+                break
+            except DuplicateError as exc:
+                # A constraint saw what validation could not: a submission that committed meanwhile
+                # (an entryUUID, a uniqueId, a DocumentEntry uniqueId with other content). Validate
+                # again against what is committed now: that names the problem with its IHE code.
+                log.info("registration rejected by a constraint: %s", exc)
+                errors = validate_submission(sub, ctx)
+                if any(e.is_error for e in errors):
+                    return RegistryResponse.from_errors(errors)
+                if isinstance(exc, UniqueIdTaken):
+                    # taken in the caller's own uncommitted transaction (a bulk load's batch),
+                    # which the validation's reads cannot see
+                    return RegistryResponse.from_errors([RegistryError(
+                        code=v.ErrorCode.NON_IDENTICAL_HASH, location=self.home_community_id,
+                        context="A DocumentEntry uniqueId of this submission is already registered with "
+                                "another hash or for another patient")])
+                # nothing left to object to: the competitor rolled back; try once more
+        else:
             return RegistryResponse.from_errors([RegistryError(
-                code=v.ErrorCode.DUPLICATE_UNIQUE_ID,
-                context="A uniqueId or entryUUID in this submission is already registered")])
+                code=v.ErrorCode.REGISTRY_ERROR, location=self.home_community_id,
+                context="A uniqueId or entryUUID of this submission conflicts with what is already "
+                        "stored; nothing was registered")])
         return RegistryResponse.from_errors(errors)  # warnings only -> Success
 
     # --- ITI-18 ---------------------------------------------------------------------------------

@@ -26,7 +26,13 @@ _CHUNK = 500  # bound IN-lists (SQLite's variable limit, planner sanity)
 
 
 class DuplicateError(Exception):
-    """A unique index rejected the submission (a concurrent duplicate uniqueId or entryUUID)."""
+    """A constraint rejected the submission: something registered concurrently (an entryUUID, a
+    SubmissionSet/Folder uniqueId, or a DocumentEntry uniqueId with other content) got there first."""
+
+
+class UniqueIdTaken(DuplicateError):
+    """A DocumentEntry uniqueId stands for other content (or another patient) already: committed,
+    or written earlier in the caller's own transaction (bulk loading), never a rolled-back race."""
 
 
 @dataclass(slots=True)
@@ -72,13 +78,17 @@ class RegistryStore:
                 rows.extend(conn.exec_driver_sql(sql.text, sql.bound).all())
         return rows
 
-    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None, str, int | None]]:
+        """uniqueId -> (entryUUID, hash, patientId, size) of one object registered with it.
+        DocumentEntries sharing a uniqueId share hash and patient (``xds_document_uid``) and size
+        (validated), so any one of them speaks for all."""
         def write(sql: Sql, chunk: Sequence[str]) -> None:
-            tables = (("xds_document", "hash"), ("xds_submission_set", "NULL"), ("xds_folder", "NULL"))
-            sql += " UNION ALL ".join(f"SELECT unique_id, id, {digest} FROM {table} WHERE unique_id IN "
-                                      + sql.in_(chunk) for table, digest in tables)
+            tables = (("xds_document", "hash", "size"), ("xds_submission_set", "NULL", "NULL"),
+                      ("xds_folder", "NULL", "NULL"))
+            sql += " UNION ALL ".join(f"SELECT unique_id, id, {digest}, patient_id, {size} FROM {table} "
+                                      "WHERE unique_id IN " + sql.in_(chunk) for table, digest, size in tables)
 
-        return {uid: (obj_id, digest) for uid, obj_id, digest in self._lookup(unique_ids, write)}
+        return {uid: (obj_id, digest, pid, size) for uid, obj_id, digest, pid, size in self._lookup(unique_ids, write)}
 
     def existing_ids(self, uuids: Iterable[str]) -> set[str]:
         def write(sql: Sql, chunk: Sequence[str]) -> None:
@@ -116,17 +126,23 @@ class RegistryStore:
     # --- registration ---------------------------------------------------------------------------
     def register(self, sub: Submission, *, deprecate: Sequence[str] = (),
                  touched_folders: Sequence[str] = (), now: str | None = None,
-                 also: Callable[[Connection], None] | None = None, conn: Connection | None = None) -> None:
+                 replacements: Sequence[tuple[str, str]] = (),
+                 also: Callable[[Connection], None] | None = None, conn: Connection | None = None) -> list[Association]:
         """Store a validated submission, deprecate replaced entries, bump folders; all or nothing.
 
+        ``replacements`` are (replacement, original) entryUUID pairs (RPLC, XFRM_RPLC): each
+        replacement joins every Folder its original is a member of (ITI TF-2a 3.42.4.1.3.5, TF-3
+        4.2.2.2.3); the HasMember associations the registry creates for that are returned.
         ``also`` runs inside the same transaction: a co-located repository records its documents
         there, so metadata and content index commit (or roll back) together. With ``conn`` the
         submission is written under a savepoint of the caller's transaction (bulk loading).
         """
         doc_rows, ss_rows, folder_rows, assoc_rows = [], [], [], []
-        code_rows, author_rows, refid_rows = [], [], []
+        code_rows, author_rows, refid_rows, uid_rows = [], [], [], []
         for de in sub.documents:
             doc_rows.append(_document_row(de))
+            uid_rows.append({"unique_id": de.unique_id or "", "patient_id": de.patient_id or "",
+                             "fingerprint": de.hash.lower() if de.hash and not de.on_demand else de.id})
             code_rows.extend(_document_codes(de))
             author_rows.extend({"obj_id": de.id, "person": a.person} for a in de.authors if a.person)
             refid_rows.extend({"doc_id": de.id, "value": r} for r in de.reference_ids)
@@ -146,14 +162,26 @@ class RegistryStore:
                   (t.associations, assoc_rows), (t.codes, code_rows), (t.authors, author_rows),
                   (t.reference_ids, refid_rows))
 
+        created: list[Association] = []
+
         def write(c: Connection) -> None:
+            if uid_rows:  # first: on SQLite this write takes the database's write lock
+                try:
+                    # in one order everywhere: two submissions claiming the same uniqueIds wait
+                    # for each other instead of deadlocking
+                    _claim_unique_ids(c, sorted(uid_rows, key=lambda r: r["unique_id"]))
+                except IntegrityError as exc:
+                    raise UniqueIdTaken(str(exc.orig) if exc.orig else str(exc)) from exc
             for table, rows in tables:
                 if rows:
                     insert_rows(c, table, rows)
+            created[:] = self._join_folders_of_originals(c, sub, replacements)
+            if created:
+                insert_rows(c, t.associations, [_association_row(a) for a in created])
             for doc_id in deprecate:
                 self._set_status(c, t.documents, doc_id, v.Status.DEPRECATED)
-            for folder_id in touched_folders:
-                if now:
+            if now:
+                for folder_id in sorted({*touched_folders, *(a.source for a in created)}):
                     self._touch_folder(c, folder_id, now)
             if also is not None:
                 also(c)
@@ -167,6 +195,37 @@ class RegistryStore:
                     write(conn)
         except IntegrityError as exc:
             raise DuplicateError(str(exc.orig) if exc.orig else str(exc)) from exc
+        return created
+
+    @staticmethod
+    def _join_folders_of_originals(conn: Connection, sub: Submission,
+                                   replacements: Sequence[tuple[str, str]]) -> list[Association]:
+        """New Folder -> replacement HasMember associations, one per Folder holding the original.
+
+        Read inside the registering transaction, so a membership committed just before is seen.
+        A Folder the submission itself already links to the replacement is left alone.
+        """
+        if not replacements:
+            return []
+        a, fd = t.associations, t.folders
+        originals = sorted({orig for _, orig in replacements})
+        member_of: dict[str, list[str]] = {}
+        for chunk in _chunks(originals):
+            rows = conn.execute(select(a.c.source, a.c.target).join(fd, fd.c.id == a.c.source).where(
+                a.c.type == v.AssociationType.HAS_MEMBER, a.c.target.in_(chunk),
+                a.c.status == v.Status.APPROVED)).all()
+            for source, target in rows:
+                member_of.setdefault(target, []).append(source)
+        linked = {(x.source, x.target) for x in sub.associations
+                  if x.association_type == v.AssociationType.HAS_MEMBER}
+        created: list[Association] = []
+        for new, orig in replacements:
+            for folder_id in sorted(set(member_of.get(orig, ()))):
+                if (folder_id, new) not in linked:
+                    linked.add((folder_id, new))
+                    created.append(Association(id=rim.new_uuid(), association_type=v.AssociationType.HAS_MEMBER,
+                                               source=folder_id, target=new, status=v.Status.APPROVED))
+        return created
 
     @staticmethod
     def _set_status(conn, table, obj_id: str, status: str) -> None:
@@ -199,7 +258,7 @@ class RegistryStore:
         """Empty the registry (tests and ``xds-node demo --fresh``)."""
         with self.engine.begin() as conn:
             for table in (t.codes, t.authors, t.reference_ids, t.associations, t.documents,
-                          t.folders, t.submission_sets, t.patients):
+                          t.document_unique_ids, t.folders, t.submission_sets, t.patients):
                 conn.execute(delete(table))
 
     # --- reads used by stored queries ------------------------------------------------------------
@@ -278,6 +337,27 @@ class RegistryStore:
 
         with self.engine.connect() as conn:
             return conn.scalar(select(func.count()).select_from(_TABLES[kind])) or 0
+
+
+#: Same text on SQLite (3.24+) and PostgreSQL; ``{p}`` becomes the DBAPI's placeholder.
+_CLAIM = ("INSERT INTO xds_document_uid (unique_id, fingerprint, patient_id) VALUES ({p}unique_id{s}, "
+          "{p}fingerprint{s}, {p}patient_id{s}) ON CONFLICT (unique_id) DO UPDATE SET fingerprint = NULL "
+          "WHERE xds_document_uid.fingerprint <> excluded.fingerprint "
+          "OR xds_document_uid.patient_id <> excluded.patient_id")
+
+
+def _claim_unique_ids(conn: Connection, rows: list[dict]) -> None:
+    """Record what each new DocumentEntry uniqueId stands for; fail if it already stands for else.
+
+    One statement: a new uniqueId is inserted; a known one with the same fingerprint (hash) and
+    patient is left as it is (an identical resubmission); a known one with other content is
+    "updated" to NULL, which the NOT NULL column refuses, so the whole registration rolls back.
+    A competing transaction's uncommitted claim makes PostgreSQL wait for its outcome (SQLite
+    serialises writers), so two racing submissions of different content cannot both commit.
+    Driver-level SQL, like ``insert_rows``: this runs on every registration.
+    """
+    named = conn.dialect.paramstyle in ("qmark", "named", "numeric")
+    conn.exec_driver_sql(_CLAIM.format(p=":" if named else "%(", s="" if named else ")s"), rows)
 
 
 _TABLES = {"doc": t.documents, "ss": t.submission_sets, "folder": t.folders, "assoc": t.associations}

@@ -32,8 +32,24 @@ documents = Table(
     Column("service_start_time", String(14)),
     Column("service_stop_time", String(14)),
     Column("rim", LargeBinary, nullable=False),
-    Index("ix_xds_document_unique_id", "unique_id", unique=True),
+    # not unique: an identical resubmission is a second entry with the same uniqueId (see below)
+    Index("ix_xds_document_unique_id", "unique_id"),
     Index("ix_xds_document_patient_status", "patient_id", "status"),
+)
+
+#: What each DocumentEntry uniqueId stands for: the SHA-1 of the document (an On-Demand entry's own
+#: entryUUID, which no other entry can match) and the patient. Several entries may share a uniqueId
+#: when the document is the same: XDSDuplicateUniqueIdInRegistry "cannot be thrown for
+#: DocumentEntry", a different hash is XDSNonIdenticalHash (ITI TF-3 Table 4.2.4.1-2). The primary
+#: key makes that hold for submissions racing each other: each registration claims its uniqueIds
+#: here in its own transaction (``RegistryStore.register``), so of two with different content only
+#: the first commits.
+document_unique_ids = Table(
+    "xds_document_uid",
+    metadata,
+    Column("unique_id", String(160), primary_key=True),
+    Column("fingerprint", String(ID), nullable=False),
+    Column("patient_id", String(256), nullable=False),
 )
 
 submission_sets = Table(

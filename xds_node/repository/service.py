@@ -19,7 +19,6 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select, update
 
-from xds_node.db import insert_rows
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, Submission
 from xds_node.repository import tables as t
@@ -58,6 +57,18 @@ def _err(code: str, context: str, location: str | None = None) -> RegistryError:
     return RegistryError(code=code, context=context, location=location)
 
 
+def _index(conn: Connection, rows: list[dict]) -> None:
+    """Index stored documents by uniqueId. An identical resubmission (a new entry, the same uniqueId
+    and hash: accepted, ITI TF-3 Table 4.2.4.1-2) finds its uniqueId indexed with the same bytes
+    already: that row stays, as it would for a concurrent one (PostgreSQL waits for its outcome)."""
+    named = conn.dialect.paramstyle in ("qmark", "named", "numeric")
+    cols = [c.name for c in t.documents.columns]
+    marks = ", ".join((f":{c}" if named else f"%({c})s") for c in cols)
+    quote = conn.dialect.identifier_preparer.quote
+    conn.exec_driver_sql(f"INSERT INTO repo_document ({', '.join(quote(c) for c in cols)}) VALUES ({marks}) "
+                         "ON CONFLICT (unique_id) DO NOTHING", sorted(rows, key=lambda r: r["unique_id"]))
+
+
 class Repository:
     def __init__(self, engine: Engine, store: ContentStore, *, repository_unique_id: str,
                  sources: dict[str, SourceSystem] | None = None):
@@ -71,7 +82,12 @@ class Repository:
 
     # --- ITI-41 -----------------------------------------------------------------------------
     def check_documents(self, sub: Submission, documents: dict[str, bytes]) -> list[RegistryError]:
-        """Pair documents with entries, fill or check size/hash, set repositoryUniqueId."""
+        """Pair documents with entries, fill or check size/hash, set repositoryUniqueId.
+
+        A repositoryUniqueId the source supplied is replaced with ours, never refused: the
+        Repository "adds or replaces" it before registering (ITI TF-2b 3.41.4.1.3); a stale or
+        foreign value would otherwise send consumers to another repository.
+        """
         errors: list[RegistryError] = []
         entries = {de.id: de for de in sub.documents}
         for doc_id in documents:
@@ -94,9 +110,8 @@ class Repository:
                                    f"DocumentEntry {de.id}: size {de.size} does not match the document "
                                    f"({len(data)} bytes)"))
             if de.repository_unique_id not in (None, self.unique_id):
-                errors.append(_err(E.REPOSITORY_METADATA_ERROR,
-                                   f"DocumentEntry {de.id}: repositoryUniqueId {de.repository_unique_id} is not "
-                                   f"this repository ({self.unique_id})"))
+                log.info("DocumentEntry %s: repositoryUniqueId %s replaced with ours (%s)",
+                         de.id, de.repository_unique_id, self.unique_id)
             de.hash, de.size, de.repository_unique_id = digest, len(data), self.unique_id
         return errors
 
@@ -136,7 +151,7 @@ class Repository:
             by_uid = {de.unique_id: de.id for de in sub.documents}
             for row in rows:
                 row["entry_uuid"] = by_uid.get(row["unique_id"], row["entry_uuid"])
-            insert_rows(conn, t.documents, rows)
+            _index(conn, rows)
 
         try:
             if co_located:

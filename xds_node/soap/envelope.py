@@ -225,8 +225,18 @@ class SoapRequest:
         return None
 
     def binary(self, element: _Element) -> bytes:
-        """Content of a base64Binary element: an XOP reference to a MIME part, or inline base64."""
-        include = element.find(_XOP_INCLUDE)
+        """Content of a base64Binary element: an XOP reference to a MIME part, or inline base64.
+
+        base64Binary has simple content: its only possible child is the xop:Include that MTOM puts
+        in place of the bytes (XOP 1.0). An element holding other elements (an unencoded
+        ClinicalDocument pasted in) is refused; read as base64 text it would be a 0-byte document.
+        """
+        children = [c for c in element if isinstance(c.tag, str)]  # comments and PIs are not content
+        if children and (len(children) > 1 or children[0].tag != _XOP_INCLUDE):
+            raise SoapFault("Sender", f"<{etree.QName(element).localname}> holds the element "
+                            f"<{etree.QName(children[0]).localname}>: base64Binary content must be base64 "
+                            "text or a single xop:Include")
+        include = children[0] if children else None
         if include is not None:
             href = include.get("href", "")
             if href[:4].lower() != "cid:":

@@ -186,6 +186,14 @@ RULES: tuple[Rule, ...] = (
          # A DocumentEntry re-submitted with a known uniqueId is accepted when its hash matches
          # (TF-3 Table 4.2.4.1-2, XDSNonIdenticalHash / XDSNonIdenticalSize).
          (DOCUMENT_ENTRY,), reference=_TF3_ERRORS),
+    Rule("UID-nonidentical-size", E.NON_IDENTICAL_SIZE.value,
+         "DocumentEntry {obj}: uniqueId {value} is already registered with the same hash but another size",
+         (DOCUMENT_ENTRY,), reference=_TF3_ERRORS),
+    Rule("UID-other-patient", E.PATIENT_ID_DOES_NOT_MATCH.value,
+         "DocumentEntry {obj}: uniqueId {value} is already registered for patient {expected}",
+         # An identical resubmission is the same document: it stays one patient's document, so
+         # consent and audit, which look documents up by uniqueId (ITI-39/43), name one patient.
+         (DOCUMENT_ENTRY,), reference=_TF3_ERRORS + " (XDSPatientIdDoesNotMatch)"),
     Rule("UID-registered-not-comparable", META,
          "DocumentEntry {obj}: uniqueId {value} is already registered to an object whose content"
          " cannot be compared (no hash: an On-Demand entry, a SubmissionSet or a Folder)",

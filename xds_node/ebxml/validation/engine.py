@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from xds_node.ebxml import model as m
 from xds_node.ebxml import vocabulary as v
@@ -50,8 +50,9 @@ from xds_node.ebxml.validation.limits import FieldLimits, check_limits
 class RegistryLookup(Protocol):
     """Read-only questions about what is already registered (``registry.store`` implements it)."""
 
-    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
-        """uniqueId -> (entryUUID, hash); hash is None for SubmissionSets, Folders, On-Demand."""
+    def existing_unique_ids(self, unique_ids: Iterable[str]) -> dict[str, tuple]:
+        """uniqueId -> (entryUUID, hash, patientId[, size]) of an object registered with it (see
+        :class:`Registered`); hash and size are None for SubmissionSets, Folders, On-Demand entries."""
         ...
 
     def existing_ids(self, uuids: Iterable[str]) -> set[str]:
@@ -65,6 +66,15 @@ class RegistryLookup(Protocol):
     def known_patient(self, patient_id: str) -> bool | None:
         """False: unknown patient; None: no patient identity source configured (skip the check)."""
         ...
+
+
+class Registered(NamedTuple):
+    """What validation compares a resubmitted uniqueId with (a lookup may leave out ``size``)."""
+
+    entry_uuid: str
+    hash: str | None
+    patient_id: str | None
+    size: int | None = None
 
 
 @dataclass(slots=True)
@@ -329,7 +339,8 @@ def check_submission(sub: m.Submission, ctx: ValidationContext) -> list[Violatio
         else:
             by_uid[uid] = (kind, o)
     if lookup is not None and by_uid:
-        for uid, (entry_uuid, known_hash) in lookup.existing_unique_ids(by_uid.keys()).items():
+        for uid, found in lookup.existing_unique_ids(by_uid.keys()).items():
+            entry_uuid, known_hash, known_pid, known_size = Registered(*found)
             if uid not in by_uid:
                 continue
             kind, d = by_uid[uid]
@@ -342,7 +353,12 @@ def check_submission(sub: m.Submission, ctx: ValidationContext) -> list[Violatio
                 out.add("UID-registered-not-comparable", d.id, value=uid)
             elif d.hash is not None and d.hash.lower() != known_hash.lower():
                 out.add("UID-nonidentical-hash", d.id, value=uid)
-            # no hash yet (ITI-41 before the Repository computed it): nothing to compare
+            elif d.size is not None and known_size is not None and d.size != known_size:
+                out.add("UID-nonidentical-size", d.id, value=uid)
+            elif d.patient_id and known_pid and d.patient_id != known_pid:
+                out.add("UID-other-patient", d.id, value=uid, expected=known_pid)
+            # same hash (or none yet: ITI-41 before the Repository computed it): the same document,
+            # registered again under a new entryUUID, is accepted
 
     # --- known patients ------------------------------------------------------------------------------
     if lookup is not None:
