@@ -201,14 +201,14 @@ def test_migrations_ship_inside_the_package():
     assert len(migrations.script().get_heads()) == 1, "two heads: merge them (alembic merge) before release"
 
 
-def test_0004_backfills_document_uniqueids_and_lets_a_uniqueid_repeat(engine):
-    """Migration 0004 (issue 12, rule 1): registered documents get their xds_document_uid claim
+def test_0005_backfills_document_uniqueids_and_lets_a_uniqueid_repeat(engine):
+    """Migration 0005 (issue 12, rule 1): registered documents get their xds_document_uid claim
     (hash, or the entryUUID of an On-Demand entry, and the patient), and xds_document.unique_id is
     no longer unique, so an identical resubmission can be stored (ITI TF-3 Table 4.2.4.1-2)."""
     from alembic import command
 
     with engine.begin() as conn:
-        command.upgrade(migrations.config(conn), "0003")
+        command.upgrade(migrations.config(conn), "0004")
     doc = {"unique_id": "1.2.3.4^D1", "patient_id": "P1^^^&1.2.3&ISO", "status": "Approved",
            "object_type": "stable", "rim": b"<x/>"}
     with engine.begin() as conn:

@@ -9,8 +9,8 @@
 
 Downgrade restores the unique index, which fails while a uniqueId is registered twice.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
