@@ -245,3 +245,48 @@ def test_serve_refuses_an_unreachable_database(tmp_path):
     assert done.returncode == 1
     assert "cannot use the database" in done.stderr and "Traceback" not in done.stderr
     assert "serving on" not in done.stdout
+
+
+@pytest.fixture
+def node_dir(tmp_path):
+    data = tmp_path / "node"
+    data.mkdir()
+    return data
+
+
+@pytest.mark.parametrize("since", ["1 hour ago", "2 days ago", "7d", "30m", "2026-11-01T00:00"])
+def test_audit_since_takes_iso_times_and_durations(node_dir, since):
+    done = _cli("audit", "--since", since, "--data-dir", str(node_dir))
+    assert done.returncode == 0, done.stderr
+
+
+def test_audit_since_nonsense_is_one_line(node_dir):
+    done = _cli("audit", "--since", "last tuesday", "--data-dir", str(node_dir))
+    assert done.returncode == 2 and "is not a time" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_piping_into_head_ends_quietly(node_dir):
+    """`xds-node patients list | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    script = (f"{sys.executable} -m xds_node.cli consent grant 'P1^^^&1.2.3&ISO' --force --data-dir {node_dir} "
+              f">/dev/null 2>&1; for i in 1 2 3; do {sys.executable} -m xds_node.cli audit --data-dir {node_dir} "
+              f"--format csv --limit 5000; done | head -c 1")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_postgres_scheme_urls_are_accepted():
+    from xds_node.config import load_settings
+
+    s = load_settings(env={"XDS_DATABASE_URL": "postgres://u:p@db.example/xds"})
+    assert s.db_url == "postgresql+psycopg://u:p@db.example/xds"
+
+
+def test_missing_driver_and_tls_key_are_explained(tmp_path):
+    from xds_node.cli import explain
+
+    message, code = explain(ModuleNotFoundError("No module named 'psycopg'", name="psycopg"))
+    assert "pip install 'xds-node[postgres]'" in message and code == 2
+    key = tmp_path / "missing.key.pem"
+    done = _cli("serve", "--data-dir", str(tmp_path), "--port", str(free_port()), "--tls-cert", str(key),
+                "--tls-key", str(key), timeout=30)
+    assert done.returncode in (1, 2) and str(key) in done.stderr and "Traceback" not in done.stderr

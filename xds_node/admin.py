@@ -37,10 +37,27 @@ def _node(args: argparse.Namespace):
     return Node(settings)
 
 
+_UNITS = {"m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400,
+          "w": 604800, "week": 604800}
+
+
 def _when(value: str | None) -> datetime | None:
+    """An ISO 8601 time (naive means UTC), or a time back from now: ``2 hours ago``, ``7d``, ``30m``."""
+    import re
+    from datetime import timedelta
+
+    from xds_node.config import ConfigError
+
     if not value:
         return None
-    dt = datetime.fromisoformat(value)
+    m = re.fullmatch(r"\s*(\d+)\s*(m|min|minute|h|hour|d|day|w|week)s?(\s+ago)?\s*", value.lower())
+    if m:
+        return datetime.now(UTC) - timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a time: use ISO 8601 (2026-11-30T09:00, UTC unless a zone is "
+                          f"given) or a time back from now such as '2 hours ago' or '7d'") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 

@@ -62,6 +62,23 @@ def writable_data_dir(settings) -> None:
         raise ConfigError(f"data directory {data.resolve()} is not writable: {exc.strerror or exc}") from None
 
 
+def check_tls_material(cert: Path, key: Path) -> None:
+    """Load the server certificate and key once before binding: a missing or mismatched file is one
+    line naming it, not a traceback after "serving on"."""
+    import ssl
+
+    from xds_node.config import ConfigError
+
+    for label, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{label} {path}: no such file")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(f"--tls-cert {cert} / --tls-key {key} cannot be used together: "
+                          f"{getattr(exc, 'reason', None) or exc}") from None
+
+
 def database_answers(settings) -> None:
     """Connect once before announcing anything: a wrong URL, role or port is one line, not a
     traceback from every worker."""
@@ -129,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         from xds_node.tlsserver import uvicorn_tls_options
 
+        check_tls_material(args.tls_cert, args.tls_key)
         settings.base_url = settings.base_url or f"https://{settings.host}:{settings.port}"
         tls = uvicorn_tls_options(settings, args.tls_cert, args.tls_key, mtls=args.mtls)
     from xds_node.repository.fsck import clean_at_start
