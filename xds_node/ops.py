@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xds_node.security.policy import is_loopback
+from xds_node.security.policy import is_loopback, peer_addresses
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: A readiness probe taking longer than this counts as not ready (a hung database).
@@ -44,14 +44,7 @@ class Operations:
     def admits(self, address: str | None) -> bool:
         if is_loopback(address):
             return True
-        if not self.allow or not address:
-            return False
-        try:
-            ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
-        except ValueError:
-            return False
-        mapped = getattr(ip, "ipv4_mapped", None)
-        return any(ip in net or (mapped is not None and mapped in net) for net in self.allow)
+        return any(ip in net for ip in peer_addresses(address) for net in self.allow)
 
     async def ready(self) -> tuple[int, str]:
         """200 "ready", or 503 naming every check that failed."""

@@ -44,16 +44,22 @@ INTERNAL_ONLY = frozenset({INTERNAL})
 INTERNAL_OR_LOOPBACK = frozenset({INTERNAL, ANONYMOUS})
 
 
-def is_loopback(address: str | None) -> bool:
-    """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything unparsable (a Unix socket, "") is not."""
+def peer_addresses(address: str | None) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The peer's IP address, and its IPv4 form when it is IPv4-mapped; nothing for anything
+    unparsable (a Unix socket, ""), which therefore matches no network."""
     if not address:
-        return False
+        return []
     try:
         ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
     except ValueError:
-        return False
+        return []
     mapped = getattr(ip, "ipv4_mapped", None)
-    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+    return [ip] if mapped is None else [ip, mapped]
+
+
+def is_loopback(address: str | None) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything unparsable is not."""
+    return any(ip.is_loopback for ip in peer_addresses(address))
 
 
 def signer_fingerprints(security: _Element) -> list[str]:
