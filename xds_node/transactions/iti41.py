@@ -43,16 +43,24 @@ def remote_register(url: str, client_factory=None):
     return register
 
 
+def registrar(registry, registry_url: str = "", client_factory=None):
+    """How a provided submission is registered: with the remote registry at ``registry_url``
+    (ITI-42 over SOAP), else with the co-located one (also what /xdr delivers through)."""
+    if registry_url:
+        return remote_register(registry_url, client_factory)
+
+    async def register(sub, also):
+        return await blocking(registry.register, sub, transaction="ITI-41", also=also)
+
+    return register
+
+
 def make_handler(repository: Repository, registry: Registry | None, *, on_registered=None,
                  registry_url: str = "", client_factory=None, audit=None):
     """``on_registered(bytes, entry)`` runs for each accepted C-CDA (e.g. the XCPD patient index).
     With ``registry_url`` the metadata goes to that remote registry instead of the co-located one.
     ``audit(req, "ITI-41", Audited)`` runs (through ``notify``) before the answer leaves."""
-    if registry_url:
-        register = remote_register(registry_url, client_factory)
-    else:
-        async def register(sub, also):
-            return await blocking(registry.register, sub, transaction="ITI-41", also=also)
+    register = registrar(registry, registry_url, client_factory)
 
     async def handle(req: SoapRequest) -> SoapResponse:
         try:

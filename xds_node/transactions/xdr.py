@@ -44,7 +44,7 @@ from xds_node.registry.service import Registry, now_dtm
 from xds_node.repository.service import Repository
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.soap.fault import SoapFault
-from xds_node.transactions import blocking, iti41, notify, submission_audit
+from xds_node.transactions import iti41, notify, submission_audit
 
 log = logging.getLogger(__name__)
 ACTION = v.Action.ITI41
@@ -144,11 +144,7 @@ def make_handler(repository: Repository, registry: Registry, destination: Destin
     """The /xdr ITI-41 handler. ``audit(req, "ITI-41", Audited)`` runs (through ``notify``) before
     the answer leaves; ``limits`` are the storage bounds checked before a folder delivery; with
     ``registry_url`` the repository registers with that remote registry, as ITI-41 does."""
-    if registry_url:
-        register = iti41.remote_register(registry_url, client_factory)
-    else:
-        async def register(sub, also):
-            return await blocking(registry.register, sub, transaction="ITI-41", also=also)
+    register = iti41.registrar(registry, registry_url, client_factory)
 
     async def handle(req: SoapRequest) -> SoapResponse:
         try:
