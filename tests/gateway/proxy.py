@@ -1,4 +1,4 @@
-"""A tiny HTTP/1.1 proxy for gateway tests: counts requests per SOAP action, can delay them or
+"""A tiny HTTP/1.1 proxy for gateway tests: counts (and keeps) requests per SOAP action, can delay them or
 answer chosen actions with an HTTP 500 SOAP fault. Lives only in the tests, so product code has no
 test hooks. One request per connection (it answers ``Connection: close``), which keeps the
 inspection exact even when the client pools connections."""
@@ -32,6 +32,7 @@ class Proxy:
         self.delay = delay
         self.fault_actions = fault_actions
         self.counts: Counter[str] = Counter()
+        self.bodies: list[tuple[str, bytes]] = []  # (action, request body): what the partner received
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -65,6 +66,7 @@ class Proxy:
             action_m = _ACTION.search(head)
             action = action_m.group(1).decode() if action_m else ""
             self.counts[action] += 1
+            self.bodies.append((action, body))
             if self.delay:
                 await asyncio.sleep(self.delay)
             if any(a == action for a in self.fault_actions):

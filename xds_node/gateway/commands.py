@@ -50,13 +50,15 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("discover", help="XCPD patient discovery at every partner; stores correlations")
     common(p)
-    p.add_argument("--family", required=True)
+    p.add_argument("--family", help="required unless --patient names a patient of our index")
     p.add_argument("--given", action="append", default=[], help="given name (repeat for middle names)")
-    p.add_argument("--birth-date", required=True, help="YYYYMMDD or YYYY-MM-DD")
-    p.add_argument("--gender", required=True, choices=["M", "F", "UN"])
-    p.add_argument("--patient", help="our patient id (CX); default: matched in our patient index")
-    p.add_argument("--postal-code")
-    p.add_argument("--phone")
+    p.add_argument("--birth-date", help="YYYYMMDD or YYYY-MM-DD (required unless --patient)")
+    p.add_argument("--gender", choices=["M", "F", "UN"], help="required unless --patient")
+    p.add_argument("--patient", help="our patient id (CX): sends its stored demographics (name, gender, birth "
+                   "date, addresses, phones, identifiers), which the options above override; default: "
+                   "matched in our patient index")
+    p.add_argument("--postal-code", help="replaces the stored addresses")
+    p.add_argument("--phone", help="replaces the stored phone numbers")
     p.set_defaults(func=cmd_discover)
 
     p = sub.add_parser("query", help="ITI-38 FindDocuments at every community correlated with a patient")
@@ -110,9 +112,14 @@ def _progress_table(outcomes: list, title: str) -> Table:
     return table
 
 
-def _run(args: argparse.Namespace, title: str,
-         work: Callable[[Any, Any, Callable], Awaitable[Any]]) -> tuple[Any, Any]:
-    """Build the node and gateway, run ``work(gateway, ctx, progress)`` with a live partner table."""
+class CommandError(Exception):
+    """An expected failure found before anything was sent: one line on stderr, exit 2."""
+
+
+def _run(args: argparse.Namespace, title: str, work: Callable[[Any, Any, Callable], Awaitable[Any]],
+         prepare: Callable[[Any], Awaitable[None]] | None = None) -> tuple[Any, Any]:
+    """Build the node and gateway, run ``prepare(gateway)`` (which may raise :class:`CommandError`)
+    and then ``work(gateway, ctx, progress)`` with a live partner table."""
     from xds_node.node import Node
     from xds_node.transactions.ig import IgSettings, build_gateway
 
@@ -126,6 +133,8 @@ def _run(args: argparse.Namespace, title: str,
     async def main():
         gateway = build_gateway(node, ig)
         try:
+            if prepare is not None:
+                await prepare(gateway)
             if args.json or not console.is_terminal:
                 return await work(gateway, ctx, lambda o: None)
             with Live(_progress_table(outcomes, title), console=console, refresh_per_second=8,
@@ -183,23 +192,59 @@ def _finish(args: argparse.Namespace, console: Console, result: Any) -> int:
 
 
 # --- commands ---------------------------------------------------------------------------------
+def _typed_demographics(args: argparse.Namespace) -> dict[str, Any]:
+    """The demographics given on the command line, as Demographics fields (only those given)."""
+    from xds_node.patients.model import Address, normalize_date
+
+    typed: dict[str, Any] = {}
+    if args.family:
+        typed["family"] = args.family
+    if args.given:
+        typed["given"] = list(args.given)
+    if args.birth_date:
+        typed["birth_date"] = normalize_date(args.birth_date.replace("-", ""))
+    if args.gender:
+        typed["gender"] = args.gender
+    if args.postal_code:
+        typed["addresses"] = [Address(postal_code=args.postal_code)]
+    if args.phone:
+        typed["telecoms"] = [args.phone]
+    return typed
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
-    from xds_node.patients.model import Address, Demographics, normalize_date
+    """``--patient`` sends what our index holds for the patient (the typed values win); without
+    it the typed demographics are all there is, so name, birth date and gender are required."""
+    from xds_node.patients.model import Demographics
 
     if not _cx_or_none(args, args.patient):
         return 2
+    typed = _typed_demographics(args)
+    missing = [f"--{k.replace('_', '-')}" for k in ("family", "birth_date", "gender") if k not in typed]
+    if missing and not args.patient:
+        print(f"discover: {', '.join(missing)} required (or --patient for a patient of our index)", file=sys.stderr)
+        return 2
+    demo = Demographics(**typed)
 
-    demo = Demographics(given=args.given, family=args.family, gender=args.gender,
-                        birth_date=normalize_date(args.birth_date.replace("-", "")))
-    if args.postal_code:
-        demo.addresses.append(Address(postal_code=args.postal_code))
-    if args.phone:
-        demo.telecoms.append(args.phone)
+    async def prepare(gateway) -> None:
+        nonlocal demo
+        if not args.patient:
+            return
+        stored = await asyncio.to_thread(gateway.patients.get, args.patient) if gateway.patients else None
+        if stored is not None:
+            demo = replace(stored.demographics, **typed)
+        elif missing:
+            raise CommandError(f"{args.patient} is not in our patient index: give {', '.join(missing)} "
+                               "(or add the patient with `xds-node patients add`)")
 
     async def work(gateway, ctx, progress):
         return await gateway.discover(demo, ctx, local_patient_id=args.patient, progress=progress)
 
-    result, console = _run(args, "patient discovery (XCPD)", work)
+    try:
+        result, console = _run(args, "patient discovery (XCPD)", work, prepare)
+    except CommandError as exc:
+        print(f"discover: {exc}", file=sys.stderr)
+        return 2
     if not args.json and not result.refused:
         console.print(f"our patient: [bold]{result.local_patient_id or '(none matched: correlations not stored)'}[/]")
         table = Table("partner", "community", "their patient id", "name", "birth date", "gender", "score",
@@ -210,6 +255,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
             table.add_row(m.partner, m.community, m.remote_patient_id, d["name"], d["birth_date"] or "",
                           d["gender"] or "", f"{m.score:.2f}", corr)
         console.print(table)
+        for o in result.partners:
+            if o.retry:
+                console.print(f"{o.partner}: {o.retry}")
     return _finish(args, console, result)
 
 

@@ -52,7 +52,7 @@ from xds_node.ebxml import rim, xdsb
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, StoredQuery
 from xds_node.ebxml.query import PATIENT_PARAM, QUERIES
-from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT
+from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT, REQUESTED_ATTRIBUTE, read_issue_codes
 from xds_node.patients.index import read_addr, read_name
 from xds_node.patients.matching import CANDIDATE_THRESHOLD, MATCH_THRESHOLD, score
 from xds_node.patients.model import Demographics, Patient, PatientId, normalize_date, normalize_gender, parse_cx
@@ -73,6 +73,7 @@ __all__ = [
     "QueryResult",
     "RetrieveResult",
     "RetrievedDocument",
+    "add_requested",
     "aggregate_status",
     "build_xcpd_query",
     "read_xcpd_answer",
@@ -108,10 +109,12 @@ class PartnerOutcome:
     calls: int = 0
     count: int = 0  # matches / objects / documents received
     detail: str = ""
+    retry: str = ""  # XCPD: why a second query was sent (or why not), else empty
 
     def to_dict(self) -> dict[str, Any]:
         return {"partner": self.partner, "community": self.community, "state": self.state,
-                "seconds": round(self.seconds, 3), "calls": self.calls, "count": self.count, "detail": self.detail}
+                "seconds": round(self.seconds, 3), "calls": self.calls, "count": self.count, "detail": self.detail,
+                "retry": self.retry}
 
 
 def _error_dict(e: RegistryError) -> dict[str, Any]:
@@ -211,6 +214,12 @@ class XcpdAnswer:
     response_code: str
     patients: list[Patient]
     detail: str = ""
+    issue_codes: list[str] = field(default_factory=list)  # detectedIssueManagement codes
+
+    @property
+    def requested(self) -> list[str]:
+        """The "...Requested" codes: attributes the partner needs to resolve the query."""
+        return [c for c in self.issue_codes if c.endswith("Requested")]
 
 
 def _hq(path: str) -> str:
@@ -245,7 +254,23 @@ def read_xcpd_answer(el: _Element) -> XcpdAnswer:
             demo.telecoms = [t for t in (x.get("value", "").strip() for x in person.findall(_hq("telecom"))) if t]
         patients.append(Patient(ids[0].cx, demo))
     return XcpdAnswer(ack.get("code", "") if ack is not None else "",
-                      code.get("code", "") if code is not None else "", patients, detail)
+                      code.get("code", "") if code is not None else "", patients, detail, read_issue_codes(el))
+
+
+def add_requested(sent: Demographics, held: Demographics | None, requested: Sequence[str]
+                  ) -> tuple[Demographics, list[str]]:
+    """``sent`` plus each requested attribute that ``sent`` lacks and ``held`` (our stored
+    demographics of the patient) has; and the names of the attributes added ([] = nothing to add:
+    asking again would only repeat the question)."""
+    if held is None:
+        return sent, []
+    changes: dict[str, Any] = {}
+    for code in requested:
+        attr = REQUESTED_ATTRIBUTE.get(code)
+        if attr and attr not in changes and not getattr(sent, attr) and getattr(held, attr):
+            value = getattr(held, attr)
+            changes[attr] = list(value) if isinstance(value, list) else value
+    return (replace(sent, **changes) if changes else sent), list(changes)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -466,7 +491,13 @@ class InitiatingGateway:
                        local_patient_id: str | None = None, progress: Progress | None = None) -> DiscoveryResult:
         """ITI-55 to every partner; trusted matches become stored correlations of our patient.
 
-        Refused (nothing sent) unless every patient of ours the query names may be named."""
+        Refused (nothing sent) unless every patient of ours the query names may be named.
+
+        A partner answering AE with "...Requested" codes (ITI TF-2b 3.55.4.4.2) is asked once more,
+        with those attributes added from our stored demographics of the patient when the first
+        query lacked them; with nothing to add it is not asked again (the same query would get the
+        same answer). Never more than one retry per partner; ``PartnerOutcome.retry`` and the
+        audit trail say why a second query went out (or did not)."""
         named = [local_patient_id] if local_patient_id else []
         if local_patient_id is None and self.patients is not None:
             local_patient_id, named = await asyncio.to_thread(self._local_match, demographics)
@@ -478,7 +509,17 @@ class InitiatingGateway:
         result = DiscoveryResult(S.SUCCESS, local_patient_id)
         events: list[AuditEvent] = []
         answered = failed = 0
-        query_demo = replace(demographics, ids=[])
+        held: Demographics | None = None  # what we know of our patient: the source of a retry's additions
+        if local_patient_id and self.patients is not None:
+            stored = await asyncio.to_thread(self.patients.get, local_patient_id)
+            held = stored.demographics if stored is not None else None
+
+        async def ask(partner: Partner, url: str, demo: Demographics, out: PartnerOutcome) -> XcpdAnswer:
+            body = build_xcpd_query(demo, our_community=self.home, partner_community=partner.home_community_id,
+                                    local_patient_id=local_ii)
+            out.calls += 1
+            reply = await self.client.call(partner, url, ITI55_ACTION, body, ctx)
+            return read_xcpd_answer(reply.body)
 
         async def one(partner: Partner) -> None:
             nonlocal answered, failed
@@ -488,12 +529,22 @@ class InitiatingGateway:
             if progress:
                 progress(out)
             started = time.perf_counter()
-            body = build_xcpd_query(demographics, our_community=self.home,
-                                    partner_community=partner.home_community_id, local_patient_id=local_ii)
+            sent = demographics
             try:
-                out.calls += 1
-                reply = await self.client.call(partner, url, ITI55_ACTION, body, ctx)
-                answer = read_xcpd_answer(reply.body)
+                answer = await ask(partner, url, sent, out)
+                if "AE" in (answer.ack_code, answer.response_code) and answer.requested:
+                    richer, added = add_requested(sent, held, answer.requested)
+                    asked = ", ".join(answer.requested)
+                    if added:
+                        out.retry = f"second query with {', '.join(added)}: the partner requested {asked}"
+                        events.append(self._event(
+                            ctx, partner, "ITI-55", "failure", url=url, patient_id=local_patient_id,
+                            reason=f"XCPD {answer.ack_code}/{answer.response_code}, requested {asked}; "
+                                   f"asking again with {', '.join(added)}"))
+                        sent = richer
+                        answer = await ask(partner, url, sent, out)
+                    else:
+                        out.retry = f"not asked again: the partner requested {asked}, we hold nothing more to send"
             except Exception as exc:
                 result.errors.append(self._failure(exc, out, partner.home_community_id))
                 failed += 1
@@ -503,21 +554,23 @@ class InitiatingGateway:
                 if answer.response_code in ("OK", "NF"):
                     answered += 1
                     out.state = "answered"
-                    for patient in answer.patients:
-                        result.matches.append(self._judge(partner, patient, query_demo))
+                    for patient in answer.patients:  # judged against what this partner was asked
+                        result.matches.append(self._judge(partner, patient, replace(sent, ids=[])))
                     out.count = len(answer.patients)
                     out.detail = "match" if answer.patients else "not found"
-                    events.append(self._event(ctx, partner, "ITI-55", "success", url=url,
+                    events.append(self._event(ctx, partner, "ITI-55", "success", url=url, reason=out.retry,
                                               patient_id=local_patient_id))
                 else:
                     failed += 1
                     out.state = "failed"
                     out.detail = f"XCPD {answer.ack_code}/{answer.response_code}" + (
                         f": {answer.detail}" if answer.detail else "")
+                    if answer.requested:
+                        out.detail += f" (requested {', '.join(answer.requested)})"
                     result.errors.append(RegistryError(E.REGISTRY_ERROR, f"Community {partner.home_community_id} "
                                                        f"answered {out.detail}", location=partner.home_community_id))
-                    events.append(self._event(ctx, partner, "ITI-55", "failure", url=url, reason=out.detail,
-                                              patient_id=local_patient_id))
+                    events.append(self._event(ctx, partner, "ITI-55", "failure", url=url, patient_id=local_patient_id,
+                                              reason="; ".join(x for x in (out.detail, out.retry) if x)))
             out.seconds = time.perf_counter() - started
             if progress:
                 progress(out)

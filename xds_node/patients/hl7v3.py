@@ -35,6 +35,7 @@ __all__ = [
     "XcpdRequestError",
     "build_prpa_in201306",
     "parse_prpa_in201305",
+    "read_issue_codes",
 ]
 
 HL7 = "urn:hl7-org:v3"
@@ -47,6 +48,18 @@ XCPD_HDL_SYSTEM = "1.3.6.1.4.1.19376.1.2.27.2"
 ACT_CODE_SYSTEM = "2.16.840.1.113883.5.4"
 
 Outcome = Literal["match", "none", "ambiguous", "error"]
+
+#: "...Requested" detectedIssueManagement codes (ITI TF-2b 3.55.4.4.2): the attribute a responding
+#: gateway needs to resolve the query, as the :class:`Demographics` field that carries it (None: a
+#: field we do not hold). LivingSubjectBirthTimeRequested is ours (our responder's NF hint).
+REQUESTED_ATTRIBUTE: dict[str, str | None] = {
+    "LivingSubjectAdministrativeGenderRequested": "gender",
+    "PatientAddressRequested": "addresses",
+    "PatientTelecomRequested": "telecoms",
+    "LivingSubjectBirthPlaceNameRequested": None,
+    "LivingSubjectBirthPlaceAddressRequested": None,
+    "LivingSubjectBirthTimeRequested": "birth_date",
+}
 
 
 def _q(path: str) -> str:
@@ -183,6 +196,19 @@ def parse_prpa_in201305(el: _Element) -> XcpdQuery:
         raise XcpdRequestError("parameterList has neither livingSubjectId nor livingSubjectName nor birth time",
                                query=q, code="QE")
     return q
+
+
+def read_issue_codes(el: _Element) -> list[str]:
+    """The detectedIssueManagement codes of a PRPA_IN201306UV02 (AnswerNotAvailable, "...Requested"),
+    in order, without repeats. A code naming another code system is not XCPD's and is skipped."""
+    codes: list[str] = []
+    for code in el.iterfind(_q("controlActProcess/reasonOf/detectedIssueEvent/mitigatedBy/"
+                                "detectedIssueManagement/code")):
+        value = _attr(code, "code")
+        system = _attr(code, "codeSystem")
+        if value and system in (None, XCPD_ISSUE_SYSTEM) and value not in codes:
+            codes.append(value)
+    return codes
 
 
 # --- writing -------------------------------------------------------------------------------------
