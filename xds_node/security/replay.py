@@ -121,7 +121,10 @@ class DatabaseReplayStore:
     with it off). The price: if the *database server* crashes, the entries of its last fraction of a
     second (at most three WAL-writer delays, 600 ms by default) can be lost, so a message captured
     in that instant could be replayed once before its Timestamp expires. Every other guarantee
-    (visibility to every worker at commit, uniqueness) is unchanged.
+    (visibility to every worker at commit, uniqueness) is unchanged. And no answered message is
+    exposed: an answer leaves only after its audit row committed *synchronously*, and that commit
+    flushes the WAL up to itself, this admission included (WAL is one sequential log), so the
+    entries that can be lost are those of requests that were never answered.
     """
 
     def __init__(self, engine: Engine, *, quota: int = 200_000, resend_window: float = 120.0,
