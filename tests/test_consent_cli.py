@@ -60,7 +60,7 @@ def test_bad_dates_are_a_clean_error(data, capsys):
     assert main(["consent", "grant", KNOWN, "--start", "2030-01-02", "--until", "2030-01-01",
                  "--data-dir", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "Invalid isoformat" in err and "effective_until must be after effective_from" in err
+    assert "is not a time" in err and "effective_until must be after effective_from" in err
     assert history(KNOWN) == []
 
 
