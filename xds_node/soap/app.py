@@ -56,6 +56,8 @@ _WSDL_CACHE_MAX = 64
 _THREAD_PARSE_BYTES = 1 << 20
 #: Statuses after which the connection is closed: the rest of the body is not worth reading.
 _CLOSE_STATUSES = frozenset({408, 413, 503})
+#: Headers by which a proxy names the caller it forwards for (read only to mark a request forwarded).
+_FORWARDING_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 
 
 @dataclass
@@ -262,6 +264,7 @@ class SoapApp:
             req.client_cert = _client_cert(scope)
             client = scope.get("client")
             req.remote_address = client[0] if client else ""
+            req.forwarded = any(name in _FORWARDING_HEADERS for name, _ in scope.get("headers", ()))
             handler = ep.handlers.get(req.action)
             if handler is None:
                 detail = etree.Element(f"{{{WSA}}}Action", nsmap={"wsa": WSA})
