@@ -4,7 +4,6 @@ On both backends, over the ASGI app the server runs."""
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import text
 
 from tests.attack.test_xcpd_correlation import _xcpd
@@ -48,8 +47,6 @@ def _xca_retrieve(node, uids: list[str]):
                                                              node.settings.home_community_id) for u in uids])
 
 
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
-                         indirect=True)
 def test_no_disclosure_leaves_without_its_audit_row(world_both, ehr):
     node, granted, _revoked, docs = world_both
     mine = docs[granted]

@@ -4,7 +4,6 @@ community it merely names in the HL7 body's sender element."""
 
 from __future__ import annotations
 
-from tests.attack.conftest import SAMPLES  # noqa: F401
 from tests.responding.requester import Requester
 from tests.responding.test_trust_boundary import Caller
 from xds_node.admin import DEMO_PARTNER_HCID
@@ -43,3 +42,20 @@ def test_a_partner_cannot_plant_a_correlation_for_another_community(world):
         assert corr.community_id == DEMO_PARTNER_HCID and corr.remote_cx.startswith("DEMO-42^")
     finally:
         c.close()
+
+
+def test_an_oversized_initiator_patient_id_is_not_a_500(world_both):
+    """The partner's own id for our patient (query-and-feed) is the partner's text: a value that
+    does not fit the correlation table is answered (the match) without recording it, never a 500."""
+    node, granted, _revoked, _docs = world_both
+    partner = Requester.demo_partner(node.settings.keys_dir)
+    c = Caller(node.app())
+    try:
+        for remote in (PatientId("X" * 5000, "1.3.6.1.4.1.21367.2026.2.1.5"), PatientId("R-1", "1." * 400 + "1")):
+            reply = c.call("/xcpd", v.Action.ITI55, _xcpd(node, granted, DEMO_PARTNER_HCID, remote),
+                           headers=[partner.header()])
+            assert reply.http_status == 200 and _code(reply) == "OK", reply.raw[:300]
+    finally:
+        c.close()
+    assert node.patients.correlations_for(granted) == []
+    assert [e.outcome for e in node.audit.list(transaction="ITI-55")] == ["success", "success"]
