@@ -67,3 +67,28 @@ def test_a_partner_cannot_return_documents_in_another_partners_name(keys, tmp_pa
     result = run(world.gw.retrieve([xdsb.DocumentRequest("1.2.3", uid, hcid("rogue"))], CTX,
                                    spool_dir=tmp_path / "spool"))
     assert [d.home_community_id for d in result.documents] == [hcid("rogue")]
+
+
+def test_a_partners_oversized_patient_id_is_not_stored_and_breaks_nothing(keys, tmp_path, backend):
+    """XCPD discovery: a partner answering with a patient id too long for the correlation table
+    (PostgreSQL raised StringDataRightTruncation out of `discover`) is reported, not stored."""
+    from tests.conftest import _database_url
+    from tests.gateway.test_gateway_unit import ALEX, xcpd_answer
+    from xds_node.db import make_engine
+    from xds_node.patients.index import PatientIndex
+    from xds_node.patients.model import Patient
+
+    url = _database_url(backend, tmp_path)
+    engine = make_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    index = PatientIndex(engine)
+    index.create_schema()
+    index.add(Patient(LOCAL.cx, ALEX))
+    huge = Patient("H" * 300 + "^^^&2.16.840.1.113883.3.1&ISO", ALEX)
+    world = World(keys, {"big": xcpd_answer(huge)}, tmp=tmp_path, patients=index)
+    try:
+        result = run(world.gw.discover(ALEX, CTX, local_patient_id=LOCAL.cx))
+        (m,) = result.matches
+        assert not m.stored and "unusable patient id" in m.reason
+        assert index.correlations_for(LOCAL.cx) == []
+    finally:
+        engine.dispose()

@@ -53,7 +53,7 @@ from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, StoredQuery
 from xds_node.ebxml.query import PATIENT_PARAM, QUERIES
 from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT
-from xds_node.patients.index import read_addr, read_name
+from xds_node.patients.index import correlation_fits, read_addr, read_name
 from xds_node.patients.matching import CANDIDATE_THRESHOLD, MATCH_THRESHOLD, score
 from xds_node.patients.model import Demographics, Patient, PatientId, normalize_date, normalize_gender, parse_cx
 from xds_node.security.consent import ConsentPolicy
@@ -570,7 +570,7 @@ class InitiatingGateway:
                 m.reason = m.reason or "not stored: no local patient for these demographics"
                 continue
             remote = parse_cx(m.remote_patient_id)
-            if remote is None:
+            if remote is None or not correlation_fits(community, remote.extension, remote.root):
                 m.reason = "not stored: unusable patient id"
                 continue
             await asyncio.to_thread(self.patients.save_correlation, result.local_patient_id, community,

@@ -19,9 +19,8 @@ from typing import Any
 from lxml.etree import _Element
 
 from xds_node.patients.hl7v3 import XcpdQuery, XcpdRequestError, build_prpa_in201306, parse_prpa_in201305
-from xds_node.patients.index import PatientIndex
+from xds_node.patients.index import PatientIndex, correlation_fits
 from xds_node.patients.matching import CANDIDATE_THRESHOLD, CLOSE_MARGIN, match
-from xds_node.patients.tables import patient_correlation
 from xds_node.security.trust import normalize_hcid
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.transactions import audited, blocking
@@ -45,14 +44,6 @@ class XcpdOutcome:
     query: XcpdQuery | None = None
     error: str | None = None
     withheld: bool = False  # a match was answered NF because the patient has not consented
-
-
-def _fits_correlation(community: str, extension: str, root: str) -> bool:
-    """The partner's id for our patient is its text: one that does not fit the correlation table is
-    not recorded (the match is still answered) rather than failing the request on PostgreSQL."""
-    c = patient_correlation.c
-    return all(value and len(value) <= col.type.length for value, col in (
-        (community, c.community_id), (extension, c.remote_patient_id), (root, c.remote_root)))
 
 
 def _hints(query: XcpdQuery) -> list[str]:
@@ -106,7 +97,7 @@ def respond(
         if record_correlation and query.sender_home_community_id and (
                 caller_community is None or normalize_hcid(caller_community) == sender):
             remote = query.initiator_patient_id
-            if remote is not None and _fits_correlation(sender, remote.extension, remote.root):
+            if remote is not None and correlation_fits(sender, remote.extension, remote.root):
                 index.save_correlation(pid, sender, remote.extension, remote.root)
         el = build_prpa_in201306(query, outcome="match", patient=result.patient, score=result.score, **common)
         return el, XcpdOutcome("AA", "OK", patient_id=pid, score=result.score, query=query)
