@@ -68,3 +68,30 @@ def test_audit_outputs_keep_hostile_claims_in_their_cells(tmp_path):
     engine.dispose()
     done = _cli("audit", data=tmp_path)
     assert done.returncode == 0 and not any(ch in done.stdout for ch in "\x1b\x9b\u2028\u202e\r")
+
+
+def test_a_clients_certificate_cannot_also_be_pinned_for_a_partner(tmp_path, capsys):
+    """`clients add` refused a partner's certificate, but `partners add|replace` took a client's: the
+    certificate was then both, against the trust model's rule (and the client was locked out)."""
+    from xds_node.cli import main
+    from xds_node.security.keys import generate_demo_keys
+    from xds_node.security.trust import TrustStore
+
+    data = str(tmp_path / "node")
+    _key, cert = generate_demo_keys(tmp_path / "ehr", common_name="Boston EHR")
+    _pkey, pcert = generate_demo_keys(tmp_path / "partner", common_name="Some HIE")
+    assert main(["clients", "add", "ehr", "--cert", str(cert), "--data-dir", data]) == 0
+    assert main(["partners", "add", "sneaky", "--cert", str(cert), "--community", "urn:oid:1.2.3.4",
+                 "--data-dir", data]) == 2
+    assert "internal client 'ehr'" in capsys.readouterr().err
+    assert main(["partners", "add", "hie", "--cert", str(pcert), "--community", "urn:oid:1.2.3.5",
+                 "--data-dir", data]) == 0
+    assert main(["partners", "replace", "hie", "--cert", str(cert), "--data-dir", data]) == 2
+    store = TrustStore.load(tmp_path / "node" / "partners.toml")
+    assert [p.name for p in store.partners()] == ["hie"]
+    from cryptography import x509
+
+    from xds_node.security.trust import fingerprint
+
+    assert [fingerprint(c) for c in store.partner("hie").certificates] == [
+        fingerprint(x509.load_pem_x509_certificate(pcert.read_bytes()))]  # unchanged by the refused replace
