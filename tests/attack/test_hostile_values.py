@@ -57,3 +57,49 @@ def test_hostile_values_everywhere(world_both, ehr):
     finally:
         c.close()
         local.close()
+
+
+def test_xcpd_with_thousands_of_parameter_values_is_a_query_error_not_a_500(world):
+    """2,000 livingSubjectIds became one SQL expression SQLite refused (HTTP 500); 20,000 names or
+    given names cost seconds of matching on the event loop. Now each is a QE answer."""
+    from lxml import etree
+
+    from tests.responding.test_responding_gateway import query_response_code, xcpd_request
+
+    node, granted, _revoked, _docs = world
+    partner = Requester.demo_partner(node.settings.keys_dir)
+    h = "{urn:hl7-org:v3}"
+    c = Caller(node.app())
+
+    def add(req, tag: str, n: int, fill) -> etree._Element:
+        params = req.find(f".//{h}parameterList")
+        for i in range(n):
+            p = etree.SubElement(params, f"{h}{tag}")
+            fill(etree.SubElement(p, f"{h}value"), i)
+            etree.SubElement(p, f"{h}semanticsText").text = tag
+        return req
+
+    def ident(value, i):
+        value.set("root", f"1.2.3.{i}")
+        value.set("extension", f"X{i}")
+
+    def name(value, i):
+        etree.SubElement(value, f"{h}family").text = f"F{i}"
+
+    def givens(value, i):
+        for j in range(2000):
+            etree.SubElement(value, f"{h}given").text = f"G{j}"
+
+    try:
+        ok = c.call("/xcpd", v.Action.ITI55, add(xcpd_request(node, granted), "livingSubjectId", 3, ident),
+                    headers=[partner.header()])
+        assert query_response_code(ok) == "OK"  # a few extra ids are fine
+        for tag, n, fill in (("livingSubjectId", 2000, ident), ("livingSubjectName", 2000, name),
+                             ("livingSubjectName", 1, givens), ("patientTelecom", 2000,
+                                                                 lambda value, i: value.set("value", f"tel:{i}"))):
+            reply = c.call("/xcpd", v.Action.ITI55, add(xcpd_request(node, granted), tag, n, fill),
+                           headers=[partner.header()])
+            assert reply.http_status == 200 and query_response_code(reply) == "QE", (tag, reply.raw[:300])
+            assert granted.split("^")[0].encode() not in reply.raw
+    finally:
+        c.close()
