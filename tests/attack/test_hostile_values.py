@@ -103,3 +103,38 @@ def test_xcpd_with_thousands_of_parameter_values_is_a_query_error_not_a_500(worl
             assert granted.split("^")[0].encode() not in reply.raw
     finally:
         c.close()
+
+
+def test_stored_queries_with_thousands_of_and_groups_or_patterns_are_refused_cleanly(world_both):
+    """2,000 $XDSDocumentEntryEventCodeList groups (or confidentiality / reference-id groups) or 1,000
+    author patterns: SQLite refused the statement (HTTP 500) and PostgreSQL ran one such query for
+    over half an hour after the caller had gone. Now an XDSStoredQueryParamNumber error."""
+    node, granted, _revoked, _docs = world_both
+    partner = Requester.demo_partner(node.settings.keys_dir)
+    c, local = Caller(node.app()), Caller(node.app(), address="127.0.0.1")
+    base = {"$XDSDocumentEntryPatientId": [[f"'{granted}'"]], "$XDSDocumentEntryStatus": [["('Approved')"]]}
+    floods = {
+        "event": (v.StoredQueryId.FIND_DOCUMENTS, {"$XDSDocumentEntryEventCodeList": [[f"('e{i}^^s')"]
+                                                                                     for i in range(2000)]}),
+        "confidentiality": (v.StoredQueryId.FIND_DOCUMENTS, {"$XDSDocumentEntryConfidentialityCode": [
+            [f"('c{i}^^s')"] for i in range(2000)]}),
+        "author": (v.StoredQueryId.FIND_DOCUMENTS, {"$XDSDocumentEntryAuthorPerson": [
+            ["(" + ",".join(f"'%a{i}%'" for i in range(1000)) + ")"]]}),
+        "reference": (v.StoredQueryId.FIND_DOCUMENTS_BY_REFERENCE_ID, {"$XDSDocumentEntryReferenceIdList": [
+            [f"('r{i}')"] for i in range(2000)]}),
+    }
+    try:
+        for what, (qid, slots) in floods.items():
+            body = rim.write_adhoc_query_request(StoredQuery(query_id=qid, slots={**base, **slots}))
+            for caller, path, action, headers in ((c, "/xca/query", v.Action.ITI38, [partner.header()]),
+                                                  (local, "/xds/registry", v.Action.ITI18, [])):
+                reply = caller.call(path, action, body, headers=headers)
+                assert reply.http_status == 200, (what, path, reply.raw[:300])
+                assert reply.error_codes == [v.ErrorCode.STORED_QUERY_PARAM_NUMBER], (what, path, reply.error_codes)
+        few = rim.write_adhoc_query_request(StoredQuery(query_id=v.StoredQueryId.FIND_DOCUMENTS, slots={
+            **base, "$XDSDocumentEntryEventCodeList": [[f"('e{i}^^s')"] for i in range(3)]}))
+        assert c.call("/xca/query", v.Action.ITI38, few, headers=[partner.header()]).status == \
+            v.ResponseStatus.SUCCESS
+    finally:
+        c.close()
+        local.close()
