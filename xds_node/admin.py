@@ -222,11 +222,31 @@ def _edit_partners(args: argparse.Namespace, change) -> int:
     return 0
 
 
+def _refuse_client_certificates(args: argparse.Namespace, partner) -> None:
+    """A certificate is pinned for a partner or for an internal client, never both (the same rule
+    `clients add` applies the other way round)."""
+    from xds_node.security.trust import fingerprint
+
+    settings = _settings(args)
+    if not settings.clients_path.exists():
+        return
+    try:
+        clients = _client_store(settings)
+    except (OSError, ValueError) as exc:
+        raise _CliError(f"clients file {settings.clients_path} is not valid: {exc}") from None
+    for cert in partner.certificates:
+        client = clients.partner_for_certificate(cert)
+        if client is not None:
+            raise _CliError(f"certificate {fingerprint(cert)[:16]}… is pinned for internal client {client.name!r}; "
+                            "an internal client's credentials cannot also be a partner's")
+
+
 def cmd_partners_add(args: argparse.Namespace) -> int:
     from xds_node.security.trust import PartnerConflict
 
     def change(store) -> str:
         partner = _partner_from_args(args)
+        _refuse_client_certificates(args, partner)
         if store.partner(partner.name) is not None:
             raise _CliError(f"partner {partner.name!r} already exists; use `xds-node partners replace "
                             f"{partner.name} ...` to change it")
@@ -249,6 +269,7 @@ def cmd_partners_replace(args: argparse.Namespace) -> int:
         if old is None:
             raise _CliError(f"no partner named {name!r}; use `xds-node partners add` to add one")
         partner = _partner_from_args(args, old)
+        _refuse_client_certificates(args, partner)
         try:
             store.replace(partner)
         except PartnerConflict as exc:

@@ -299,6 +299,9 @@ def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None,
         host=settings.host, port=settings.port, log_config=None, access_log=settings.access_log,
         http=LimitedHttpToolsProtocol, loop="uvloop", timeout_keep_alive=limits.keep_alive_timeout,
         ws="none",  # no WebSocket endpoints: an Upgrade must not hand the socket to an unlimited protocol
+        # the socket peer is the caller's address: uvicorn would otherwise take it from X-Forwarded-For
+        # for any peer in FORWARDED_ALLOW_IPS ("*" in many images), so a remote caller could claim loopback
+        proxy_headers=False,
         backlog=max(128, min(4096, limits.max_connections)),
     )
     options.update(tls or {})

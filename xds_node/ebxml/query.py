@@ -160,6 +160,14 @@ QUERIES: dict[str, QuerySpec] = {
     ),
 }
 
+#: Slot occurrences an AND-able parameter (event codes, confidentiality codes, reference ids,
+#: folder codes) may have: each is a sub-query, and thousands made SQLite refuse the statement
+#: (a 500) and PostgreSQL plan for seconds. Real queries AND a handful.
+MAX_AND_GROUPS = 10
+#: Patterns a LIKE parameter (author person) may carry: each is an OR'ed LIKE, and about a
+#: thousand exceeded SQLite's expression depth (a 500).
+MAX_LIKE_VALUES = 100
+
 #: Patient ids one ITI-51 request may list: bounds the SQL it becomes (SQLite allows ~32k bound
 #: values per statement) and the work one internal consumer can ask for in a single call.
 MAX_PATIENT_IDS = 1000
@@ -272,6 +280,15 @@ def parse_query(query: StoredQuery, queries: dict[str, QuerySpec] = QUERIES) -> 
         if not param.multiple and len(groups[0]) > 1:
             errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
                                f"{spec.name}: parameter {name} takes a single value, got {len(groups[0])}"))
+            continue
+        if param.and_or and len(groups) > MAX_AND_GROUPS:
+            errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
+                               f"{spec.name}: parameter {name} may appear at most {MAX_AND_GROUPS} times, "
+                               f"got {len(groups)}"))
+            continue
+        if param.kind is Kind.LIKE and sum(map(len, groups)) > MAX_LIKE_VALUES:
+            errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,
+                               f"{spec.name}: parameter {name} takes at most {MAX_LIKE_VALUES} patterns"))
             continue
         if param.max_values is not None and len(groups[0]) > param.max_values:
             errors.append(_err(v.ErrorCode.STORED_QUERY_PARAM_NUMBER,

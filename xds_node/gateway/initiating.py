@@ -53,7 +53,7 @@ from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, StoredQuery
 from xds_node.ebxml.query import PATIENT_PARAM, QUERIES
 from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT, REQUESTED_ATTRIBUTE, read_issue_codes
-from xds_node.patients.index import read_addr, read_name
+from xds_node.patients.index import correlation_fits, read_addr, read_name
 from xds_node.patients.matching import CANDIDATE_THRESHOLD, MATCH_THRESHOLD, score
 from xds_node.patients.model import Demographics, Patient, PatientId, normalize_date, normalize_gender, parse_cx
 from xds_node.security.consent import ConsentPolicy
@@ -623,7 +623,7 @@ class InitiatingGateway:
                 m.reason = m.reason or "not stored: no local patient for these demographics"
                 continue
             remote = parse_cx(m.remote_patient_id)
-            if remote is None:
+            if remote is None or not correlation_fits(community, remote.extension, remote.root):
                 m.reason = "not stored: unusable patient id"
                 continue
             await asyncio.to_thread(self.patients.save_correlation, result.local_patient_id, community,
@@ -702,7 +702,7 @@ class InitiatingGateway:
             try:
                 out.calls += 1
                 reply = await self.client.call(partner, url, v.Action.ITI38, rim.write_adhoc_query_request(query), ctx)
-                status, objects, errors = _read_query_answer(reply, community)
+                status, objects, errors = _read_query_answer(reply, community, partner)
             except Exception as exc:
                 result.errors.append(self._failure(exc, out, community))
                 failed += 1
@@ -783,7 +783,7 @@ class InitiatingGateway:
             try:
                 reply = await self.client.call(partner, url, v.Action.ITI39, xdsb.write_retrieve_request(chunk), ctx,
                                                mtom=True, spool_dir=spool)
-                _, errors, docs = _read_retrieve_answer(reply, community)
+                _, errors, docs = _read_retrieve_answer(reply, community, partner)
             except Exception as exc:
                 if reply is not None:
                     _drop_unused(reply, set())
@@ -873,23 +873,34 @@ def _fix_errors(errors: list[RegistryError], community: str) -> list[RegistryErr
     return errors
 
 
-def _read_query_answer(reply: SoapRequest, community: str) -> tuple[str, list[_Element], list[RegistryError]]:
+def _own_community(claimed: str | None, community: str, partner: Partner | None) -> str:
+    """Where an answered object comes from: the community the partner names, when it is one of that
+    partner's member communities; otherwise the partner's own. A partner cannot label its answer
+    as another partner's (our consumer would trust it as that community's, and retrieve from there)."""
+    claimed = (claimed or "").strip()
+    if claimed and (normalize_hcid(claimed) == normalize_hcid(community) or
+                    (partner is not None and partner.accepts_community(claimed))):
+        return claimed
+    return community
+
+
+def _read_query_answer(reply: SoapRequest, community: str,
+                       partner: Partner | None = None) -> tuple[str, list[_Element], list[RegistryError]]:
     body = reply.body
     if body.tag != f"{{{v.QUERY}}}AdhocQueryResponse":
         raise ValueError(f"expected AdhocQueryResponse, got {etree.QName(body).localname}")
     resp = rim.read_registry_response(body)
     lst = body.find(_R + "RegistryObjectList")
     objects = [o for o in lst if isinstance(o.tag, str)] if lst is not None else []
-    for o in objects:
-        if not o.get("home"):
-            o.set("home", community)  # XCA requires it; a partner that forgets it still says where from
+    for o in objects:  # XCA requires home; a partner that forgets it, or names another's, is its own
+        o.set("home", _own_community(o.get("home"), community, partner))
     return resp.status, objects, _fix_errors(resp.errors, community)
 
 
 _X = f"{{{v.XDSB}}}"
 
 
-def _read_retrieve_answer(reply: SoapRequest, community: str
+def _read_retrieve_answer(reply: SoapRequest, community: str, partner: Partner | None = None
                           ) -> tuple[str, list[RegistryError], list[tuple[RetrievedDocument, SpooledDocument]]]:
     body = reply.body
     if body.tag != _X + "RetrieveDocumentSetResponse":
@@ -902,7 +913,7 @@ def _read_retrieve_answer(reply: SoapRequest, community: str
         if el is None:
             continue
         doc = RetrievedDocument(
-            home_community_id=(dr.findtext(_X + "HomeCommunityId") or community).strip(),
+            home_community_id=_own_community(dr.findtext(_X + "HomeCommunityId"), community, partner),
             repository_unique_id=(dr.findtext(_X + "RepositoryUniqueId") or "").strip(),
             document_unique_id=(dr.findtext(_X + "DocumentUniqueId") or "").strip(),
             mime_type=(dr.findtext(_X + "mimeType") or "application/octet-stream").strip(),

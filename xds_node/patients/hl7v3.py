@@ -137,6 +137,12 @@ def _int(el: _Element | None) -> int | None:
         return None
 
 
+#: Most values one XCPD parameter (ids, names, addresses, telecoms) may carry. A real query names a
+#: person with a handful; thousands of ids became one SQL expression SQLite refuses (a 500), and
+#: thousands of names cost seconds of matching on the event loop.
+MAX_PARAMETER_VALUES = 50
+
+
 def parse_prpa_in201305(el: _Element) -> XcpdQuery:
     """Read an XCPD query; raise :class:`XcpdRequestError` when it cannot be answered."""
     if el.tag != _q("PRPA_IN201305UV02"):
@@ -169,6 +175,11 @@ def parse_prpa_in201305(el: _Element) -> XcpdQuery:
     if q.response_priority == "D":
         raise XcpdRequestError("The Deferred Response Option is not supported", query=q, detail_code="NS250")
 
+    for what in ("livingSubjectId", "livingSubjectName", "patientAddress", "patientTelecom"):
+        n = len(params.findall(_q(f"{what}/value")))
+        if n > MAX_PARAMETER_VALUES:  # each costs a lookup or a comparison: a huge list is an attack
+            raise XcpdRequestError(f"parameterList has {n} {what} values; at most {MAX_PARAMETER_VALUES} "
+                                   "are accepted", query=q, code="QE")
     d = q.demographics
     for v in params.findall(_q("livingSubjectId/value")):
         root, ext = _attr(v, "root"), _attr(v, "extension")
@@ -181,7 +192,10 @@ def parse_prpa_in201305(el: _Element) -> XcpdQuery:
         given, family = read_name(name)
         if family and not d.family:
             d.family = family
-        d.given.extend(g for g in given if g not in d.given)
+        d.given.extend(g for g in dict.fromkeys(given) if g not in d.given)
+        if len(d.given) > MAX_PARAMETER_VALUES:
+            raise XcpdRequestError(f"livingSubjectName has more than {MAX_PARAMETER_VALUES} given names",
+                                   query=q, code="QE")
     mmn = params.find(_q("mothersMaidenName/value"))
     if mmn is not None:
         d.mothers_maiden_name = read_name(mmn)[1]

@@ -412,6 +412,15 @@ class PatientIndex:
             return res.rowcount > 0
 
 
+def correlation_fits(community: str, extension: str, root: str) -> bool:
+    """Whether a partner's id for one of our patients fits the correlation table. The id is the
+    partner's text (XCPD query-and-feed, XCPD answers): one that does not fit is not recorded,
+    rather than failing the request (PostgreSQL refuses it; SQLite would store it unbounded)."""
+    c = t.patient_correlation.c
+    return all(value and len(value) <= col.type.length for value, col in (
+        (community, c.community_id), (extension, c.remote_patient_id), (root, c.remote_root)))
+
+
 # --- row <-> model ------------------------------------------------------------------------------
 
 

@@ -164,6 +164,8 @@ def check_patient_id(patient_id: str) -> str:
     value = (patient_id or "").strip()
     if not value:
         raise ValueError("patient_id is required")
+    if not value.isprintable():  # a newline or control character matches no registry id and forges output
+        raise ValueError(f"patient id {value!r} contains control characters")
     if parse_cx(value) is None:
         raise ValueError(f"patient id {value!r} is not in CX form ID^^^&OID&ISO "
                          "(e.g. VET0002^^^&2.16.840.1.113883.4.349&ISO)")

@@ -111,7 +111,8 @@ class AccessPolicy:
                 return self._client_by_assertion(req, header)
             if req.client_cert is not None:
                 return self._client_by_certificate(req.client_cert, req.path)
-        if ANONYMOUS in kinds and self.anonymous_loopback and is_loopback(req.remote_address):
+        if ANONYMOUS in kinds and self.anonymous_loopback and is_loopback(req.remote_address) \
+                and not getattr(req, "forwarded", False):  # a local proxy's peer address is not the caller's
             return Principal.anonymous(self.home_community_id)
         if ANONYMOUS in kinds and self.anonymous_loopback:
             raise SecurityFault("wsse:InvalidSecurity", "authentication required: anonymous requests are accepted "

@@ -60,6 +60,8 @@ _THREAD_PARSE_BYTES = 1 << 20
 _CLOSE_STATUSES = frozenset({408, 413, 503})
 #: Operations endpoints (plain GETs, no credentials, see xds_node.ops).
 _OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
+#: Headers by which a proxy names the caller it forwards for (read only to mark a request forwarded).
+_FORWARDING_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 
 
 @dataclass
@@ -291,6 +293,7 @@ class SoapApp:
             req.client_cert = _client_cert(scope)
             client = scope.get("client")
             req.remote_address = client[0] if client else ""
+            req.forwarded = any(name in _FORWARDING_HEADERS for name, _ in scope.get("headers", ()))
             handler = ep.handlers.get(req.action)
             if handler is None:
                 detail = etree.Element(f"{{{WSA}}}Action", nsmap={"wsa": WSA})

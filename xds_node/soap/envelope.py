@@ -215,6 +215,9 @@ class SoapRequest:
     #: SHA-256 (hex) of the whole request as received; replay protection tells a peer's
     #: byte-identical resend from a captured header reused with another Body by it.
     raw_digest: str = ""
+    #: The request names another origin (X-Forwarded-For, Forwarded or X-Real-IP): it came through
+    #: a proxy, so its socket peer is not its caller (never admitted as an anonymous loopback caller).
+    forwarded: bool = False
 
     def header_block(self, ns: str, local: str) -> _Element | None:
         """The first header block with this QName, if any."""

@@ -19,8 +19,9 @@ from typing import Any
 from lxml.etree import _Element
 
 from xds_node.patients.hl7v3 import XcpdQuery, XcpdRequestError, build_prpa_in201306, parse_prpa_in201305
-from xds_node.patients.index import PatientIndex
+from xds_node.patients.index import PatientIndex, correlation_fits
 from xds_node.patients.matching import CANDIDATE_THRESHOLD, CLOSE_MARGIN, match
+from xds_node.security.trust import normalize_hcid
 from xds_node.soap.envelope import SoapRequest, SoapResponse
 from xds_node.transactions import audited, blocking
 
@@ -67,11 +68,16 @@ def respond(
     consent: Callable[[str], bool] = lambda pid: True,
     require_birth_date: bool = True,
     record_correlation: bool = True,
+    caller_community: str | None = None,
 ) -> tuple[_Element, XcpdOutcome]:
     """Answer one XCPD query.
 
     With ``record_correlation``, a match in "query and feed" mode (the initiator names its own
     patient id via authorOrPerformer) is remembered as a correlation for the initiator's community.
+    ``caller_community`` is the community the caller authenticated as (its assertion's verified
+    homeCommunityId): the correlation is recorded only when the body's sender names that same
+    community, so a partner can never plant an id for another community (our initiating gateway
+    would then send this patient's queries there, under that id).
     """
     common: dict[str, Any] = {"home_community_id": home_community_id, "our_device_oid": device_oid}
     try:
@@ -87,11 +93,12 @@ def respond(
         if not consent(pid):
             return (build_prpa_in201306(query, outcome="none", **common),
                     XcpdOutcome("AA", "NF", query=query, withheld=True))
-        if record_correlation and query.sender_home_community_id:
+        sender = normalize_hcid(query.sender_home_community_id or "")
+        if record_correlation and query.sender_home_community_id and (
+                caller_community is None or normalize_hcid(caller_community) == sender):
             remote = query.initiator_patient_id
-            if remote is not None:
-                index.save_correlation(pid, "urn:oid:" + query.sender_home_community_id.removeprefix("urn:oid:"),
-                                       remote.extension, remote.root)
+            if remote is not None and correlation_fits(sender, remote.extension, remote.root):
+                index.save_correlation(pid, sender, remote.extension, remote.root)
         el = build_prpa_in201306(query, outcome="match", patient=result.patient, score=result.score, **common)
         return el, XcpdOutcome("AA", "OK", patient_id=pid, score=result.score, query=query)
 
@@ -124,8 +131,12 @@ def make_handler(
     device = getattr(settings, "device_oid", None) or extra.get("device_oid") or home.removeprefix("urn:oid:")
 
     async def handle(req: SoapRequest) -> SoapResponse:
+        principal = getattr(req, "principal", None)
+        # no principal only under insecure_no_gateway_security: nobody to bind the sender to
+        caller = (getattr(principal, "home_community_id", "") or "-") if principal is not None else None
         element, outcome = await blocking(respond, index, req.body, home_community_id=home, device_oid=device,
-                                          consent=consent, require_birth_date=require_birth_date)
+                                          consent=consent, require_birth_date=require_birth_date,
+                                          caller_community=caller)
         if audit is not None:  # the match leaves only once its audit row is committed
             await audited(audit, req, outcome, what="ITI-55")
         return SoapResponse(action=RESPONSE_ACTION, body=element)
