@@ -1,17 +1,15 @@
 """The XCPD patient index and documents: a document registered under a *new* patient id whose
 recordTarget copies a veteran's demographics must not take the veteran out of discovery.
 
-Today it does: the index accepts the newcomer (documents may create patients), matching then finds
-two equally good candidates, and because the veteran consented the answer is AE/AnswerNotAvailable.
-The partner's clinician cannot find the veteran until an operator removes the clone. Anyone who may
-send ITI-41 can do this, including the anonymous loopback caller (who is not a trusted internal
-client, whose documents the issue says alone may feed the index)."""
+It did: the index accepted the newcomer (documents may create patients), matching then found two
+equally good candidates, and because the veteran consented the answer was AE/AnswerNotAvailable.
+Now only an authenticated internal client's documents feed the index (the issue: demographics come
+from `patients add|import` and from documents registered by trusted internal clients); the
+anonymous loopback caller's are registered but never shape matching."""
 
 from __future__ import annotations
 
 import uuid
-
-import pytest
 
 from tests.patients.test_patients_trust import VET_ROOT, sample, xcpd_request
 from tests.repository.test_provide_and_retrieve import provide
@@ -32,9 +30,6 @@ def _xcpd(c, partner, demo) -> tuple[str, list[str]]:
     return code, [i.get("extension") for i in reply.body.iter(f"{H}id") if i.getparent().tag == f"{H}patient"]
 
 
-@pytest.mark.xfail(strict=True, reason="any ITI-41 writer (anonymous loopback included) can add a patient whose "
-                   "demographics copy a veteran's under a new id: XCPD for the veteran then answers AE "
-                   "(AnswerNotAvailable) instead of OK; needs a policy for document-created patients")
 def test_a_clone_under_a_new_id_does_not_hide_the_veteran(world):
     node, _granted, _revoked, _docs = world
     node.consent_store.grant(cx("VET0002", VET_ROOT), source="paper form")

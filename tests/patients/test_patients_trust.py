@@ -60,11 +60,15 @@ class World:
         return json.loads(done.stdout)
 
     def provide_cda(self, data: bytes) -> str:
-        """ITI-41 of one C-CDA as an EHR would send it; returns the document's uniqueId."""
+        """ITI-41 of one C-CDA as our EHR sends it (a pinned internal client signing its own SAML:
+        only such documents feed the patient index); returns the document's uniqueId."""
+        from xds_node.config import DEMO_HOME_COMMUNITY_ID
+
         entry = extract_metadata(data, source_name="upload.xml")
         entry.id = f"Document-{uuid.uuid4().hex}"  # also seeds the submission set's uniqueId
         sub = submission_for(entry, source_id=SOURCE_ID)
-        reply = provide(self.client, sub, {entry.id: data})
+        reply = provide(self.client, sub, {entry.id: data},
+                        headers=[self.ehr.header(home_community_id=DEMO_HOME_COMMUNITY_ID)])
         assert reply.http_status == 200 and reply.body.get("status") == v.ResponseStatus.SUCCESS, reply.raw[-1500:]
         return entry.unique_id
 
@@ -143,6 +147,12 @@ def world(request, tmp_path_factory):
     db_url = _database_url(request.param, data_dir)
     settings = load_settings(env={}, data_dir=data_dir, database_url=db_url)
     init_keys(settings)
+    from tests.responding.test_trust_boundary import InternalClient, pin_client
+    from xds_node.security.keys import generate_demo_keys, load_key_and_cert
+
+    key_path, cert_path = generate_demo_keys(tmp_path_factory.mktemp("ehr"), common_name="Boston EHR")
+    ehr = InternalClient("boston-ehr", *load_key_and_cert(key_path, cert_path), cert_path, key_path)
+    pin_client(settings, ehr)
     node = Node(settings)
     try:
         report = node.folder_indexer(SAMPLES).sync()
@@ -152,6 +162,7 @@ def world(request, tmp_path_factory):
     finally:
         node.close()
     w = World(data_dir, db_url)
+    w.ehr = ehr
     w.live = LiveNode(data_dir, extra_env=w.env)
     w.client = SoapTestClient(base_url=w.live.url)
     yield w
@@ -255,5 +266,6 @@ def test_a_document_may_create_a_patient_the_index_does_not_know(world):
                                       birth=newcomer.birth_date))
     report = world.show(cx("VET0099", VET_ROOT))
     (first,) = report["versions"]
-    assert (first["version"], first["source"], first["actor"]) == (1, "cda", f"document {uid}")
+    # the source names the internal client whose document created the patient
+    assert (first["version"], first["source"], first["actor"]) == (1, "cda:boston-ehr", f"document {uid}")
     assert first["demographics"]["family"] == "Newcomer" and report["discrepancies"] == []

@@ -20,8 +20,9 @@ X = f"{{{v.XDSB}}}"
 E = v.ErrorCode
 
 
-def provide(client, sub, contents: dict[str, bytes], *, mtom: bool = True):
-    """Send ITI-41 with each document as an MTOM part (or inline base64)."""
+def provide(client, sub, contents: dict[str, bytes], *, mtom: bool = True, headers=None):
+    """Send ITI-41 with each document as an MTOM part (or inline base64); ``headers``: e.g. an
+    internal client's WS-Security header."""
     docs, attachments = {}, []
     for doc_id, data in contents.items():
         el = etree.Element(X + "Document", nsmap={"xdsb": v.XDSB})
@@ -34,7 +35,7 @@ def provide(client, sub, contents: dict[str, bytes], *, mtom: bool = True):
             el.text = base64.b64encode(data).decode()
         docs[doc_id] = el
     return client.call(REPO, v.Action.ITI41, xdsb.write_provide_request(sub, docs),
-                       attachments=attachments, mtom=mtom)
+                       attachments=attachments, mtom=mtom, **({"headers": headers} if headers else {}))
 
 
 def retrieve(client, pairs, repo="1.3.6.1.4.1.21367.2026.1.2"):

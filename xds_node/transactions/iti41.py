@@ -57,7 +57,8 @@ def registrar(registry, registry_url: str = "", client_factory=None):
 
 def make_handler(repository: Repository, registry: Registry | None, *, on_registered=None,
                  registry_url: str = "", client_factory=None, audit=None):
-    """``on_registered(bytes, entry)`` runs for each accepted C-CDA (e.g. the XCPD patient index).
+    """``on_registered(bytes, entry, source=...)`` runs for each accepted C-CDA from an internal
+    client (the XCPD patient index; an anonymous caller's documents never feed it).
     With ``registry_url`` the metadata goes to that remote registry instead of the co-located one.
     ``audit(req, "ITI-41", Audited)`` runs (through ``notify``) before the answer leaves."""
     register = registrar(registry, registry_url, client_factory)
@@ -74,12 +75,17 @@ def make_handler(repository: Repository, registry: Registry | None, *, on_regist
         documents = {doc_id: req.binary(el) for doc_id, el in doc_elements.items()}  # Sender fault if broken
         sent_as = {id(de): de.id for de in sub.documents}  # each entry's id before the registry assigns UUIDs
         response = await repository.provide_and_register(sub, documents, register, co_located=not registry_url)
-        if on_registered is not None and response.status == v.ResponseStatus.SUCCESS:
+        # Only an authenticated internal client's documents may feed the patient index (named as
+        # its source); an anonymous loopback caller's are registered but never shape XCPD matching
+        principal = req.principal
+        feeds_index = principal is None or getattr(principal, "kind", "") == "internal"
+        if on_registered is not None and feeds_index and response.status == v.ResponseStatus.SUCCESS:
+            source = f"cda:{principal.partner}" if principal is not None and principal.partner else "cda"
             for de in sub.documents:
                 data = documents.get(sent_as[id(de)])
                 if data is not None and is_cda(data):
                     try:
-                        on_registered(data, de)
+                        on_registered(data, de, source=source)
                     except Exception as exc:  # registered already; the side index must not undo it
                         log.warning("ITI-41: document %s registered, post-processing failed: %s", de.unique_id, exc)
         await notify(audit, req, "ITI-41", submission_audit(response.status, sub, response.errors))
