@@ -1,17 +1,24 @@
 """The node's own audit trail: one row per transaction, listed, exported and accounted for.
 
-Writing is a single INSERT because it happens on every request. Forwarding to an external Audit
-Record Repository is the sinks' business and can never break a request: a sink that raises is
-logged and skipped. A failed INSERT, on the other hand, is raised to the caller on purpose:
-a disclosure that cannot be audited should not happen.
+Writing happens on every request, so requests write by group commit (:meth:`AuditLog.record_async`):
+each worker's event loop gathers the rows of the requests that are ready and commits them in one
+transaction, and each request still waits for its own row to be committed before it answers.
+Forwarding to an external Audit Record Repository is the sinks' business and can never break a
+request: a sink that raises is logged and skipped. A failed INSERT, on the other hand, is raised
+to the caller on purpose: a disclosure that cannot be audited should not happen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
 
@@ -87,12 +94,81 @@ def _community_forms(value: str) -> list[str]:
     return [bare, "urn:oid:" + bare]
 
 
+class AuditWriteError(RuntimeError):
+    """The audit row was not committed (its cause is chained): the request must fail closed."""
+
+
+@dataclass
+class _Batch:
+    """Rows waiting for the next group commit on one event loop, and the task committing them."""
+
+    queue: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]] = field(default_factory=list)
+    flusher: asyncio.Task[None] | None = None
+
+
+#: Set by :func:`deferring`: where :meth:`AuditLog.record` collects events instead of writing them.
+_deferred: ContextVar[list[tuple[AuditLog, AuditEvent]] | None] = ContextVar("audit_deferred", default=None)
+
+
+@contextmanager
+def deferring() -> Iterator[list[tuple[AuditLog, AuditEvent]]]:
+    """Collect the events :meth:`AuditLog.record` is asked to write in this context, unwritten,
+    so the request path can commit them with :meth:`AuditLog.record_async` (group commit)."""
+    pending: list[tuple[AuditLog, AuditEvent]] = []
+    token = _deferred.set(pending)
+    try:
+        yield pending
+    finally:
+        _deferred.reset(token)
+
+
+async def commit_all(pending: Iterable[tuple[AuditLog, AuditEvent]]) -> None:
+    """Commit every collected event (each joins its log's next group commit); raises if any
+    row is not committed, after all of them have been settled."""
+    results = await asyncio.gather(*(log_.record_async(e) for log_, e in pending), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+
+
+def _event_row(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "time": _naive_utc(event.time),
+        "transaction": event.transaction,
+        "action_code": event.action_code,
+        "outcome": event.outcome,
+        "direction": event.direction,
+        "partner_community": event.partner_community,
+        "partner_organization": event.partner_organization,
+        "partner_organization_id": event.partner_organization_id,
+        "user_subject_id": event.user_subject_id,
+        "user_role_code": event.user_role_code,
+        "user_role_display": event.user_role_display,
+        "purpose_of_use": event.purpose_of_use,
+        "patient_id": event.patient_id,
+        "document_ids": json.dumps(list(event.document_ids)),
+        "repository_unique_id": event.repository_unique_id,
+        "query_id": event.query_id,
+        "message_id": event.message_id,
+        "remote_address": event.remote_address,
+        "endpoint": event.endpoint,
+        "reason": event.reason,
+        "partner": event.partner,
+        "caller_kind": event.caller_kind,
+    }
+
+
 class AuditLog:
     """Stores audit events and hands each one to the configured sinks."""
 
     def __init__(self, engine: Engine, sinks: Iterable[AuditSink] = ()):
         self.engine = engine
         self.sinks: list[AuditSink] = list(sinks)
+        #: Commit on the event loop itself (embedded SQLite: cheaper than a thread hand-off).
+        self.inline = engine.dialect.name == "sqlite"
+        #: One group-commit queue per event loop (per worker process, per test loop).
+        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
@@ -113,45 +189,86 @@ class AuditLog:
                       ", ".join(missing) or "none", ", ".join(narrow) or "none")
 
     def record(self, event: AuditEvent) -> AuditEvent:
-        """Insert the event (raises if the database refuses), then offer it to every sink."""
-        row = {
-            "event_id": event.event_id,
-            "time": _naive_utc(event.time),
-            "transaction": event.transaction,
-            "action_code": event.action_code,
-            "outcome": event.outcome,
-            "direction": event.direction,
-            "partner_community": event.partner_community,
-            "partner_organization": event.partner_organization,
-            "partner_organization_id": event.partner_organization_id,
-            "user_subject_id": event.user_subject_id,
-            "user_role_code": event.user_role_code,
-            "user_role_display": event.user_role_display,
-            "purpose_of_use": event.purpose_of_use,
-            "patient_id": event.patient_id,
-            "document_ids": json.dumps(list(event.document_ids)),
-            "repository_unique_id": event.repository_unique_id,
-            "query_id": event.query_id,
-            "message_id": event.message_id,
-            "remote_address": event.remote_address,
-            "endpoint": event.endpoint,
-            "reason": event.reason,
-            "partner": event.partner,
-            "caller_kind": event.caller_kind,
-        }
+        """Insert the event (raises if the database refuses), then offer it to every sink.
+
+        Inside :func:`deferring` the event is only collected: the caller commits it with
+        :meth:`record_async` (the request path), so existing recorders need not change.
+        """
+        pending = _deferred.get()
+        if pending is not None:
+            pending.append((self, event))
+            return event
+        self._insert([_event_row(event)])
+        self._offer(event)
+        return event
+
+    async def record_async(self, event: AuditEvent) -> AuditEvent:
+        """Commit the event's row together with the other rows queued on this event loop, then
+        offer it to every sink. Returns only once the row is committed; raises if it is not, so
+        the caller fails closed exactly as with :meth:`record`.
+
+        The flush starts as soon as the loop gets to it (no timer): while one commit is in
+        progress, the rows of further requests gather for the next one.
+        """
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = _Batch()
+        fut: asyncio.Future[None] = loop.create_future()
+        batch.queue.append((event, _event_row(event), fut))
+        if batch.flusher is None:
+            batch.flusher = loop.create_task(self._flush(batch))
+        await fut
+        return event
+
+    async def _flush(self, batch: _Batch) -> None:
+        """Commit queued rows, one transaction per round, until the queue is empty."""
+        try:
+            while batch.queue:
+                items, batch.queue = batch.queue, []
+                rows = [row for _, row, _ in items]
+                try:
+                    if self.inline:
+                        self._insert(rows)
+                    else:
+                        await asyncio.to_thread(self._insert, rows)
+                except BaseException as exc:
+                    for _, _, fut in items:
+                        if not fut.done():  # each waiter gets its own error, all chained to the cause
+                            err = AuditWriteError(f"audit row not committed ({len(rows)} in the transaction)")
+                            err.__cause__ = exc
+                            fut.set_exception(err)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for event, _, fut in items:
+                    if not fut.done():
+                        fut.set_result(None)
+                    self._offer(event)
+        finally:
+            batch.flusher = None
+            for _, _, fut in batch.queue:  # only if cancelled mid-way: nobody may wait forever
+                if not fut.done():
+                    fut.set_exception(AuditWriteError("audit flusher stopped before the row was committed"))
+            batch.queue = []
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` in one transaction (one driver-level executemany)."""
         try:
             with self.engine.begin() as conn:
-                insert_rows(conn, audit_events, [row])  # one per request: the cheap driver-level path
+                insert_rows(conn, audit_events, rows)
         except Exception:
             metrics.audit_failure("database")
             raise
+
+    def _offer(self, event: AuditEvent) -> None:
+        """Hand a committed event to every sink; a failing sink is logged, never raised."""
         for sink in self.sinks:
             try:
                 sink.send(event)
             except Exception:
                 metrics.audit_failure("sink")
                 log.exception("audit sink %r failed for event %s; continuing", sink, event.event_id)
-        return event
 
     def close(self) -> None:
         """Close sinks that can be closed (flushes queued syslog messages)."""

@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from lxml import etree
 
+from xds_node.audit.store import commit_all, deferring
 from xds_node.soap.fault import SoapFault
 
 P = ParamSpec("P")
@@ -53,16 +54,18 @@ async def audited(record: Callable[..., Any], *args: Any, what: str) -> None:
     """Run one audit ``record(*args)``; if the row is not committed, log an ERROR and raise the
     :func:`audit_unavailable` fault so the answer (and the patient data in it) never leaves.
 
-    A synchronous recorder runs like other database work (:func:`blocking`); a coroutine recorder
-    is awaited. The optional syslog copy is the store's business and never raises here.
+    The rows the recorder writes through :meth:`AuditLog.record` are collected (see
+    :func:`deferring`) and committed by the worker's group commit, which this request awaits: many
+    requests share one transaction, and each still waits for its own row. A coroutine recorder is
+    awaited; a synchronous one runs on the loop, since with deferral it only builds the events.
+    The optional syslog copy is the store's business and never raises here.
     """
     try:
-        if inspect.iscoroutinefunction(record):
-            await record(*args)
-        else:
-            res = await blocking(record, *args)
+        with deferring() as pending:
+            res = record(*args)
             if inspect.isawaitable(res):
                 await res
+        await commit_all(pending)
     except SoapFault:
         raise
     except Exception:
