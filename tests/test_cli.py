@@ -54,6 +54,19 @@ def test_demo_banner_lists_endpoints_and_a_working_query(demo):
     reply = httpx.post(f"http://127.0.0.1:{port}/xds/registry", content=request.read_bytes(),
                        headers={"Content-Type": "application/soap+xml; charset=UTF-8"})
     assert reply.status_code == 200 and reply.content.count(b"<rim:ExtrinsicObject") >= 4
+    # the banner's readable summary lists exactly what that answer holds
+    listed = re.search(r"It answers with (\d+) DocumentEntries", text)
+    assert listed and int(listed.group(1)) == reply.content.count(b"<rim:ExtrinsicObject")
+
+
+def test_the_banners_retrieve_line_works(demo, tmp_path):
+    text, _ = demo
+    line = re.search(r"Fetch one \(ITI-43\): xds-node (retrieve \S+) -o doc.xml --url (\S+)", text)
+    out = tmp_path / "banner-doc.xml"
+    run = subprocess.run([sys.executable, "-m", "xds_node.cli", "retrieve", line.group(1).split()[1], "-o", str(out),
+                          "--url", line.group(2)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert b"ClinicalDocument" in out.read_bytes()
 
 
 def test_retrieve_command_fetches_a_listed_document(demo, tmp_path):

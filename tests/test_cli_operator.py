@@ -290,3 +290,23 @@ def test_missing_driver_and_tls_key_are_explained(tmp_path):
     done = _cli("serve", "--data-dir", str(tmp_path), "--port", str(free_port()), "--tls-cert", str(key),
                 "--tls-key", str(key), timeout=30)
     assert done.returncode in (1, 2) and str(key) in done.stderr and "Traceback" not in done.stderr
+
+
+def test_admin_commands_say_which_data_directory_at_a_terminal(tmp_path, monkeypatch, capsys):
+    """A person at a terminal sees which node a command acts on; piped output stays clean."""
+    import io
+
+    from xds_node.config import load_settings, require_data_dir
+
+    settings = load_settings(env={}, data_dir=tmp_path)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    require_data_dir(settings)
+    assert f"data directory {tmp_path.resolve()}" in sys.stderr.getvalue()
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    require_data_dir(settings)
+    assert sys.stderr.getvalue() == ""

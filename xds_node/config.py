@@ -391,6 +391,10 @@ def require_data_dir(settings: Settings, *, init: bool = False) -> None:
     """
     data = Path(settings.data_dir)
     if data.is_dir() or init:
+        import sys
+
+        if sys.stderr.isatty():  # say which node a person is acting on; scripts get clean output
+            print(f"xds-node: data directory {data.resolve()}", file=sys.stderr)
         return
     raise ConfigError(f"data directory {data.resolve()} does not exist: run where the node's data lives, "
                       f"pass --data-dir DIR or set XDS_DATA_DIR (--init creates a new node there)")

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lxml import etree
+
 from xds_node.ebxml import vocabulary as v
 
 
@@ -59,6 +61,30 @@ def find_documents_envelope(url: str, patient: str) -> str:
     return FIND_DOCUMENTS_TEMPLATE.format(url=url, patient=xml_patient, message_id=uuid.uuid4())
 
 
+def patient_documents(node, patient: str, limit: int = 8) -> list[tuple[str, str, str]]:
+    """(creation date, title, uniqueId) of a patient's Approved documents, newest first: what the
+    banner's FindDocuments returns, readable without an XML viewer."""
+    from sqlalchemy import select
+
+    from xds_node.ebxml import vocabulary as vv
+    from xds_node.registry import tables as rt
+    from xds_node.safexml import parser
+
+    t = rt.documents
+    stmt = (select(t.c.unique_id, t.c.creation_time, t.c.rim)
+            .where(t.c.patient_id == patient, t.c.status == v.Status.APPROVED)
+            .order_by(t.c.creation_time.desc()).limit(limit))
+    out = []
+    with node.engine.connect() as conn:
+        for uid, created, fragment in conn.execute(stmt):
+            el = etree.fromstring(bytes(fragment), parser())
+            name = el.find(f"{{{vv.RIM}}}Name/{{{vv.RIM}}}LocalizedString")
+            title = name.get("value", "") if name is not None else ""
+            c = created or ""
+            out.append((f"{c[:4]}-{c[4:6]}-{c[6:8]}" if len(c) >= 8 else c, title or "(untitled)", uid))
+    return out
+
+
 def print_banner(node, summary: LoadSummary, keys: dict | None = None) -> None:
     urls = node.endpoint_urls()
     print("\nxds-node demo")
@@ -78,7 +104,15 @@ def print_banner(node, summary: LoadSummary, keys: dict | None = None) -> None:
         request.write_text(find_documents_envelope(url, patient), encoding="utf-8")
         print(f"\nTry a FindDocuments (ITI-18) for patient {patient}:\n")
         print(f"  curl -s -H 'Content-Type: application/soap+xml; charset=UTF-8' --data-binary @{request} {url}\n")
-        print("Other patients: " + ", ".join(p for p in sorted(summary.patients) if p != patient))
+        docs = patient_documents(node, patient)
+        if docs:
+            print(f"It answers with {len(docs)} DocumentEntries (ebRIM XML); in short:\n")
+            width = max(len(title) for _, title, _ in docs)
+            for created, title, uid in docs:
+                print(f"  {created:10}  {title:{width}}  {uid}")
+            repository = next(u for name, u in urls.items() if name.startswith("repository"))
+            print(f"\nFetch one (ITI-43): xds-node retrieve {docs[0][2]} -o doc.xml --url {repository}")
+        print("\nOther patients: " + ", ".join(p for p in sorted(summary.patients) if p != patient))
     if keys:
         print("\nThe gateway endpoints (XCA, XCPD) require WS-Security with a SAML assertion signed by a")
         print("partner pinned in partners.toml. The demo partner's key and certificate:")
