@@ -258,6 +258,39 @@ def test_discover_names_our_patient_only_with_consent(keys, tmp_path):
     assert run(world.gw.discover(ALEX, CTX)).refused and len(world.messages) == 1
 
 
+def test_our_patient_is_named_to_partners_only_after_the_audit_row_is_committed(keys, tmp_path):
+    """Naming our patient to partners (XCPD, patient-keyed ITI-38) is the disclosure: its audit row
+    ("attempt") commits first, and when the trail cannot be written nothing is sent (fail closed)."""
+
+    class BrokenTrail:
+        def record(self, event):
+            raise OSError("disk full")
+
+    class Trail:
+        def __init__(self):
+            self.events = []
+
+        def record(self, event):
+            self.events.append(event)
+            return event
+
+    index = _index(tmp_path, ALEX_HERE)
+    world = World(keys, {"a": xcpd_answer(None)}, tmp=tmp_path, patients=index)
+    world.gw.audit = BrokenTrail()
+    discovered = run(world.gw.discover(ALEX, CTX))
+    correlate(world, ["a"])  # (replaces the index: ITI-38 goes to the correlated community)
+    queried = run(world.gw.query(LOCAL.cx, CTX))
+    for result in (discovered, queried):
+        assert result.status == S.FAILURE and "audit trail cannot be written" in result.refused
+    assert world.messages == []
+    world.gw.patients = index
+    world.gw.audit = trail = Trail()
+    assert run(world.gw.discover(ALEX, CTX)).status == S.SUCCESS and len(world.messages) == 1
+    first, *rest = trail.events
+    assert (first.outcome, first.transaction, first.patient_id) == ("attempt", "ITI-55", LOCAL.cx)
+    assert "a" in first.reason and rest and all(e.outcome != "attempt" for e in rest)
+
+
 def test_discover_with_demographics_that_could_name_several_of_our_patients_needs_all_their_consent(
         keys, tmp_path):
     index = _index(tmp_path, ALEX_HERE, ALEX_TWIN_RECORD)

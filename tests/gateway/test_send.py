@@ -81,7 +81,9 @@ def test_send_pushes_a_consented_document_end_to_end(loopback):
     node = Node(settings)
     try:
         events = node.audit.list(transaction="ITI-41")
-        outbound = [e for e in events if e.direction == "outbound"]
+        sent = [e for e in events if e.direction == "outbound"]
+        assert sorted(e.outcome for e in sent) == ["attempt", "success"]  # the intent commits before sending
+        outbound = [e for e in sent if e.outcome != "attempt"]
         inbound = [e for e in events if e.direction == "inbound" and e.endpoint == "/xdr"]
         assert [e.outcome for e in outbound] == ["success"] and outbound[0].document_ids == [entry.unique_id]
         assert outbound[0].patient_id == entry.patient_id and outbound[0].partner_organization == SELF_PARTNER_NAME

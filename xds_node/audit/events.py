@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-Outcome = Literal["success", "partial", "denied", "failure", "error"]
+Outcome = Literal["success", "partial", "denied", "failure", "error", "attempt"]
 Direction = Literal["inbound", "outbound"]
 #: Who the caller was: a pinned partner community, one of our own internal clients, or nobody we
 #: could authenticate ("" when unknown, e.g. an outbound row built from a local requester context).
@@ -96,7 +96,10 @@ def bound_ids(ids: list[str]) -> list[str]:
 #: DICOM PS3.15 A.5 EventOutcomeIndicator: 0 success, 4 minor failure, 8 serious failure,
 #: 12 major failure. A partial answer (XCA PartialSuccess) is a minor failure; a policy denial or a
 #: rejected request ends the action (serious); an internal error makes the service unavailable.
-OUTCOME_INDICATOR: dict[str, int] = {"success": 0, "partial": 4, "denied": 8, "failure": 8, "error": 12}
+#: ``attempt``: an outbound disclosure about to be sent, committed first (fail closed); the call's
+#: own row (success / failure) follows it.
+OUTCOME_INDICATOR: dict[str, int] = {"success": 0, "partial": 4, "denied": 8, "failure": 8, "error": 12,
+                                     "attempt": 0}
 
 #: Outcomes in which information left the node (what an accounting of disclosures lists).
 DISCLOSED = ("success", "partial")

@@ -482,6 +482,23 @@ class InitiatingGateway:
             partner_organization_id="")])
         return RegistryError(E.REGISTRY_ERROR, reason[:500])
 
+    async def _intent(self, ctx: RequesterContext, transaction: str, patient_id: str | None,
+                      partners: Sequence[Partner], query_id: str | None = None) -> RegistryError | None:
+        """Commit the audit row of an outbound disclosure *before* it is sent (fail closed): naming our
+        patient to partners is itself the disclosure. An error when the audit store cannot write."""
+        if self.audit is None or not partners:
+            return None
+        event = AuditEvent.from_principal(
+            ctx, transaction=transaction, direction="outbound", outcome="attempt", patient_id=patient_id,
+            query_id=query_id, reason="sending to " + ", ".join(sorted({p.name for p in partners}))[:900],
+            partner_community="", partner_organization="", partner_organization_id="")
+        try:
+            await asyncio.to_thread(self.audit.record, event)
+        except Exception:
+            log.error("audit trail unavailable: outbound %s for %s not sent", transaction, patient_id, exc_info=True)
+            return RegistryError(E.REGISTRY_ERROR, "the audit trail cannot be written: nothing was sent")
+        return None
+
     async def _fan_out(self, jobs: Iterable[Any]) -> None:
         # gather with return_exceptions=False is fine: every job catches its own exceptions
         await asyncio.gather(*jobs)
@@ -575,7 +592,11 @@ class InitiatingGateway:
             if progress:
                 progress(out)
 
-        await self._fan_out(one(p) for p in self.partners_with("xcpd"))
+        partners = self.partners_with("xcpd")
+        unaudited = await self._intent(ctx, "ITI-55", local_patient_id, partners)
+        if unaudited is not None:
+            return DiscoveryResult(S.FAILURE, local_patient_id, errors=[unaudited], refused=unaudited.context)
+        await self._fan_out(one(p) for p in partners)
         result.status = aggregate_status(answered, failed)
         await self._store_correlations(result)
         await self._record(events)
@@ -737,6 +758,11 @@ class InitiatingGateway:
             if progress:
                 progress(out)
 
+        if param is not None:  # keyed by our patient: naming them to partners is the disclosure
+            unaudited = await self._intent(ctx, "ITI-38", local_patient_id, [p for p, _ in targets],
+                                           template.query_id)
+            if unaudited is not None:
+                return QueryResult(S.FAILURE, errors=[unaudited], refused=unaudited.context)
         await self._fan_out(one(p, q) for p, q in targets)
         result.status = aggregate_status(answered, failed, partial=partial)
         await self._record(events)

@@ -101,6 +101,10 @@ class DocumentSender:
             reason = f"patient {pid} may not be disclosed to {partner.name}: {decision.reason}; nothing was sent"
             self._record(ctx, partner, url, "denied", pid, [], reason)
             return Sent(name, "refused", reason, entry.unique_id or "", pid)
+        if not self._record(ctx, partner, url, "attempt", pid, [entry.unique_id or ""], "sending"):
+            # the document leaves only once the trail can say so (fail closed, like every answer)
+            return Sent(name, "failed", "the audit trail cannot be written: nothing was sent",
+                        entry.unique_id or "", pid, ["audit"])
         sub = self._submission(entry, partner)
         cid = new_content_id()
         doc = etree.Element(f"{{{v.XDSB}}}Document", nsmap={"xdsb": v.XDSB})
