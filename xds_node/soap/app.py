@@ -58,6 +58,11 @@ _WSDL_CACHE_MAX = 64
 _THREAD_PARSE_BYTES = 1 << 20
 #: Statuses after which the connection is closed: the rest of the body is not worth reading.
 _CLOSE_STATUSES = frozenset({408, 413, 503})
+_WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 #: Operations endpoints (plain GETs, no credentials, see xds_node.ops).
 _OPS_PATHS = frozenset({"/health", "/ready", "/metrics"})
 #: Headers by which a proxy names the caller it forwards for (read only to mark a request forwarded).
@@ -279,15 +284,17 @@ class SoapApp:
             if data is None:
                 return
             understood = self._understood[ep.path.rstrip("/") or "/"]
-            if len(data) > _THREAD_PARSE_BYTES:
+            large = len(data) > _THREAD_PARSE_BYTES
+            if large:
                 req = await asyncio.to_thread(
                     parse_envelope, data, content_type, understood=understood, limits=self.xml_limits
                 )
-                # the whole message's digest ties a replay entry to its body (resends vs. reuse)
-                req.raw_digest = await asyncio.to_thread(lambda d: hashlib.sha256(d).hexdigest(), data)
             else:
                 req = parse_envelope(data, content_type, understood=understood, limits=self.xml_limits)
-                req.raw_digest = hashlib.sha256(data).hexdigest()
+            if req.header_block(_WSSE, "Security") is not None:
+                # the whole message's digest ties a replay entry to its body (resends vs. reuse);
+                # only a signed message has replay state, so other bodies are never hashed
+                req.raw_digest = await asyncio.to_thread(_sha256, data) if large else _sha256(data)
             del data
             req.path = scope["path"]
             req.client_cert = _client_cert(scope)
