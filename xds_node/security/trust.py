@@ -18,6 +18,7 @@ The partners file is TOML::
     allow_sha1 = false
     retrieve_batch_size = 50
     timeout = 30.0
+    proxy = "http://proxy.example:3128"    # optional: reach this partner through it ("direct": never a proxy)
     [partner.endpoints]
     ITI-38 = "https://va.example/xca/query"
     [partner.options]
@@ -38,6 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -57,6 +59,7 @@ _PARTNER_KEYS = {
     "retrieve_batch_size",
     "timeout",
     "options",
+    "proxy",
 }
 
 CertLike = x509.Certificate | bytes | str
@@ -82,6 +85,31 @@ def valid_hcid(hcid: str) -> str:
 
 
 _DN_TYPE_RE = re.compile(r"(?:^|\s*(?<!\\)([,+]))\s*([A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)\s*=\s*")
+
+
+def valid_proxy(value: Any, partner: str = "") -> str | None:
+    """A partner's ``proxy``: None, ``"direct"``, or an http(s) URL naming a host (and port), with
+    optional credentials; nothing else (no path, query or fragment). The message of a refusal never
+    repeats credentials."""
+    if value is None or value == "":
+        return None
+    who = f"partner {partner!r}: " if partner else ""
+    if not isinstance(value, str):
+        raise ValueError(f"{who}proxy must be a URL string")
+    value = value.strip()
+    if value.lower() == "direct":
+        return "direct"
+    shown = re.sub(r"//[^/@]*@", "//***@", value)
+    try:
+        u = urlsplit(value)
+        u.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        raise ValueError(f"{who}proxy {shown!r} is not a valid URL") from None
+    if u.scheme.lower() not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query \
+            or u.fragment or any(c in value for c in " \t\r\n"):
+        raise ValueError(f"{who}proxy {shown!r} must be http://host:port or https://host:port "
+                         "(optionally user:password@), or \"direct\"")
+    return value
 
 
 def _dn_key(name: str) -> tuple[frozenset[tuple[str, str]], ...] | None:
@@ -148,6 +176,9 @@ class Partner:
     options: dict[str, Any] = field(default_factory=dict)
     communities: list[str] = field(default_factory=list)
     issuers: list[str] = field(default_factory=list)
+    #: forward proxy for calls to this partner (``http(s)://[user:password@]host:port``), ``"direct"``
+    #: for none whatever HTTPS_PROXY says, or None to follow the environment
+    proxy: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.strip():
@@ -163,6 +194,7 @@ class Partner:
         self.home_community_id = members[0]
         self.issuers = [str(i).strip() for i in self.issuers if str(i).strip()]
         self.certificates = [to_certificate(c) for c in self.certificates]
+        self.proxy = valid_proxy(self.proxy, self.name)
 
     def accepts_community(self, hcid: str) -> bool:
         return normalize_hcid(hcid) in self.communities
@@ -267,6 +299,7 @@ def _parse_partners(path: Path) -> list[Partner]:
                 retrieve_batch_size=int(raw.get("retrieve_batch_size", 50)),
                 timeout=float(raw.get("timeout", 30.0)),
                 options=dict(raw.get("options", {})),
+                proxy=raw.get("proxy"),
             ))
         except KeyError as exc:
             raise ValueError(f"{path}: a partner lacks {exc.args[0]!r}") from None
@@ -378,6 +411,8 @@ class TrustStore:
             out.append(f"allow_sha1 = {_toml_value(p.allow_sha1)}")
             out.append(f"retrieve_batch_size = {_toml_value(p.retrieve_batch_size)}")
             out.append(f"timeout = {_toml_value(float(p.timeout))}")
+            if p.proxy:
+                out.append(f"proxy = {_toml_value(p.proxy)}")
             out.append("certificates = [")
             for c in p.certificates:
                 pem = c.public_bytes(Encoding.PEM).decode("ascii")

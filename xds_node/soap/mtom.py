@@ -1,25 +1,33 @@
-"""MTOM/XOP: read ``multipart/related`` request bodies and write (streamable) MTOM responses.
+"""MTOM/XOP: read ``multipart/related`` bodies (requests to us and partners' answers, with one
+streaming parser) and write (streamable) MTOM messages.
 
 Parsing is deliberately tolerant of what real IHE peers send (LF-only line endings, transport
 padding after boundaries, quoted or bare boundary/start parameters, Content-IDs with or without
 angle brackets) and strict about what matters for safety (bounded part count, unknown
 transfer encodings, duplicate Content-IDs, missing root part). Everything here works on bytes;
-no I/O except reading file-backed attachments while streaming a response.
+no I/O except reading file-backed attachments while streaming a response and spooling large parts
+of a partner's answer (:class:`MultipartParser` with a ``spool_dir``).
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
+import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from .fault import SoapFault
 
 MAX_PARTS = 1000
 MAX_PART_HEADER_LINES = 64
+MAX_PART_HEADER_BYTES = 16 * 1024
+MAX_BOUNDARY = 200
 CHUNK_SIZE = 256 * 1024
 
 _PARAM_RE = re.compile(r';\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
@@ -99,57 +107,328 @@ def _sender(reason: str) -> SoapFault:
     return SoapFault("Sender", reason)
 
 
-def _next_delimiter(data: bytes, delim: bytes, start: int) -> tuple[int, int, bool]:
-    """Find the next delimiter line at or after ``start``.
+class _Sink:
+    """One part's bytes: in memory (chunks, joined once) up to ``spill_at``, then a file in
+    ``spool_dir``. ``cap`` bounds the part; in-memory bytes also count against the parser's budget."""
 
-    Returns (index of the delimiter's leading "--", index just past its line, is_close).
-    A delimiter starts a line; after it come optional transport padding and a line end, or
-    "--" for the close delimiter. A line that merely starts with the boundary is not one.
-    """
-    pos = start
-    while True:
-        if pos == 0 and data.startswith(delim):
-            i = 0
-        else:
-            j = data.find(b"\n" + delim, max(pos - 1, 0))
-            if j < 0:
-                raise _sender("MIME multipart body is truncated (missing boundary)")
-            i = j + 1
-        after = i + len(delim)
-        if data.startswith(b"--", after):
-            return i, after + 2, True
-        k = after
+    __slots__ = ("cap", "chunks", "fh", "parser", "path", "size", "spill_at")
+
+    def __init__(self, parser: MultipartParser, spill_at: int | None, cap: int) -> None:
+        self.parser = parser
+        self.spill_at = spill_at
+        self.cap = cap
+        self.chunks: list[bytes] = []
+        self.fh: IO[bytes] | None = None
+        self.path: Path | None = None
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
         n = len(data)
-        while k < n and data[k] in b" \t":
+        if not n:
+            return
+        self.size += n
+        if self.size > self.cap:
+            raise _sender(f"MIME part larger than {self.cap} bytes")
+        if self.fh is not None:
+            self.fh.write(data)
+            return
+        self.parser._hold(n)
+        self.chunks.append(bytes(data))
+        if self.spill_at is not None and self.size > self.spill_at:
+            spool = self.parser.spool_dir
+            assert spool is not None
+            spool.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="part-", suffix=".bin", dir=spool)
+            self.fh = os.fdopen(fd, "wb")
+            self.path = Path(name)
+            for chunk in self.chunks:
+                self.fh.write(chunk)
+            self.parser._hold(-self.size)
+            self.chunks = []
+
+    def data(self) -> bytes:
+        chunks = self.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+    def discard(self) -> None:
+        self.close()
+        self.chunks = []
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+
+class MultipartParser:
+    """The one ``multipart/related`` (MTOM/XOP) parser: the server feeds it a request body whole,
+    the initiating gateway feeds it a partner's answer chunk by chunk as it arrives.
+
+    Framing is tolerant of what real IHE peers send: CRLF or LF line ends (decided once, from the
+    first delimiter line: with CRLF framing the CR before a delimiter belongs to it, with LF framing
+    a trailing CR is content), transport padding after a boundary, a preamble and an epilogue, a line
+    that merely starts with the boundary (``--b1xyz``) is content. Limits are the same on both paths:
+    at most ``MAX_PARTS`` parts, ``MAX_PART_HEADER_LINES`` header lines and ``MAX_PART_HEADER_BYTES``
+    per part, ``max_part_bytes`` per part, and ``max_memory_bytes`` held in memory across parts. With a
+    ``spool_dir``, a binary part (not the root, which is the SOAP envelope, nor a base64 or
+    quoted-printable one, which is decoded whole) spills to a file past ``memory_limit`` bytes.
+    Every violation is a Sender :class:`SoapFault`; :meth:`discard` removes any spool files.
+    """
+
+    def __init__(self, boundary: str, *, spool_dir: Path | None = None, memory_limit: int | None = None,
+                 max_part_bytes: int = 1 << 40, max_memory_bytes: int = 1 << 40) -> None:
+        if not boundary or len(boundary) > MAX_BOUNDARY:
+            raise _sender("multipart/related without a valid boundary parameter")
+        try:
+            self.delim = b"--" + boundary.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise _sender("non-ASCII MIME boundary") from exc
+        if any(c in self.delim for c in b"\r\n"):
+            raise _sender("multipart/related without a valid boundary parameter")
+        self._nl_delim = b"\n" + self.delim
+        self.spool_dir = spool_dir
+        self.memory_limit = memory_limit if spool_dir is not None else None
+        self.max_part_bytes = max_part_bytes
+        self.max_memory_bytes = max_memory_bytes
+        self.buf = bytearray()
+        self.state = "preamble"
+        self.crlf = True
+        self.parts: list[tuple[dict[str, str], _Sink]] = []
+        self.memory = 0
+        self._scan = 0
+        self._at_start = True
+        self._fresh = False
+
+    # -- feeding --
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Take the next bytes of the body (any chunking); raises a Sender SoapFault when it breaks a rule."""
+        if self.state == "done":
+            return  # the epilogue
+        self.buf += chunk
+        while self._step():
+            pass
+
+    def _hold(self, n: int) -> None:
+        self.memory += n
+        if self.memory > self.max_memory_bytes:
+            raise _sender(f"MIME parts larger than {self.max_memory_bytes} bytes in memory")
+
+    def _delimiter_at(self, at: int) -> tuple[int, bool] | bool | None:
+        """Whether a delimiter line starts at ``at`` (where ``buf`` holds the boundary): (index past
+        the line, is_close); False when it is content after all (``--b1xyz``); None when more bytes
+        are needed to tell."""
+        buf = self.buf
+        after = at + len(self.delim)
+        if len(buf) < after + 2:
+            return None
+        if buf[after:after + 2] == b"--":
+            return after + 2, True
+        k, n = after, len(buf)
+        while k < n and buf[k] in b" \t":
             k += 1
-        if data.startswith(b"\r\n", k):
-            return i, k + 2, False
-        if data.startswith(b"\n", k):
-            return i, k + 1, False
-        pos = i + 1
+        if k - after > 1024:
+            raise _sender("malformed MIME delimiter line")
+        if k == n or (k == n - 1 and buf[k] == 0x0D):
+            return None
+        if buf[k] == 0x0A:
+            return k + 1, False
+        if buf[k] == 0x0D and buf[k + 1] == 0x0A:
+            return k + 2, False
+        return False
+
+    def _step(self) -> bool:
+        buf = self.buf
+        if self.state == "preamble":
+            while True:
+                if self._at_start and buf.startswith(self.delim):
+                    at = 0
+                else:
+                    if self._at_start and len(buf) < len(self.delim) and self.delim.startswith(buf):
+                        return False  # the body may yet start with the boundary
+                    self._at_start = False
+                    j = buf.find(self._nl_delim, self._scan)
+                    if j < 0:
+                        keep = len(self._nl_delim)
+                        if len(buf) > keep:  # the preamble is dropped as it arrives
+                            n = len(buf) - keep
+                            del buf[:n]
+                            self._scan = max(0, self._scan - n)
+                        return False
+                    at = j + 1
+                line = self._delimiter_at(at)
+                if line is None:
+                    self._scan = max(0, at - 1)
+                    return False
+                if line is False:
+                    self._scan, self._at_start = at, False
+                    continue
+                end, close = line  # type: ignore[misc]
+                self.crlf = buf[end - 2:end] == b"\r\n"
+                del buf[:end]
+                self._scan = 0
+                self.state = "done" if close else "headers"
+                if close:
+                    buf.clear()
+                return not close
+        if self.state == "headers":
+            if buf.startswith(b"\n") or buf.startswith(b"\r\n"):
+                head, body_start = b"", (1 if buf.startswith(b"\n") else 2)
+            else:
+                found = [(j, n) for j, n in ((buf.find(b"\n\r\n"), 3), (buf.find(b"\n\n"), 2)) if j >= 0]
+                if not found:
+                    if len(buf) > MAX_PART_HEADER_BYTES:
+                        raise _sender("MIME part headers too long")
+                    return False
+                j, n = min(found)
+                if j > MAX_PART_HEADER_BYTES:
+                    raise _sender("MIME part headers too long")
+                head, body_start = bytes(buf[:j + 1]), j + n
+            if len(self.parts) >= MAX_PARTS:
+                raise _sender("too many MIME parts")
+            headers = _parse_part_headers(head)
+            is_root = not self.parts
+            cte = headers.get("content-transfer-encoding", "").strip().lower()
+            spill = None if is_root or cte in ("base64", "quoted-printable") else self.memory_limit
+            self.parts.append((headers, _Sink(self, spill, self.max_part_bytes)))
+            del buf[:body_start]
+            self.state, self._scan, self._fresh = "body", 0, True
+            return True
+        if self.state == "body":
+            sink = self.parts[-1][1]
+            if self._fresh:
+                if len(buf) < len(self.delim) and self.delim.startswith(buf):
+                    return False
+                if buf.startswith(self.delim):
+                    # an empty part whose header block's last LF is also the delimiter's
+                    line = self._delimiter_at(0)
+                    if line is None:
+                        return False
+                    if line is not False:
+                        return self._end_part(sink, 0, *line)  # type: ignore[misc]
+                self._fresh = False
+            while True:
+                i = buf.find(self._nl_delim, self._scan)
+                if i < 0:
+                    keep = len(self._nl_delim) + 1  # the CR of a CRLF delimiter, the LF, the boundary
+                    if len(buf) > keep:
+                        n = len(buf) - keep
+                        with memoryview(buf) as view:
+                            sink.write(view[:n])
+                        del buf[:n]
+                        self._scan = max(0, self._scan - n)
+                    return False
+                line = self._delimiter_at(i + 1)
+                if line is None:
+                    self._scan = i
+                    return False
+                if line is False:
+                    self._scan = i + 1
+                    continue
+                end_content = i
+                if self.crlf and end_content > 0 and buf[end_content - 1] == 0x0D:
+                    end_content -= 1
+                return self._end_part(sink, end_content, *line)  # type: ignore[misc]
+        return False
+
+    def _end_part(self, sink: _Sink, end_content: int, end: int, close: bool) -> bool:
+        with memoryview(self.buf) as view:
+            sink.write(view[:end_content])
+        sink.close()
+        del self.buf[:end]
+        self._scan = 0
+        self.state = "done" if close else "headers"
+        if close:
+            self.buf.clear()
+        return not close
+
+    # -- results --
+    def mime_parts(self) -> list[MimePart]:
+        """Every part, decoded and in memory (for whole bodies; spooled parts are read back)."""
+        self._check_complete()
+        out = []
+        for headers, sink in self.parts:
+            data = sink.data() if sink.path is None else sink.path.read_bytes()
+            cid = headers.get("content-id")
+            out.append(MimePart(headers=headers, content_id=normalize_cid(cid) if cid else None,
+                                content_type=headers.get("content-type", "text/plain"),
+                                data=_decode(data, headers.get("content-transfer-encoding", ""))))
+        return out
+
+    def _check_complete(self) -> None:
+        if self.state != "done":
+            self.discard()
+            raise _sender("MIME multipart body is truncated (missing boundary)")
+        if not self.parts:
+            raise _sender("multipart body has no parts")
+
+    def finish(self, start: str | None) -> tuple[MimePart, dict[str, Attachment]]:
+        """The root part (``start``, else the first) and the others keyed by Content-ID; spooled
+        parts stay in their files (the caller owns them now). Parts without a Content-ID cannot be
+        referenced and are dropped."""
+        self._check_complete()
+        try:
+            root_index = 0
+            if start:
+                wanted = normalize_cid(start)
+                root_index = next((k for k, (h, _) in enumerate(self.parts)
+                                   if normalize_cid(h.get("content-id", "")) == wanted), -1)
+                if root_index < 0:
+                    raise _sender("multipart/related start part not found")
+            headers, sink = self.parts[root_index]
+            cid = headers.get("content-id")
+            root = MimePart(headers=headers, content_id=normalize_cid(cid) if cid else None,
+                            content_type=headers.get("content-type", "text/plain"),
+                            data=_decode(sink.data(), headers.get("content-transfer-encoding", "")))
+            attachments: dict[str, Attachment] = {}
+            for k, (headers, sink) in enumerate(self.parts):
+                cid = headers.get("content-id")
+                if k == root_index or not cid:
+                    continue
+                cid = normalize_cid(cid)
+                if cid in attachments:
+                    raise _sender("duplicate Content-ID in multipart message")
+                ctype = headers.get("content-type", "application/octet-stream")
+                if sink.path is not None:
+                    attachments[cid] = Attachment(cid, ctype, path=sink.path, size=sink.size)
+                else:
+                    attachments[cid] = Attachment(cid, ctype, data=_decode(sink.data(),
+                                                  headers.get("content-transfer-encoding", "")))
+        except SoapFault:
+            self.discard()
+            raise
+        for k, (headers, sink) in enumerate(self.parts):  # files nobody can reference
+            if sink.path is not None and (k == root_index or not headers.get("content-id")):
+                sink.discard()
+        self.parts = []
+        return root, attachments
+
+    def discard(self) -> None:
+        """Drop every part and remove its spool file (a refused or abandoned body)."""
+        for _, sink in self.parts:
+            sink.discard()
 
 
-def _parse_headers(data: bytes, start: int, end: int) -> tuple[dict[str, str], int]:
+def _parse_part_headers(head: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
     last: str | None = None
-    p = start
-    for _ in range(MAX_PART_HEADER_LINES):
-        eol = data.find(b"\n", p, end)
-        if eol < 0:
-            raise _sender("MIME part headers are not terminated by an empty line")
-        line = data[p:eol].rstrip(b"\r")
-        p = eol + 1
+    lines = head.split(b"\n")
+    if len(lines) > MAX_PART_HEADER_LINES + 1:
+        raise _sender("too many MIME part header lines")
+    for raw in lines:
+        line = raw.rstrip(b"\r")
         if not line.strip():
-            return headers, p
+            continue
         if line[:1] in (b" ", b"\t") and last is not None:
             headers[last] += " " + line.strip().decode("latin-1")
             continue
         name, sep, value = line.partition(b":")
-        if not sep:
+        if not sep or not name.strip():
             raise _sender("malformed MIME part header")
         last = name.strip().decode("latin-1").lower()
         headers[last] = value.strip().decode("latin-1")
-    raise _sender("too many MIME part header lines")
+    return headers
 
 
 def _decode(data: bytes, cte: str) -> bytes:
@@ -158,8 +437,8 @@ def _decode(data: bytes, cte: str) -> bytes:
         return data
     if cte == "base64":
         try:
-            return binascii.a2b_base64(data)
-        except binascii.Error as exc:
+            return base64.b64decode(b"".join(data.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
             raise _sender("invalid base64 in MIME part") from exc
     if cte == "quoted-printable":
         return binascii.a2b_qp(data)
@@ -167,63 +446,18 @@ def _decode(data: bytes, cte: str) -> bytes:
 
 
 def parse_multipart(data: bytes, boundary: str) -> list[MimePart]:
-    """Split a multipart body into decoded parts (CRLF or LF framing, padding tolerated)."""
-    if not boundary or len(boundary) > 200:
-        raise _sender("multipart/related without a valid boundary parameter")
-    try:
-        delim = b"--" + boundary.encode("ascii")
-    except UnicodeEncodeError as exc:
-        raise _sender("non-ASCII MIME boundary") from exc
-    _, pos, close = _next_delimiter(data, delim, 0)
-    # The framing is decided once from the first delimiter line: with CRLF framing the CR before
-    # the next delimiter belongs to it, with LF framing a trailing CR is content.
-    crlf = data[pos - 2 : pos] == b"\r\n"
-    parts: list[MimePart] = []
-    while not close:
-        if len(parts) >= MAX_PARTS:
-            raise _sender("too many MIME parts")
-        nxt, nxt_pos, close = _next_delimiter(data, delim, pos)
-        end = nxt - 1  # the LF before the delimiter
-        if crlf and end > pos and data[end - 1] == 0x0D:
-            end -= 1
-        # An empty part may share the LF that ends its headers with the next delimiter.
-        headers, body_start = _parse_headers(data, pos, nxt)
-        body = data[body_start:end] if body_start < end else b""
-        cid = headers.get("content-id")
-        parts.append(
-            MimePart(
-                headers=headers,
-                content_id=normalize_cid(cid) if cid else None,
-                content_type=headers.get("content-type", "text/plain"),
-                data=_decode(body, headers.get("content-transfer-encoding", "")),
-            )
-        )
-        pos = nxt_pos
-    if not parts:
-        raise _sender("multipart body has no parts")
-    return parts
+    """Split a whole multipart body into decoded parts (the streaming parser, fed once)."""
+    parser = MultipartParser(boundary)
+    parser.feed(data)
+    return parser.mime_parts()
 
 
-def split_mtom(data: bytes, params: dict[str, str]) -> tuple[MimePart, dict[str, Attachment]]:
+def split_mtom(data: bytes, params: dict[str, str], *, max_part_bytes: int = 1 << 40) -> tuple[
+        MimePart, dict[str, Attachment]]:
     """Root part (by ``start`` or else the first part) and the other parts keyed by Content-ID."""
-    parts = parse_multipart(data, params.get("boundary", ""))
-    start = params.get("start")
-    root: MimePart | None = None
-    if start:
-        wanted = normalize_cid(start)
-        root = next((p for p in parts if p.content_id == wanted), None)
-        if root is None:
-            raise _sender("multipart/related start part not found")
-    else:
-        root = parts[0]
-    attachments: dict[str, Attachment] = {}
-    for part in parts:
-        if part is root or not part.content_id:
-            continue
-        if part.content_id in attachments:
-            raise _sender("duplicate Content-ID in multipart message")
-        attachments[part.content_id] = Attachment(part.content_id, part.content_type, data=part.data)
-    return root, attachments
+    parser = MultipartParser(params.get("boundary", ""), max_part_bytes=max_part_bytes)
+    parser.feed(data)
+    return parser.finish(params.get("start"))
 
 
 def new_content_id() -> str:
