@@ -3,6 +3,13 @@
     python -m bench.bench_fanout                      # 50 and 200 partners, 100 x 1 MB from 10
     python -m bench.bench_fanout --partners 50 --runs 3
     python -m bench.bench_fanout --no-retrieve --signing-threads 0   # Timestamps signed on the loop
+    python -m bench.bench_fanout --no-retrieve --partners 200 --httpx   # aiohttp against tuned httpx
+
+The partner calls go through the maintained client (aiohttp, ``xds_node/gateway/http.py``); ``--httpx``
+runs the same fan-outs through httpx with a pool per partner, for comparison. Unless ``--no-proxy``,
+the largest fan-out is also run against https partners, directly and then through a local forward
+proxy process (``tests/forward_proxy.py``, CONNECT tunnels), and the overhead is printed.
+:func:`issue14_rows` returns the outbound rows of the performance issue's table.
 
 One helper process (``--serve``) plays every partner: an asyncio HTTP/1.1 server listening on one
 127.0.0.1 port per partner, answering each ITI-38 with a canned AdhocQueryResponse (5 documents,
@@ -61,7 +68,7 @@ def _envelope(action: str, body: bytes) -> bytes:
             + b"</a:Action></s:Header><s:Body>" + body + b"</s:Body></s:Envelope>")
 
 
-async def serve(n: int, delay: float) -> None:
+async def serve(n: int, delay: float, tls: tuple[str, str] | None = None) -> None:
     answers = [_query_answer(hcid(i)) for i in range(n)]
     document = os.urandom(DOC_SIZE)
     clen = re.compile(rb"(?i)content-length:\s*(\d+)")
@@ -119,37 +126,75 @@ async def serve(n: int, delay: float) -> None:
 
         return handle
 
-    servers = [await asyncio.start_server(handler(i), "127.0.0.1", 0, backlog=1024) for i in range(n)]
+    ssl_ctx = None
+    if tls is not None:
+        import ssl
+
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(*tls)
+    servers = [await asyncio.start_server(handler(i), "127.0.0.1", 0, backlog=1024, ssl=ssl_ctx) for i in range(n)]
     print(json.dumps([s.sockets[0].getsockname()[1] for s in servers]), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
 
 
 # --- our side -----------------------------------------------------------------------------------
-def _world(ports: list[int], tmp: Path, keys, signing_threads: int = 2, lean_http: bool = True):
+class PerPartnerHttpx:
+    """httpx tuned for the comparison: a keep-alive pool per partner (one shared pool is scanned whole
+    per request, which makes a 200-partner fan-out quadratic), no cookies, no redirects."""
+
+    def __new__(cls, verify):  # an httpx transport, built lazily so importing the bench needs no httpx
+        import httpx
+
+        class _T(httpx.AsyncBaseTransport):
+            def __init__(self) -> None:
+                self.pools: dict[tuple[str, int], httpx.AsyncHTTPTransport] = {}
+
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                key = (request.url.host, request.url.port or 0)
+                pool = self.pools.get(key)
+                if pool is None:
+                    pool = self.pools[key] = httpx.AsyncHTTPTransport(
+                        verify=verify, limits=httpx.Limits(max_connections=8, max_keepalive_connections=8,
+                                                           keepalive_expiry=30.0))
+                return await pool.handle_async_request(request)
+
+            async def aclose(self) -> None:
+                for pool in self.pools.values():
+                    await pool.aclose()
+
+        return _T()
+
+
+def _world(ports: list[int], tmp: Path, keys, signing_threads: int = 2, *, client: str = "aiohttp",
+           proxy: str | None = None, tls_ca: Path | None = None):
     from xds_node.db import make_engine
     from xds_node.gateway.initiating import InitiatingGateway
-    from xds_node.gateway.outbound import AssertionCache, OutboundClient
+    from xds_node.gateway.outbound import AssertionCache, OutboundClient, ProxySettings, make_ssl_context
     from xds_node.patients.index import PatientIndex
     from xds_node.security.consent import ConsentPolicy, ConsentStore
     from xds_node.security.trust import Partner, TrustStore
 
     trust = TrustStore()
-    index = PatientIndex(make_engine(f"sqlite:///{tmp / f'ig-{len(ports)}.db'}"))
+    index = PatientIndex(make_engine(f"sqlite:///{tmp / f'ig-{len(ports)}-{os.urandom(4).hex()}.db'}"))
     index.create_schema()
+    scheme = "https" if tls_ca else "http"
     for i, port in enumerate(ports):
-        base = f"http://127.0.0.1:{port}"
+        base = f"{scheme}://127.0.0.1:{port}"
         trust.add(Partner(f"partner-{i}", hcid(i), endpoints={"xca_query": base + "/xca/query",
                                                                "xca_retrieve": base + "/xca/retrieve"},
-                          timeout=30.0))
+                          timeout=30.0, proxy=proxy))
         index.save_correlation(LOCAL, hcid(i), "VET0001", "1.3.6.1.4.1.21367.2026.1.9")
     assertions = AssertionCache(keys[0], keys[1], issuer="CN=bench")
-    client = OutboundClient(assertions, max_connections=max(512, 2 * len(ports)), spool_dir=tmp / "spool",
-                            signing_threads=signing_threads, lean_http=lean_http)
+    verify = make_ssl_context(ca_file=str(tls_ca)) if tls_ca else True
+    transport = PerPartnerHttpx(verify) if client == "httpx" else None
+    client_ = OutboundClient(assertions, max_connections=max(512, 2 * len(ports)), spool_dir=tmp / "spool",
+                             signing_threads=signing_threads, transport=transport, verify=verify,
+                             proxies=ProxySettings({}))
     consent = ConsentStore(index.engine)
     consent.create_schema()
     consent.grant(LOCAL, source="bench")
-    return (InitiatingGateway(client, trust=trust, home_community_id=OURS, patients=index,
-                              consent=ConsentPolicy(consent)), assertions, client)
+    return (InitiatingGateway(client_, trust=trust, home_community_id=OURS, patients=index,
+                              consent=ConsentPolicy(consent)), assertions, client_)
 
 
 def _ctx():
@@ -160,11 +205,10 @@ def _ctx():
                             purpose_of_use=("TREATMENT", "2.16.840.1.113883.3.18.7.1", "Treatment"))
 
 
-async def bench_fanout(ports: list[int], runs: int, tmp: Path, keys, signing_threads: int = 2,
-                       lean_http: bool = True) -> dict:
+async def bench_fanout(ports: list[int], runs: int, tmp: Path, keys, signing_threads: int = 2, **world) -> dict:
     from xds_node.ebxml import vocabulary as v
 
-    gw, assertions, client = _world(ports, tmp, keys, signing_threads, lean_http)
+    gw, assertions, client = _world(ports, tmp, keys, signing_threads, **world)
     ctx = _ctx()
     walls, cpus = [], []
     try:
@@ -208,9 +252,10 @@ async def bench_retrieve(ports: list[int], docs_per_partner: int, tmp: Path, key
             "mb_per_s": total / wall / 1e6, "rss_before_mb": rss0 / 1024, "peak_rss_mb": rss / 1024}
 
 
-def start_partners(n: int, delay: float) -> tuple[subprocess.Popen, list[int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_fanout", "--serve", str(n), "--delay", str(delay)],
-                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def start_partners(n: int, delay: float, tls: tuple[Path, Path] | None = None) -> tuple[subprocess.Popen, list[int]]:
+    extra = ["--tls", str(tls[0]), str(tls[1])] if tls else []
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_fanout", "--serve", str(n), "--delay", str(delay),
+                             *extra], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     ports = json.loads(proc.stdout.readline())
     return proc, ports
@@ -236,9 +281,85 @@ def retrieve(args: argparse.Namespace, tmp: Path, keys, floor: float) -> None:
           f"peak RSS {r['peak_rss_mb']:.0f} MB (before: {r['rss_before_mb']:.0f} MB; target <= 200 MB)")
 
 
+def run_fanout(n: int, args: argparse.Namespace, tmp: Path, keys, *, tls: tuple[Path, Path] | None = None,
+               proxy_args: tuple[str, ...] | None = None, **world) -> dict:
+    """One fan-out benchmark against ``n`` fresh partners (``tls``: https partners with this
+    certificate; ``proxy_args``: through a forward proxy process started for the run)."""
+    proc, ports = start_partners(n, args.delay, tls)
+    proxy = None
+    try:
+        if proxy_args is not None:
+            sys.path.insert(0, str(ROOT))
+            from tests.forward_proxy import ProxyProcess
+
+            proxy = ProxyProcess(tmp, *proxy_args)
+            world["proxy"] = proxy.url
+        f = asyncio.run(bench_fanout(ports, args.runs, tmp, keys, args.signing_threads,
+                                     tls_ca=tls[0] if tls else None, **world))
+        if proxy is not None:
+            records = proxy.records()
+            f["proxied"] = sum(1 for r in records if r.get("method") == "CONNECT" or r.get("action"))
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        stop(proc)
+    return f
+
+
+def _line(label: str, n: int, f: dict, floor: float, target: int | None) -> str:
+    return (f"{label} to {n} partners: cold {f['cold_ms']:.0f} ms, warm {f['warm_ms']:.0f} ms "
+            f"(floor {floor:.0f} ms, overhead {f['warm_ms'] - floor:.0f} ms"
+            + (f", target <= {target} ms" if target else "") + f"); CPU {f['cpu_per_call_ms']:.2f} ms per call; "
+            f"{f['assertions_signed']} assertion(s) signed at {f['assertion_sign_ms']:.2f} ms, "
+            f"{f['headers']} Timestamp signatures at {f['header_ms']:.2f} ms each")
+
+
+def _keys(tmp: Path):
+    from xds_node.security.keys import generate_demo_keys, load_key_and_cert
+
+    keys = load_key_and_cert(*generate_demo_keys(tmp / "keys", common_name="bench initiating gateway"))
+    # the partners' TLS certificate (SAN 127.0.0.1), trusted as our CA file for the https runs
+    tls = generate_demo_keys(tmp / "partner-tls", common_name="bench partner")
+    return keys, (tls[1], tls[0])
+
+
+def issue14_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """The outbound rows of the performance issue's table: (measure, figure, target), each with its
+    floor or baseline measured in the same run."""
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
+    try:
+        keys, tls = _keys(tmp)
+        n = max(args.partners)
+        floor = args.delay * 1000
+        rows = []
+        f = run_fanout(n, args, tmp, keys)
+        rows.append((f"fan-out to {n} partners at {floor:.0f} ms latency, through the maintained client (aiohttp)",
+                     f"{f['warm_ms']:.0f} ms warm ({f['cold_ms']:.0f} cold; floor {floor:.0f} ms), "
+                     f"CPU {f['cpu_per_call_ms']:.2f} ms per call", "<= 450 ms, CPU per call <= 1 ms"))
+        if args.httpx:
+            h = run_fanout(n, args, tmp, keys, client="httpx")
+            rows.append(("same through httpx (pool per partner), for comparison",
+                         f"{h['warm_ms']:.0f} ms warm, CPU {h['cpu_per_call_ms']:.2f} ms per call "
+                         f"({h['cpu_per_call_ms'] / f['cpu_per_call_ms']:.2f}x aiohttp's)", ""))
+        if not args.no_proxy:
+            d = run_fanout(n, args, tmp, keys, tls=tls)
+            p = run_fanout(n, args, tmp, keys, tls=tls, proxy_args=())
+            rows.append((f"fan-out to {n} https partners through a local forward proxy (CONNECT)",
+                         f"{p['warm_ms']:.0f} ms warm vs {d['warm_ms']:.0f} ms direct in the same run "
+                         f"({p['warm_ms'] / d['warm_ms']:.2f}x; cold {p['cold_ms']:.0f} vs {d['cold_ms']:.0f} ms), "
+                         f"CPU {p['cpu_per_call_ms']:.2f} vs {d['cpu_per_call_ms']:.2f} ms per call; "
+                         f"{p['proxied']} tunnels", "works; overhead reported"))
+        return rows
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--tls", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--delay", type=float, default=0.2, help="partner answer delay in seconds (the floor)")
     ap.add_argument("--partners", type=int, nargs="+", default=[50, 200])
     ap.add_argument("--runs", type=int, default=5, help="warm fan-outs per size (after one cold run)")
@@ -246,38 +367,40 @@ def main() -> None:
     ap.add_argument("--retrieve-docs", type=int, default=100, help="documents of 1 MB in all")
     ap.add_argument("--signing-threads", type=int, default=2, help="Timestamp signing threads (0: on the loop)")
     ap.add_argument("--no-retrieve", action="store_true", help="only the fan-outs")
-    ap.add_argument("--httpx", action="store_true", help="plain calls through httpx too (for comparison)")
+    ap.add_argument("--httpx", action="store_true", help="the fan-outs through httpx too (for comparison)")
+    ap.add_argument("--no-proxy", action="store_true", help="skip the https fan-out through a forward proxy")
     args = ap.parse_args()
     if args.serve:
-        asyncio.run(serve(args.serve, args.delay))
+        asyncio.run(serve(args.serve, args.delay, tuple(args.tls) if args.tls else None))
         return
-
-    from xds_node.security.keys import generate_demo_keys, load_key_and_cert
+    import shutil
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
-    keys = load_key_and_cert(*generate_demo_keys(tmp / "keys", common_name="bench initiating gateway"))
+    keys, tls = _keys(tmp)
     floor = args.delay * 1000
     targets = {50: 300, 200: 450}
     print(f"floor: every partner answers after {floor:.0f} ms")
-
-    # retrieve first, so the peak RSS is the retrieve's and not the fan-out's
-    if not args.no_retrieve:
-        retrieve(args, tmp, keys, floor)
-    for n in args.partners:
-        proc, ports = start_partners(n, args.delay)
-        try:
-            f = asyncio.run(bench_fanout(ports, args.runs, tmp, keys, args.signing_threads, not args.httpx))
-        finally:
-            stop(proc)
-        target = targets.get(n)
-        print(f"fan-out ITI-38 to {n} partners: cold {f['cold_ms']:.0f} ms, warm {f['warm_ms']:.0f} ms "
-              f"(floor {floor:.0f} ms, overhead {f['warm_ms'] - floor:.0f} ms"
-              + (f", target <= {target} ms" if target else "") + f"); CPU {f['cpu_per_call_ms']:.2f} ms per call; "
-              f"{f['assertions_signed']} assertion(s) signed at {f['assertion_sign_ms']:.2f} ms, "
-              f"{f['headers']} Timestamp signatures at {f['header_ms']:.2f} ms each")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        # retrieve first, so the peak RSS is the retrieve's and not the fan-out's
+        if not args.no_retrieve:
+            retrieve(args, tmp, keys, floor)
+        for n in args.partners:
+            f = run_fanout(n, args, tmp, keys)
+            print(_line("fan-out ITI-38 (aiohttp)", n, f, floor, targets.get(n)))
+            if args.httpx:
+                h = run_fanout(n, args, tmp, keys, client="httpx")
+                print(_line("fan-out ITI-38 (httpx, pool per partner)", n, h, floor, targets.get(n))
+                      + f"; {h['cpu_per_call_ms'] / f['cpu_per_call_ms']:.2f}x aiohttp's CPU")
+        if not args.no_proxy:
+            n = max(args.partners)
+            d = run_fanout(n, args, tmp, keys, tls=tls)
+            print(_line("fan-out ITI-38 over https, direct", n, d, floor, None))
+            p = run_fanout(n, args, tmp, keys, tls=tls, proxy_args=())
+            print(_line("fan-out ITI-38 over https, through a forward proxy (CONNECT)", n, p, floor, None)
+                  + f"; {p['proxied']} tunnels; {p['warm_ms'] / d['warm_ms']:.2f}x direct wall time, "
+                  f"{p['cpu_per_call_ms'] / d['cpu_per_call_ms']:.2f}x its CPU per call")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

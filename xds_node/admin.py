@@ -116,7 +116,7 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
                         "communities": list(p.communities), "issuers": list(p.issuers),
                         "endpoints": dict(p.endpoints), "certificates": [_cert_dict(c) for c in p.certificates],
                         "allow_sha1": p.allow_sha1, "retrieve_batch_size": p.retrieve_batch_size,
-                        "timeout": p.timeout} for p in partners]))
+                        "timeout": p.timeout, "proxy": _shown_proxy(p.proxy)} for p in partners]))
         return 0
     table = Table("name", "communities", "certificate (SHA-256)", "expires", "endpoints", "options")
     for p in partners:
@@ -124,11 +124,19 @@ def cmd_partners_list(args: argparse.Namespace) -> int:
             fp = cert.fingerprint(_sha256()).hex()[:23] + "…" if cert is not None else "-"
             expires = cert.not_valid_after_utc.date().isoformat() if cert is not None else "-"
             opts = ", ".join(f"{k}={v}" for k, v in (("sha1", p.allow_sha1), ("batch", p.retrieve_batch_size),
-                                                      ("timeout", p.timeout)))
+                                                      ("timeout", p.timeout), ("proxy", _shown_proxy(p.proxy)))
+                             if v is not None)
             table.add_row(p.name if i == 0 else "", "\n".join(p.communities) if i == 0 else "", fp, expires,
                           "\n".join(f"{k}: {u}" for k, u in p.endpoints.items()) if i == 0 else "", opts)
     console().print(table)
     return 0
+
+
+def _shown_proxy(proxy: str | None) -> str | None:
+    """A partner's proxy as listings show it: credentials masked (they stay in partners.toml only)."""
+    from xds_node.gateway.http import mask
+
+    return mask(proxy) if proxy else None
 
 
 def _cert_dict(cert) -> dict:
@@ -168,7 +176,7 @@ def _read_certs(paths: list[str]) -> list:
 
 
 def _partner_from_args(args: argparse.Namespace, old=None):
-    from xds_node.security.trust import Partner, valid_hcid
+    from xds_node.security.trust import Partner, valid_hcid, valid_proxy
 
     name = args.name or args.name_opt
     if not name:
@@ -190,13 +198,18 @@ def _partner_from_args(args: argparse.Namespace, old=None):
     def pick(value, attr, default):
         return value if value is not None else (getattr(old, attr) if old is not None else default)
 
+    try:
+        proxy = valid_proxy(getattr(args, "proxy", None)) or (old.proxy if old is not None else None)
+    except ValueError as exc:
+        raise _CliError(f"--proxy: {exc}") from None
+
     return Partner(name=name, communities=communities, certificates=_read_certs(args.cert),
                    issuers=list(args.issuer or []) or (list(old.issuers) if old is not None else []),
                    endpoints=endpoints or (dict(old.endpoints) if old is not None else {}),
                    allow_sha1=bool(args.allow_sha1) or (old.allow_sha1 if old is not None else False),
                    retrieve_batch_size=pick(args.batch_size, "retrieve_batch_size", 50),
                    timeout=pick(args.timeout, "timeout", 30.0),
-                   options=dict(old.options) if old is not None else {})
+                   options=dict(old.options) if old is not None else {}, proxy=proxy)
 
 
 def _edit_partners(args: argparse.Namespace, change) -> int:
@@ -630,6 +643,8 @@ def add_parsers(sub) -> None:
         p.add_argument("--allow-sha1", action="store_true")
         p.add_argument("--batch-size", type=int)
         p.add_argument("--timeout", type=float)
+        p.add_argument("--proxy", metavar="URL", help="forward proxy for calls to this partner "
+                       "(http://[user:password@]host:port), or 'direct' for none whatever HTTPS_PROXY says")
         p.set_defaults(func=func)
     p = common(partners.add_parser("remove", help="stop trusting a partner"))
     p.add_argument("name", metavar="NAME")

@@ -155,8 +155,7 @@ class OutboundClient:
         #: threads that sign Timestamps (0 = sign on the event loop); created on first use
         self.signing_threads = max(0, signing_threads)
         self._signer: ThreadPoolExecutor | None = None
-        self._http: HttpClient = (HttpxTransport(transport) if transport is not None
-                                  else AiohttpClient(verify, max_connections=max(1, max_connections)))
+        self._http: HttpClient = HttpxTransport(transport) if transport is not None else AiohttpClient(verify)
         self.proxies = proxies if proxies is not None else ProxySettings.from_environment()
         self._proxy_for: dict[tuple[str, str | None], str | None] = {}
         self._in_flight = asyncio.Semaphore(max_connections) if max_connections else None
@@ -279,9 +278,17 @@ class OutboundClient:
         try:
             # the whole exchange, not each socket read, must fit the partner's timeout
             async with asyncio.timeout(options.timeout):
-                async with self._http.post(url, payload, content_type, proxy=proxy,
-                                           resend_stale=not attachments) as answer:
-                    return await self._read(answer, url, spool_dir or self.spool_dir)
+                answer = await self._http.post(url, payload, content_type, proxy=proxy, resend_stale=not attachments)
+                ok = False
+                try:
+                    message = await self._read(answer, url, spool_dir or self.spool_dir)
+                    ok = True
+                    return message
+                except SoapFault:
+                    ok = True  # a fault is a whole answer too: the connection stays usable
+                    raise
+                finally:
+                    await answer.finish(ok)
         except TimeoutError as exc:
             raise SoapTransportError(f"timeout after {options.timeout:g} s calling {url}", url=url,
                                      timeout=True) from exc
@@ -290,10 +297,9 @@ class OutboundClient:
         status = answer.status
         ctype = answer.headers.get("content-type", "")
         media, params = parse_content_type(ctype)
+        encoded = answer.encoding.strip().lower() not in ("", "identity")
         if media != "multipart/related":
-            cap = self.max_response_bytes
-            if answer.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
-                cap = min(cap, self.max_decompressed_bytes)
+            cap = min(self.max_response_bytes, self.max_decompressed_bytes) if encoded else self.max_response_bytes
             data = await read_capped(answer, url, cap)
             return self._message(status, url, data, ctype, {}, multipart=False)
         try:
@@ -303,7 +309,6 @@ class OutboundClient:
         except SoapFault as exc:
             raise SoapTransportError(f"HTTP {status} from {url}: bad multipart ({exc.reason})", url=url,
                                      status=status) from exc
-        encoded = answer.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
         try:
             async for chunk in decoded_body(answer, url, raw_cap=self.max_attachment_bytes, decoded_cap=(
                     min(self.max_decompressed_bytes, self.max_attachment_bytes) if encoded

@@ -44,13 +44,13 @@ import sys
 import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
+import yarl
 
 from xds_node.soap.client import SoapTransportError
 
@@ -205,18 +205,25 @@ async def decode_chunks(chunks: AsyncIterator[bytes], encoding: str, cap: int, u
 
 # --- the client interface --------------------------------------------------------------------------
 class HttpAnswer(Protocol):
-    """An answer whose head has arrived: status, lower-case headers, and the body as it comes."""
+    """An answer whose head has arrived: status, headers (case-insensitive), ``Content-Encoding``,
+    and its body as sent, read whole or as it comes. ``finish(ok)`` hands the connection back for
+    reuse when the body was read whole (``ok``), else closes it."""
 
     status: int
     headers: Mapping[str, str]
+    encoding: str
+
+    async def read_raw(self, cap: int, url: str) -> bytes: ...
 
     def raw_chunks(self) -> AsyncIterator[bytes]: ...
 
+    async def finish(self, ok: bool) -> None: ...
+
 
 class HttpClient(Protocol):
-    def post(self, url: str, payload: bytes, content_type: str, *, proxy: str | None = None,
-             resend_stale: bool = True) -> Any:
-        """An async context manager yielding an :class:`HttpAnswer` (redirects never followed)."""
+    async def post(self, url: str, payload: bytes, content_type: str, *, proxy: str | None = None,
+                   resend_stale: bool = True) -> HttpAnswer:
+        """POST and wait for the answer's head (redirects are never followed)."""
 
     async def aclose(self) -> None: ...
 
@@ -225,107 +232,111 @@ _HEADERS = {"User-Agent": "xds-node", "Accept": "application/soap+xml, multipart
             "Accept-Encoding": ACCEPT_ENCODING}
 
 
-class _AiohttpAnswer:
-    __slots__ = ("_resp", "headers", "status")
+def _too_large(url: str, cap: int, status: int) -> SoapTransportError:
+    return SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=status)
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+
+class _AiohttpAnswer:
+    __slots__ = ("_proxy", "_resp", "encoding", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, proxy: str | None) -> None:
         self._resp = resp
+        self._proxy = proxy
         self.status = resp.status
-        self.headers = _LowerHeaders(resp.headers)
+        self.headers = resp.headers
+        self.encoding = ", ".join(resp.headers.getall("Content-Encoding", ()))
+
+    async def read_raw(self, cap: int, url: str) -> bytes:
+        resp = self._resp
+        length = resp.content_length
+        if length is not None and length > cap:
+            raise _too_large(url, cap, self.status)
+        try:
+            if length is not None:  # the parser stops at the announced length
+                return await resp.read()
+            chunks, total = [], 0
+            while chunk := await resp.content.readany():
+                total += len(chunk)
+                if total > cap:
+                    raise _too_large(url, cap, self.status)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(url, self._proxy, exc) from exc
 
     async def raw_chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
-        while chunk := await content.readany():
-            yield chunk
+        try:
+            while chunk := await content.readany():
+                yield chunk
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _transport_error(str(self._resp.url), self._proxy, exc) from exc
 
-
-class _LowerHeaders(Mapping[str, str]):
-    """aiohttp's case-insensitive headers behind the ``Mapping`` the SOAP layer reads (repeated
-    fields joined with ", ", as one header line would carry them)."""
-
-    __slots__ = ("_h",)
-
-    def __init__(self, h: Any) -> None:
-        self._h = h
-
-    def get(self, key: str, default: Any = None) -> Any:
-        values = self._h.getall(key, None)
-        if not values:
-            return default
-        return values[0] if len(values) == 1 else ", ".join(values)
-
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter({k.lower() for k in self._h})
-
-    def __len__(self) -> int:
-        return len({k.lower() for k in self._h})
+    async def finish(self, ok: bool) -> None:
+        if ok:
+            self._resp.release()  # back to the pool (aiohttp closes it instead if the body is unread)
+        else:
+            self._resp.close()  # cancelled (timeout) or refused mid-answer: never reused
 
 
 class AiohttpClient:
     """Partner calls over aiohttp: one session, whose connector keeps a keep-alive pool per
     (host, port, TLS, proxy), so each partner endpoint has its own connections and finding one is a
-    dict lookup. How many a partner gets at once is bounded by the caller (its ``max_concurrency``);
-    ``max_connections`` bounds them all. The session is made on first use, inside the event loop
-    that owns it.
+    dict lookup. How many a partner gets at once is bounded by the caller (its ``max_concurrency``,
+    and ``max_connections`` for all of them). The session is made on first use, inside the event
+    loop that owns it.
     """
 
-    def __init__(self, verify: ssl.SSLContext | bool = True, *, max_connections: int = 512,
-                 keepalive: float = 30.0, max_header_bytes: int = 16 * 1024) -> None:
+    def __init__(self, verify: ssl.SSLContext | bool = True, *, keepalive: float = 30.0,
+                 max_header_bytes: int = 16 * 1024) -> None:
         self.verify = _tls(verify)
-        self.max_connections = max_connections
         self.keepalive = keepalive
         self.max_header_bytes = max_header_bytes
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}
+
+    def _url(self, url: str) -> yarl.URL:
+        """The parsed URL, once per endpoint (parsing and encoding it is a tenth of a call's HTTP cost)."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 4096:
+                self._urls.clear()
+            parsed = self._urls[url] = yarl.URL(url)
+        return parsed
 
     def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0, ssl=self.verify,
-                                         keepalive_timeout=self.keepalive, enable_cleanup_closed=True)
-        # no cookies (every call stands alone), no decompression (done under a cap by decode_chunks),
-        # no environment lookups per request (ProxySettings resolves proxies once), and no timeout of
+        # limit=0: the caller's semaphores bound connections (a second count here only costs CPU)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ssl=self.verify,
+                                         keepalive_timeout=self.keepalive)
+        # no cookies (every call stands alone), no decompression (decode_chunks does it, under a cap),
+        # no environment lookups per request (ProxySettings resolved them once), and no timeout of
         # its own: the caller bounds the whole exchange with the partner's timeout
         self._session = aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False,
             timeout=aiohttp.ClientTimeout(total=None), max_line_size=self.max_header_bytes,
-            max_field_size=self.max_header_bytes, skip_auto_headers=("Accept-Encoding",),
-            requote_redirect_url=False)
+            max_field_size=self.max_header_bytes, headers=_HEADERS, requote_redirect_url=False)
         return self._session
 
-    @asynccontextmanager
     async def post(self, url: str, payload: bytes, content_type: str, *, proxy: str | None = None,
-                   resend_stale: bool = True) -> AsyncIterator[_AiohttpAnswer]:
+                   resend_stale: bool = True) -> _AiohttpAnswer:
         session = self._session or self._open()
-        headers = {**_HEADERS, "Content-Type": content_type}
+        headers = {"Content-Type": content_type}
         attempt = 0
         while True:
             try:
-                resp = await session.post(url, data=payload, headers=headers, proxy=proxy, allow_redirects=False)
-                break
+                resp = await session.post(self._url(url), data=payload, headers=headers, proxy=proxy,
+                                          allow_redirects=False)
+                return _AiohttpAnswer(resp, proxy)
             except aiohttp.ServerDisconnectedError as exc:
                 # a kept-alive connection the partner closed as our request arrived (the race no
-                # readability check can close): send once more on a new connection; a read call
-                # is safe to repeat, a push (resend_stale False) is not
+                # readability check can close): send once more, on a new connection; a query is
+                # safe to repeat, a push (resend_stale False) is not
                 if resend_stale and attempt == 0:
                     attempt += 1
                     continue
                 raise _transport_error(url, proxy, exc) from exc
             except (aiohttp.ClientError, OSError, ValueError) as exc:
                 raise _transport_error(url, proxy, exc) from exc
-        try:
-            yield _AiohttpAnswer(resp)
-        except (aiohttp.ClientError, OSError) as exc:  # while the body arrives
-            resp.close()
-            raise _transport_error(url, proxy, exc) from exc
-        except BaseException:
-            resp.close()  # cancelled (timeout) or refused mid-answer: this connection is never reused
-            raise
-        else:
-            resp.release()
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -348,19 +359,38 @@ def _transport_error(url: str, proxy: str | None, exc: BaseException) -> SoapTra
 
 
 class _HttpxAnswer:
-    __slots__ = ("_resp", "headers", "status")
+    __slots__ = ("_resp", "encoding", "headers", "status")
 
     def __init__(self, resp: httpx.Response) -> None:
         self._resp = resp
         self.status = resp.status_code
         self.headers = resp.headers
+        self.encoding = resp.headers.get("content-encoding", "")
+
+    async def read_raw(self, cap: int, url: str) -> bytes:
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > cap:
+            raise _too_large(url, cap, self.status)
+        chunks, total = [], 0
+        async for chunk in self.raw_chunks():
+            total += len(chunk)
+            if total > cap:
+                raise _too_large(url, cap, self.status)
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def raw_chunks(self) -> AsyncIterator[bytes]:
         if self._resp.is_stream_consumed:  # a response made with content= (MockTransport) holds it already
             yield self._resp.content
             return
-        async for chunk in self._resp.aiter_raw():
-            yield chunk
+        try:
+            async for chunk in self._resp.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            raise _httpx_error(str(self._resp.url), exc) from exc
+
+    async def finish(self, ok: bool) -> None:
+        await self._resp.aclose()
 
 
 class HttpxTransport:
@@ -370,16 +400,12 @@ class HttpxTransport:
     def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
         self._client = httpx.AsyncClient(transport=transport, timeout=None, follow_redirects=False)
 
-    @asynccontextmanager
     async def post(self, url: str, payload: bytes, content_type: str, *, proxy: str | None = None,
-                   resend_stale: bool = True) -> AsyncIterator[_HttpxAnswer]:
-        headers = {**_HEADERS, "Content-Type": content_type}
+                   resend_stale: bool = True) -> _HttpxAnswer:
+        request = self._client.build_request("POST", url, content=payload,
+                                             headers={**_HEADERS, "Content-Type": content_type})
         try:
-            async with self._client.stream("POST", url, content=payload, headers=headers) as resp:
-                try:
-                    yield _HttpxAnswer(resp)
-                except httpx.HTTPError as exc:
-                    raise _httpx_error(url, exc) from exc
+            return _HttpxAnswer(await self._client.send(request, stream=True))
         except httpx.HTTPError as exc:
             raise _httpx_error(url, exc) from exc
 
@@ -394,20 +420,14 @@ def _httpx_error(url: str, exc: httpx.HTTPError) -> SoapTransportError:
 
 
 async def read_capped(answer: HttpAnswer, url: str, cap: int) -> bytes:
-    """A whole (non-MTOM) answer body, decoded, refused as soon as it is known to exceed ``cap``."""
-    status = answer.status
-    length = answer.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > cap:
-        raise SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=status)
+    """A whole (non-MTOM) answer body, decoded, refused as soon as it is known to exceed ``cap``
+    (sent or decoded)."""
+    if answer.encoding in ("", "identity"):
+        return await answer.read_raw(cap, url)
     chunks: list[bytes] = []
-    total = 0
-    async for chunk in decode_chunks(_raw_capped(answer, url, cap), answer.headers.get("content-encoding", ""),
-                                     cap, url, status):
-        total += len(chunk)
-        if total > cap:
-            raise SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=status)
+    async for chunk in decode_chunks(_raw_capped(answer, url, cap), answer.encoding, cap, url, answer.status):
         chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 async def _raw_capped(answer: HttpAnswer, url: str, cap: int) -> AsyncIterator[bytes]:
@@ -416,12 +436,10 @@ async def _raw_capped(answer: HttpAnswer, url: str, cap: int) -> AsyncIterator[b
     async for chunk in answer.raw_chunks():
         total += len(chunk)
         if total > cap:
-            raise SoapTransportError(f"response from {url} exceeds {cap} bytes", url=url, status=answer.status)
+            raise _too_large(url, cap, answer.status)
         yield chunk
 
 
 def decoded_body(answer: HttpAnswer, url: str, *, raw_cap: int, decoded_cap: int) -> AsyncIterator[bytes]:
     """The body decoded as it arrives: at most ``raw_cap`` bytes sent, ``decoded_cap`` after decoding."""
-    encoding = answer.headers.get("content-encoding", "")
-    return decode_chunks(_raw_capped(answer, url, raw_cap), encoding, decoded_cap, url, answer.status)
-
+    return decode_chunks(_raw_capped(answer, url, raw_cap), answer.encoding, decoded_cap, url, answer.status)
