@@ -9,6 +9,7 @@ import asyncio
 import gzip
 import os
 import re
+import socket
 import ssl
 import zlib
 from pathlib import Path
@@ -379,6 +380,30 @@ def test_credentials_are_masked():
     assert "s3cret" not in str(err.value)
 
 
+def test_proxy_failures_name_the_proxy_without_its_credentials(tmp_path):
+    from tests.forward_proxy import ProxyProcess
+
+    async def main(proxy_url: str, target: str):
+        async with OutboundClient(None, proxies=ProxySettings({})) as client:
+            p = partner(target, proxy=proxy_url)
+            with pytest.raises(SoapTransportError) as err:
+                await client.call(p, target, v.Action.ITI38, b"<x/>", None)
+            return str(err.value)
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()
+    text = asyncio.run(main(f"http://user:s3cret@127.0.0.1:{port}", "https://partner.invalid/xca"))
+    assert f"via proxy http://***@127.0.0.1:{port}" in text and "s3cret" not in text
+    with ProxyProcess(tmp_path, "--auth", "user:right") as proxy:
+        text = asyncio.run(main(f"http://user:s3cret@127.0.0.1:{proxy.port}", "https://partner.invalid/xca"))
+        assert f"proxy http://***@127.0.0.1:{proxy.port} refused the tunnel" in text and "HTTP 407" in text
+        assert "s3cret" not in text
+        assert [(r["method"], r["target"], r["authorized"]) for r in proxy.records()] == [
+            ("CONNECT", "partner.invalid:443", False)]
+
+
 def test_partner_proxy_round_trips_through_partners_toml(tmp_path: Path):
     from xds_node.security.trust import TrustStore
 
@@ -391,3 +416,32 @@ def test_partner_proxy_round_trips_through_partners_toml(tmp_path: Path):
     with pytest.raises(ValueError, match="proxy") as err:
         TrustStore.load(tmp_path / "bad.toml")
     assert "pw" not in str(err.value)
+
+
+def test_partners_add_proxy_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from xds_node.cli import main
+    from xds_node.security.trust import TrustStore
+
+    data = str(tmp_path / "node")
+    _key, cert = generate_demo_keys(tmp_path / "hie", common_name="Some HIE")
+    base = ["partners", "add", "hie", "--cert", str(cert), "--community", "urn:oid:1.2.3.5", "--data-dir", data]
+    assert main([*base, "--proxy", "socks5://u:pw1@p:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--proxy" in err and "pw1" not in err and "Traceback" not in err
+    assert main([*base, "--proxy", "http://u:pw2@proxy.example:3128",
+                 "--endpoint", "xca_query=https://hie.example/xca/query"]) == 0
+    assert TrustStore.load(tmp_path / "node" / "partners.toml").partner("hie").proxy == "http://u:pw2@proxy.example:3128"
+    capsys.readouterr()
+    assert main(["partners", "list", "--json", "--data-dir", data]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["proxy"] == "http://***@proxy.example:3128"
+    assert main(["partners", "list", "--data-dir", data]) == 0
+    table = capsys.readouterr().out
+    assert "proxy=http://***@proxy.example:3128" in table and "pw2" not in table
+    # replace keeps the proxy unless a new one is given; "direct" turns the environment's off
+    assert main(["partners", "replace", "hie", "--cert", str(cert), "--data-dir", data]) == 0
+    assert TrustStore.load(tmp_path / "node" / "partners.toml").partner("hie").proxy == "http://u:pw2@proxy.example:3128"
+    assert main(["partners", "replace", "hie", "--cert", str(cert), "--proxy", "direct", "--data-dir", data]) == 0
+    assert TrustStore.load(tmp_path / "node" / "partners.toml").partner("hie").proxy == "direct"

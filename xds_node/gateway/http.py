@@ -347,7 +347,8 @@ class AiohttpClient:
 def _transport_error(url: str, proxy: str | None, exc: BaseException) -> SoapTransportError:
     via = f" via proxy {mask(proxy)}" if proxy else ""
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        return SoapTransportError(f"proxy{via} refused the tunnel to {url}: HTTP {exc.status}", url=url)
+        return SoapTransportError(f"proxy {mask(proxy or '')} refused the tunnel to {url}: HTTP {exc.status}",
+                                  url=url)
     if isinstance(exc, aiohttp.ClientResponseError):  # the answer's head did not parse
         return SoapTransportError(f"unusable HTTP answer from {url}{via}: {mask(str(exc.message))[:200]}", url=url)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
