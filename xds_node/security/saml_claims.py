@@ -1,6 +1,6 @@
 """Reading a verified SAML assertion into the claims the verifier acts on: structure checked, every
 XSPA attribute exactly once with one value, the holder-of-key key. Only ever given the element
-signxml returned as signed (see :mod:`xds_node.security.saml`).
+the signature verifier returned as signed (see :mod:`xds_node.security.xmldsig`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _PURPOSE_TAGS = (f"{{{HL7}}}PurposeOfUse", f"{{{HL7}}}PurposeForUse")  # the lat
 # --- inbound: parsed claims -----------------------------------------------------------------
 @dataclass(frozen=True)
 class _Claims:
-    """Everything we use from a verified assertion, read from signxml's ``signed_xml`` only."""
+    """Everything we use from a verified assertion, read from the verified signed copy only."""
 
     assertion_id: str
     issuer: str
