@@ -50,6 +50,7 @@ re-checks that the signing certificate is still pinned, so removing a partner ta
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import logging
 import threading
@@ -187,6 +188,13 @@ class _Verified:
     signer_key: PublicKey
     used_sha1: bool
     signer_cert: x509.Certificate | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _der_fingerprint(b64_der: str) -> str:
+    """SHA-256 of a KeyInfo certificate, remembered by its base64 text (a partner sends the same
+    certificate in every assertion; at most 256 x MAX_CERT_B64 characters are kept)."""
+    return hashlib.sha256(b64decode_strict(b64_der)).hexdigest()
 
 
 def _valid_at(cert: x509.Certificate, now: datetime) -> bool:
@@ -353,7 +361,7 @@ class InboundVerifier:
             if len(raw) > MAX_CERT_B64:
                 raise _bad_token("signing certificate not acceptable")
             try:
-                fp = hashlib.sha256(b64decode_strict(raw)).hexdigest()
+                fp = _der_fingerprint(raw)
             except (binascii.Error, ValueError):
                 raise _bad_token("signing certificate not acceptable") from None
             partner = self.trust.partner_for_fingerprint(fp)
