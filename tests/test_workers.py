@@ -17,7 +17,7 @@ from bench.procnet import connection_split, descendants
 from tests.conftest import ROOT, LiveNode
 
 pytestmark = [pytest.mark.server,
-              pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT") or not os.path.isdir("/proc/net"),
+              pytest.mark.skipif(not sys.platform.startswith("linux") or not os.path.isdir("/proc/net"),
                                  reason="SO_REUSEPORT and /proc needed")]
 
 

@@ -22,6 +22,7 @@ import logging
 import resource
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -288,6 +289,11 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Linux (3.9+) spreads connections over sockets sharing a port with SO_REUSEPORT; BSD and macOS
+#: accept the option but hand every connection to one socket, so there the workers share one.
+BALANCING_REUSEPORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
 def bind_per_worker(host: str, port: int, workers: int) -> list[socket.socket]:
     """One listening socket per worker on the same address, sharing it with SO_REUSEPORT, so the
     kernel spreads new connections over the workers (by a hash of the connection's addresses).
@@ -393,7 +399,7 @@ def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None,
         options.setdefault("ssl_context_factory", tls_context_factory)
     options.update(extra)
     config = NodeConfig(app, limits=limits, workers=workers, **options)
-    if workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+    if workers > 1 and BALANCING_REUSEPORT:
         socks = bind_per_worker(settings.host, settings.port, workers)
     else:
         socks = [bind(settings.host, settings.port)]
