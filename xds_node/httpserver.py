@@ -22,13 +22,16 @@ import logging
 import resource
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httptools
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from xds_node import metrics
 from xds_node.soap.limits import ServerLimits, server_limits
@@ -263,7 +266,11 @@ class ListenError(OSError):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """The listening socket (inheritable, so workers share it); :class:`ListenError` if taken."""
+    """The listening socket (inheritable, so workers share it); :class:`ListenError` if taken.
+
+    Bound without SO_REUSEPORT, so any other process on the port, whatever its own options (even
+    another xds-node that shares its port with its workers), makes this fail: never two nodes
+    silently splitting one port's traffic."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -282,14 +289,96 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: Linux (3.9+) spreads connections over sockets sharing a port with SO_REUSEPORT; BSD and macOS
+#: accept the option but hand every connection to one socket, so there the workers share one.
+BALANCING_REUSEPORT = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_per_worker(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One listening socket per worker on the same address, sharing it with SO_REUSEPORT, so the
+    kernel spreads new connections over the workers (by a hash of the connection's addresses).
+
+    Why: with one socket shared by every worker, whichever worker's event loop wakes first accepts a
+    whole burst of connections, and keep-alive holds them there: 32 benchmark connections split
+    [32] or [26, 6] over two workers, so the second one idled. The first socket is bound exclusively
+    (:func:`bind`: a port in use is still one clean :class:`ListenError`), then opened to its
+    siblings; only sockets of this user with SO_REUSEPORT set can join."""
+    first = bind(host, port)
+    socks = [first]
+    try:
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        address = first.getsockname()[:2]
+        for _ in range(workers - 1):
+            sock = socket.socket(first.family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.set_inheritable(True)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class PerWorkerSockets(Multiprocess):
+    """uvicorn's worker supervisor, each worker serving its own listening socket (see
+    :func:`bind_per_worker`). A worker that dies or is restarted (SIGHUP) is replaced on the same
+    socket, so connections queued on it wait for the replacement instead of being reset."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets=sockets)
+        self.worker_sockets = sockets
+
+    def _start(self, slot: int) -> Process:
+        process = Process(self.config, [self.worker_sockets[slot]])
+        process.start()
+        return process
+
+    def init_processes(self) -> None:
+        self.processes = [self._start(slot) for slot in range(self.processes_num)]
+
+    def keep_subprocess_alive(self) -> None:
+        for slot, process in enumerate(self.processes):
+            if self.should_exit.is_set() or process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:  # the app or TLS is broken: restarting cannot help
+                log.error("worker [%s] failed to start, stopping", process.pid)
+                self.should_exit.set()
+                return
+            log.info("worker [%s] died; starting a new one on its socket", process.pid)
+            self.processes[slot] = self._start(slot)
+
+    def restart_all(self) -> None:
+        for slot, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._start(slot)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                log.error("new worker [%s] not ready in time; keeping [%s]", new.pid, old.pid)
+                return
+            old.terminate()
+            old.join()
+            self.processes[slot] = new
+
+    def handle_ttin(self) -> None:
+        log.info("SIGTTIN ignored: each worker has its own socket; restart with --workers N to change")
+
+    def handle_ttou(self) -> None:
+        log.info("SIGTTOU ignored: each worker has its own socket; restart with --workers N to change")
+
+
 def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None,
         announce: Callable[[], None] | None = None, **extra: Any) -> None:
     """Serve ``app`` (an ASGI app, or an import string for a factory when ``workers > 1``).
 
     The socket is bound here first, then ``announce`` is called: a "serving on" line is never
     printed for an address another process holds."""
-    from uvicorn.supervisors import Multiprocess
-
     soft = raise_fd_limit()
     limits = server_limits(settings)
     if limits.max_connections > soft - FD_RESERVE:
@@ -310,11 +399,17 @@ def run(app: Any, settings: Any, *, workers: int = 1, tls: dict | None = None,
         options.setdefault("ssl_context_factory", tls_context_factory)
     options.update(extra)
     config = NodeConfig(app, limits=limits, workers=workers, **options)
-    sock = bind(settings.host, settings.port)
-    sock.listen(config.backlog)
+    if workers > 1 and BALANCING_REUSEPORT:
+        socks = bind_per_worker(settings.host, settings.port, workers)
+    else:
+        socks = [bind(settings.host, settings.port)]
+    for sock in socks:
+        sock.listen(config.backlog)
     if announce is not None:
         announce()
-    if workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+    if workers > 1 and len(socks) == workers:
+        PerWorkerSockets(config, sockets=socks).run()
+    elif workers > 1:
+        Multiprocess(config, sockets=socks).run()
     else:
-        uvicorn.Server(config).run(sockets=[sock])
+        uvicorn.Server(config).run(sockets=socks)

@@ -7,10 +7,12 @@ Inbound, :class:`InboundVerifier` turns a ``wsse:Security`` header into a :class
 raises :class:`SecurityFault`. What it enforces, in order:
 
 1. one ``wsu:Timestamp`` (Created < Expires, now inside it give or take the skew);
-2. one ``saml2:Assertion``, signed (enveloped, exclusive C14N, RSA-SHA256; SHA-1 only for partners
-   with ``allow_sha1``) with a certificate from its KeyInfo that a partner pinned exactly; signxml
-   verifies it with the *pinned* certificate and from then on only signxml's ``signed_xml`` is read,
-   so a decoy or moved assertion (signature wrapping) is never trusted;
+2. one ``saml2:Assertion``, signed (enveloped, exclusive C14N, RSA-SHA256/384/512 or ECDSA; SHA-1
+   only for partners with ``allow_sha1``) with a certificate from its KeyInfo that a partner pinned
+   exactly; :mod:`.xmldsig` verifies it with the *pinned* certificate under a strict profile (one
+   reference, to the assertion's own unique ID; the signature right after Issuer) and from then on
+   only the copy it returns, the bytes the digest covers, is read, so a decoy or moved assertion
+   (signature wrapping) is never trusted;
 3. Conditions, Audience, Issuer, NameID, holder-of-key SubjectConfirmation;
 0. size first: an assertion larger than ``max_assertion_bytes`` or with more than
    ``max_saml_attributes`` attributes is refused before any signature work;
@@ -36,18 +38,19 @@ under the same assertion is not a replay. ``SecurityPolicy.reject_assertion_reus
 additionally refuses a second message under the same assertion ID, for deployments that want
 one-assertion-per-message.
 
-Caching: signature verification of the assertion (signxml: re-parsing, schema check, C14N, RSA)
-dominates the cost of a request, and reused assertions make it repeat. A verified assertion's
-parsed claims are therefore cached, keyed by SHA-256 of its exclusive C14N bytes (comments
-included, so any byte that could matter changes the key) until its NotOnOrAfter, in a bounded LRU.
-Everything else runs on every message: Timestamp, assertion validity times, audience, purpose,
-community, the holder-of-key signature over the Timestamp and replay. A cache hit also re-checks that
-the signing certificate is still pinned, so removing a partner takes effect at once.
+Caching: reused assertions would repeat the signature verification and the claims parsing. A
+verified assertion's parsed claims are therefore cached, keyed by SHA-256 of its exclusive C14N (the
+form its digest is computed over, with the whole Signature in it; comments are left out because
+nothing here ever reads one) until its NotOnOrAfter, in a bounded LRU. Everything else runs on every
+message: the assertion's ID unique in the document, Timestamp, assertion validity times, audience,
+purpose, community, the holder-of-key signature over the Timestamp and replay. A cache hit also
+re-checks that the signing certificate is still pinned, so removing a partner takes effect at once.
 """
 
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import logging
 import threading
@@ -58,16 +61,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from lxml import etree
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml.etree import _Element
-from signxml import (
-    DigestAlgorithm,
-    InvalidCertificate,
-    SignatureConfiguration,
-    SignatureMethod,
-    XMLVerifier,
-)
 
 from .principal import NHIN_PURPOSE, Principal
 from .replay import MemoryReplayStore, ReplayKey, ReplayRefused, ReplayStore
@@ -106,24 +101,18 @@ from .saml_issue import (  # the shared names and the issuing half, re-exported
 from .trust import Partner, TrustStore, fingerprint
 from .wss import (
     DS,
-    ENVELOPED,
-    EXC_C14N,
-    RSA_SHA1,
-    SHA1,
-    STRONG_DIGESTS,
-    STRONG_SIGNATURES,
     WSSE,
+    PublicKey,
     ReplayCache,
     SecurityFault,
     Timestamp,
     b64decode_strict,
     check_timestamp,
     read_timestamp,
-    safe_parser,
-    text_of,
     utcnow,
     verify_message_signature,
 )
+from .xmldsig import exc_c14n, key_info_certificates, reference_prefixes, unique_id, verify_assertion
 
 __all__ = [
     "AC_X509",
@@ -196,9 +185,21 @@ class SecurityPolicy:
 class _Verified:
     claims: _Claims
     fingerprint: str
-    signer_key: rsa.RSAPublicKey
+    signer_key: PublicKey
     used_sha1: bool
     signer_cert: x509.Certificate | None = None
+
+
+@functools.lru_cache(maxsize=256)
+def _der_fingerprint(b64_der: str) -> str:
+    """SHA-256 of a KeyInfo certificate, remembered by its base64 text (a partner sends the same
+    certificate in every assertion; at most 256 x MAX_CERT_B64 characters are kept)."""
+    return hashlib.sha256(b64decode_strict(b64_der)).hexdigest()
+
+
+def _valid_at(cert: x509.Certificate, now: datetime) -> bool:
+    """The pinned certificate's own validity period holds ``now`` (pinning does not outlive it)."""
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
 # --- inbound: the verifier --------------------------------------------------------------------
@@ -318,101 +319,70 @@ class InboundVerifier:
         )
 
     def _verified_assertion(self, assertion: _Element, now: datetime) -> tuple[_Verified, Partner]:
-        canonical = etree.tostring(assertion, method="c14n", exclusive=True, with_comments=True)
+        prefixes = reference_prefixes(assertion)
+        canonical = exc_c14n(assertion, prefixes)
         if len(canonical) > self.policy.max_assertion_bytes:
             raise _bad_token("assertion too large")
         cache_key = hashlib.sha256(canonical).hexdigest()
         hit = self._cache.get(cache_key, now)
         if hit is not None:
+            if not unique_id(assertion):  # another element claims its ID (a miss checks it in verify_assertion)
+                raise SecurityFault("wsse:FailedCheck", "assertion signature invalid")
             partner = self.trust.partner_for_fingerprint(hit.fingerprint)
             if partner is not None and (partner.allow_sha1 or not hit.used_sha1):
                 self.cache_stats.hits += 1
                 return hit, partner
         self.cache_stats.misses += 1
-        verified, partner = self._verify_assertion_signature(assertion, now)
+        verified, partner = self._verify_assertion_signature(assertion, now, (prefixes, canonical))
         expires = verified.claims.not_on_or_after + self.policy.clock_skew
         if expires > now:
             self._cache.put(cache_key, expires, verified)
         return verified, partner
 
-    def _verify_assertion_signature(self, assertion: _Element, now: datetime) -> tuple[_Verified, Partner]:
+    def _verify_assertion_signature(self, assertion: _Element, now: datetime,
+                                    canonical: tuple[list[str] | None, bytes] | None = None,
+                                    ) -> tuple[_Verified, Partner]:
         sigs = assertion.findall(f"{{{DS}}}Signature")
         if not sigs:
             raise _bad_token("assertion not signed")
         if len(sigs) > 1:
             raise _bad_token("assertion malformed")
-        sig = sigs[0]
+        first = next((c for c in assertion if isinstance(c.tag, str)), None)
+        if first is None or first.tag != _q("Issuer"):  # SAML core: Issuer first, the Signature next
+            raise _bad_token("assertion issuer missing")
         # The signing certificate: only a hint for which pinned certificate to verify with.
-        certs = sig.findall(f"{{{DS}}}KeyInfo/{{{DS}}}X509Data/{{{DS}}}X509Certificate")
+        certs = key_info_certificates(sigs[0])
         if not certs:
             raise _bad_token("signing certificate missing")
         if len(certs) > MAX_KEYINFO_CERTS:
             raise _bad_token("too many certificates")
         partner = pinned = None
-        for c in certs:
-            raw = text_of(c)
+        for raw in certs:
             if len(raw) > MAX_CERT_B64:
                 raise _bad_token("signing certificate not acceptable")
             try:
-                fp = hashlib.sha256(b64decode_strict(raw)).hexdigest()
+                fp = _der_fingerprint(raw)
             except (binascii.Error, ValueError):
                 raise _bad_token("signing certificate not acceptable") from None
             partner = self.trust.partner_for_fingerprint(fp)
             if partner is not None:
-                pinned = next(pc for pc in partner.certificates if fingerprint(pc) == fp)
+                # (fingerprints of pinned certificates are remembered: no hashing per request)
+                pinned = next((pc for pc in partner.certificates if fingerprint(pc) == fp), None)
                 break
         if partner is None or pinned is None:
             raise SecurityFault("wsse:FailedAuthentication", "unknown signer")
-
-        # Algorithm policy, checked up front for a precise fault (signxml enforces it again).
-        sig_methods = set(STRONG_SIGNATURES) | ({RSA_SHA1} if partner.allow_sha1 else set())
-        digests = set(STRONG_DIGESTS) | ({SHA1} if partner.allow_sha1 else set())
-        si = sig.find(f"{{{DS}}}SignedInfo")
-        if si is None:
-            raise SecurityFault("wsse:FailedCheck", "assertion signature invalid")
-        c14n = si.findall(f"{{{DS}}}CanonicalizationMethod")
-        if len(c14n) != 1 or c14n[0].get("Algorithm") != EXC_C14N:
-            raise SecurityFault("wsse:FailedCheck", "exclusive C14N required")
-        methods = [m.get("Algorithm") for m in si.findall(f"{{{DS}}}SignatureMethod")]
-        refs = si.findall(f"{{{DS}}}Reference")
-        if len(methods) != 1 or len(refs) != 1:
-            raise SecurityFault("wsse:FailedCheck", "assertion signature invalid")
-        ref = refs[0]
-        digest_algs = [d.get("Algorithm") for d in ref.findall(f"{{{DS}}}DigestMethod")]
-        if methods[0] not in sig_methods or len(digest_algs) != 1 or digest_algs[0] not in digests:
-            raise SecurityFault("wsse:FailedCheck", "signature algorithm not allowed")
-        if ref.get("URI") != f"#{assertion.get('ID')}":
-            raise SecurityFault("wsse:FailedCheck", "assertion signature invalid")
-        transforms = [t.get("Algorithm") for t in ref.findall(f"{{{DS}}}Transforms/{{{DS}}}Transform")]
-        if EXC_C14N not in transforms or not set(transforms) <= {ENVELOPED, EXC_C14N}:
-            raise SecurityFault("wsse:FailedCheck", "exclusive C14N required")
-
-        config = SignatureConfiguration(
-            location="./",
-            require_x509=True,
-            expect_references=1,
-            signature_methods=frozenset(SignatureMethod(m) for m in sig_methods),
-            digest_algorithms=frozenset(DigestAlgorithm(d) for d in digests),
-            verification_time=now,
-        )
-        try:
-            result: Any = XMLVerifier().verify(
-                assertion, x509_cert=pinned, expect_config=config, parser=safe_parser()
-            )
-        except InvalidCertificate:
-            raise SecurityFault("wsse:FailedAuthentication", "signing certificate not valid") from None
-        except Exception:
-            raise SecurityFault("wsse:FailedCheck", "assertion signature invalid") from None
-        signed = result.signed_xml
-        # From here on only the signed bytes count: the element signxml hands back.
-        if signed is None or signed.tag != _q("Assertion") or signed.get("ID") != assertion.get("ID"):
+        if not _valid_at(pinned, now):
+            raise SecurityFault("wsse:FailedAuthentication", "signing certificate not valid")
+        signer_key = pinned.public_key()
+        if not isinstance(signer_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise SecurityFault("wsse:FailedAuthentication", "signing certificate not valid")
+        # The profile-limited verifier (see :mod:`.xmldsig`): from here on only its signed copy counts.
+        result = verify_assertion(assertion, signer_key, allow_sha1=partner.allow_sha1, canonical=canonical)
+        signed = result.signed
+        if signed.tag != _q("Assertion") or signed.get("ID") != assertion.get("ID"):
             raise SecurityFault("wsse:FailedCheck", "assertion signature invalid")
         claims = _parse_claims(signed)
-        signer_key = pinned.public_key()
-        if not isinstance(signer_key, rsa.RSAPublicKey):
-            raise SecurityFault("wsse:FailedAuthentication", "signing certificate not valid")
-        used_sha1 = methods[0] == RSA_SHA1 or digest_algs[0] == SHA1
-        return _Verified(claims, fingerprint(pinned), signer_key, used_sha1, pinned), partner
+        return _Verified(claims, fingerprint(pinned), signer_key, result.used_sha1, pinned), partner
 
     def _check_claims(self, c: _Claims, partner: Partner, now: datetime,
                       signer: x509.Certificate | None = None) -> None:

@@ -1,11 +1,12 @@
 """Reading a verified SAML assertion into the claims the verifier acts on: structure checked, every
 XSPA attribute exactly once with one value, the holder-of-key key. Only ever given the element
-signxml returned as signed (see :mod:`xds_node.security.saml`).
+the signature verifier returned as signed (see :mod:`xds_node.security.xmldsig`).
 """
 
 from __future__ import annotations
 
 import binascii
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,7 +44,7 @@ _PURPOSE_TAGS = (f"{{{HL7}}}PurposeOfUse", f"{{{HL7}}}PurposeForUse")  # the lat
 # --- inbound: parsed claims -----------------------------------------------------------------
 @dataclass(frozen=True)
 class _Claims:
-    """Everything we use from a verified assertion, read from signxml's ``signed_xml`` only."""
+    """Everything we use from a verified assertion, read from the verified signed copy only."""
 
     assertion_id: str
     issuer: str
@@ -87,6 +88,20 @@ def _rsa_key(n: int, e: int) -> rsa.RSAPublicKey:
     return rsa.RSAPublicNumbers(e, n).public_key()
 
 
+#: Longest base64 modulus + exponent remembered (an 8192-bit modulus is ~1,400 characters).
+_MEMO_MAX_KEY_TEXT = 2048
+
+
+@functools.lru_cache(maxsize=256)
+def _rsa_key_value(modulus: str, exponent: str) -> rsa.RSAPublicKey:
+    """An RSAKeyValue's key, remembered by its text: a partner's holder-of-key key is its
+    organisation key, the same in every assertion, and building the key object each time was
+    a visible part of a fully verified request. Failures raise and are not remembered."""
+    n = int.from_bytes(b64decode_strict(modulus), "big")
+    e = int.from_bytes(b64decode_strict(exponent), "big")
+    return _rsa_key(n, e)
+
+
 def _holder_key(key_info: _Element) -> rsa.RSAPublicKey:
     """RSAKeyValue and/or one X509Certificate; when both are given they must agree."""
     kvs = key_info.findall(f"{{{DS}}}KeyValue/{{{DS}}}RSAKeyValue")
@@ -96,9 +111,12 @@ def _holder_key(key_info: _Element) -> rsa.RSAPublicKey:
     keys: list[rsa.RSAPublicKey] = []
     try:
         if kvs:
-            n = int.from_bytes(b64decode_strict(text_of(kvs[0].find(f"{{{DS}}}Modulus"))), "big")
-            e = int.from_bytes(b64decode_strict(text_of(kvs[0].find(f"{{{DS}}}Exponent"))), "big")
-            keys.append(_rsa_key(n, e))
+            modulus = text_of(kvs[0].find(f"{{{DS}}}Modulus"))
+            exponent = text_of(kvs[0].find(f"{{{DS}}}Exponent"))
+            if len(modulus) + len(exponent) <= _MEMO_MAX_KEY_TEXT:
+                keys.append(_rsa_key_value(modulus, exponent))
+            else:
+                keys.append(_rsa_key_value.__wrapped__(modulus, exponent))
         if certs:
             raw = text_of(certs[0])
             if len(raw) > MAX_CERT_B64:
