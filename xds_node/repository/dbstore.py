@@ -22,6 +22,7 @@ again, or the removal waits and then sees the entry.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ CHUNK = 1 << 20
 INLINE_BYTES = 4 * CHUNK
 
 NAME = "db"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,8 +138,11 @@ class DatabaseStore:
         for sha1, (size, chunks) in heads.items():
             if size <= INLINE_BYTES:
                 data = b"".join(parts.get(sha1, ()))
-                if len(data) != size:
-                    continue  # chunks missing: treated as gone (fsck names it damaged)
+                # never serve changed bytes as the registered document (a few us for a C-CDA);
+                # damaged or incomplete content counts as gone, and fsck names it
+                if len(data) != size or hashlib.sha1(data).hexdigest() != sha1:
+                    log.warning("document content %s in the database is damaged; not served", sha1)
+                    continue
                 out[sha1] = Located(None, size, 0, data=data)
             else:
                 out[sha1] = Located(None, size, 0, stream=_Stream(self, sha1, chunks, size))
@@ -145,10 +151,21 @@ class DatabaseStore:
     def locate(self, locator: str) -> Located | None:
         return self.locate_many([locator]).get(locator)
 
-    def iter_chunks(self, sha1: str, chunks: int) -> Iterator[bytes]:
-        """The bytes, one short read of the read engine per chunk (no connection held in between)."""
+    def iter_chunks(self, sha1: str, chunks: int, *, verify: bool = False) -> Iterator[bytes]:
+        """The bytes, one short read of the read engine per chunk (no connection held in between).
+
+        With ``verify`` the SHA-1 is checked as the bytes go: a mismatch raises after the last chunk,
+        which aborts a response being streamed, so a client sees a broken answer, never wrong bytes
+        passed off as the registered document."""
+        h = hashlib.sha1() if verify else None
         for seq in range(chunks):
-            yield self._chunk(sha1, seq)
+            chunk = self._chunk(sha1, seq)
+            if h is not None:
+                h.update(chunk)
+                if seq == chunks - 1 and h.hexdigest() != sha1:
+                    log.error("document content %s in the database is damaged; answer aborted", sha1)
+                    raise OSError(f"document {sha1}: the stored bytes do not match their SHA-1")
+            yield chunk
 
     def _chunk(self, sha1: str, seq: int) -> bytes:
         def one(conn: Connection) -> bytes:
@@ -247,4 +264,4 @@ class _Stream:
         self.store, self.sha1, self.chunks, self.size = store, sha1, chunks, size
 
     def __call__(self) -> Iterator[bytes]:
-        return self.store.iter_chunks(self.sha1, self.chunks)
+        return self.store.iter_chunks(self.sha1, self.chunks, verify=True)
