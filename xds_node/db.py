@@ -102,7 +102,8 @@ def make_read_engine(engine: Engine) -> Engine:
         return engine
     return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False,
                          pool_reset_on_return=None, pool_size=READ_POOL_SIZE, max_overflow=READ_POOL_SIZE,
-                         connect_args={"options": "-c default_transaction_read_only=on"})
+                         connect_args={"options": "-c default_transaction_read_only=on",
+                                       "application_name": "xds-node read"})
 
 
 def _dead(conn: Connection, exc: BaseException) -> bool:
