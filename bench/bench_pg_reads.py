@@ -73,7 +73,11 @@ async def drive(query, *, concurrency: int, duration: float, patients: int) -> d
 
 
 async def main_async(args) -> None:
-    from psycopg_pool import AsyncConnectionPool
+    try:
+        from psycopg_pool import AsyncConnectionPool
+    except ImportError:  # not a dependency of the node (measured, not adopted): pip install psycopg-pool
+        AsyncConnectionPool = None
+        print("psycopg-pool is not installed: the async-pool mode is skipped (pip install psycopg-pool)")
 
     url = args.database_url.replace("postgresql+psycopg://", "postgresql://")
     patients = (seeded_size(url, reset=False) or 0) // DOCS_PER_PATIENT
@@ -92,9 +96,11 @@ async def main_async(args) -> None:
     async def autocommit_inline(pid: str) -> int:
         return run_sync(reader, find_documents_sql(style, pid))
 
-    pool = AsyncConnectionPool(url, min_size=args.pool, max_size=args.pool, open=False,
-                               kwargs={"autocommit": True}, check=None)
-    await pool.open(wait=True)
+    pool = None
+    if AsyncConnectionPool is not None:
+        pool = AsyncConnectionPool(url, min_size=args.pool, max_size=args.pool, open=False,
+                                   kwargs={"autocommit": True}, check=None)
+        await pool.open(wait=True)
 
     async def async_pool(pid: str) -> int:
         sql = find_documents_sql("pyformat", pid)
@@ -103,14 +109,15 @@ async def main_async(args) -> None:
             return len(await cur.fetchall())
 
     modes = [("pooled-tx", pooled_tx), ("autocommit-thread", autocommit_thread),
-             ("autocommit-inline", autocommit_inline), ("async-pool", async_pool)]
+             ("autocommit-inline", autocommit_inline)] + ([("async-pool", async_pool)] if pool is not None else [])
     results: dict[str, list[dict]] = {name: [] for name, _ in modes}
     for _ in range(args.rounds):  # interleaved rounds: machine noise hits every mode alike
         for name, query in modes:
             await drive(query, concurrency=args.concurrency, duration=0.5, patients=patients)  # warm up
             results[name].append(await drive(query, concurrency=args.concurrency, duration=args.duration,
                                              patients=patients))
-    await pool.close()
+    if pool is not None:
+        await pool.close()
     writer.dispose()
     reader.dispose()
 

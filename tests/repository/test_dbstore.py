@@ -74,6 +74,15 @@ def test_large_document_is_chunked_and_streamed_not_loaded(client, node):
     assert outcome.documents[0].located.data == b"x" * dbstore.INLINE_BYTES
 
 
+def test_a_retrieve_of_many_documents_keeps_at_most_the_inline_budget_in_memory(client, node):
+    docs = _provide(client, 1412, [os.urandom(dbstore.INLINE_BYTES) for _ in range(5)])  # 20 MiB, 16 inline
+    outcome = node.repository.retrieve([(node.settings.repository_unique_id, uid, None) for uid in docs])
+    located = [d.located for d in outcome.documents]
+    assert sum(len(x.data) for x in located if x.data is not None) <= dbstore.INLINE_TOTAL
+    assert [x.data is None for x in located].count(True) == 1  # the fifth is streamed when sent
+    assert documents_of(retrieve(client, [(None, uid) for uid in docs])) == docs
+
+
 def test_a_damaged_large_document_aborts_its_stream_instead_of_passing_for_the_registered_one(client, node):
     data = os.urandom(dbstore.INLINE_BYTES + 10)
     (uid,) = _provide(client, 1411, [data])

@@ -40,6 +40,10 @@ CHUNK = 1 << 20
 #: which a response's parts are read on the event loop's thread.
 INLINE_BYTES = 4 * CHUNK
 
+#: At most this many bytes of one retrieve's documents come back with the lookup; the rest of a
+#: retrieve asking for many documents is streamed like a large one (memory stays bounded).
+INLINE_TOTAL = 4 * INLINE_BYTES
+
 NAME = "db"
 
 log = logging.getLogger(__name__)
@@ -122,21 +126,25 @@ class DatabaseStore:
         marks = ", ".join(f"{p}h{i}{s}" for i in range(len(wanted)))
         cur = _cursor(conn)
         try:
-            cur.execute("SELECT c.sha1, c.size, c.chunks, ch.data FROM repo_content c LEFT JOIN repo_content_chunk ch "
-                        f"ON ch.sha1 = c.sha1 AND c.size <= {INLINE_BYTES} WHERE c.sha1 IN ({marks}) "
-                        "ORDER BY c.sha1, ch.seq", params)
+            # small documents' bytes join the lookup while their running total stays within
+            # INLINE_TOTAL (a window sum: one statement, same text on SQLite and PostgreSQL)
+            inline = f"c.size <= {INLINE_BYTES} AND c.running <= {INLINE_TOTAL}"
+            cur.execute(f"SELECT c.sha1, c.size, c.chunks, {inline}, ch.data FROM (SELECT sha1, size, chunks, "
+                        f"SUM(CASE WHEN size <= {INLINE_BYTES} THEN size ELSE 0 END) OVER (ORDER BY sha1) AS running "
+                        f"FROM repo_content WHERE sha1 IN ({marks})) c LEFT JOIN repo_content_chunk ch "
+                        f"ON ch.sha1 = c.sha1 AND {inline} ORDER BY c.sha1, ch.seq", params)
             rows = cur.fetchall()
         finally:
             cur.close()
         parts: dict[str, list[bytes]] = {}
-        heads: dict[str, tuple[int, int]] = {}
-        for sha1, size, chunks, data in rows:
-            heads[sha1] = (size, chunks)
+        heads: dict[str, tuple[int, int, bool]] = {}
+        for sha1, size, chunks, inlined, data in rows:
+            heads[sha1] = (size, chunks, bool(inlined))
             if data is not None:
                 parts.setdefault(sha1, []).append(bytes(data))
         out: dict[str, Located] = {}
-        for sha1, (size, chunks) in heads.items():
-            if size <= INLINE_BYTES:
+        for sha1, (size, chunks, inlined) in heads.items():
+            if inlined:
                 data = b"".join(parts.get(sha1, ()))
                 # never serve changed bytes as the registered document (a few us for a C-CDA);
                 # damaged or incomplete content counts as gone, and fsck names it
