@@ -242,7 +242,7 @@ def issue14_rows(args) -> list[tuple[str, str, str]]:
     assert other is not None
     measured = (f"{other['rps'] / base['rps']:.2f}x ({other['rps']:,.0f} vs {base['rps']:,.0f} req/s), "
                 f"p99 {other['p99']:.1f} ms (SQLite {base['p99']:.1f} ms)")
-    return [(f"FindDocuments on PostgreSQL / on SQLite, same run, {base['docs'] // 1000}k docs, "
+    return [(f"FindDocuments on PostgreSQL / on SQLite, same run, {base['docs']:,} docs, "
              f"{args.concurrency} clients, {args.workers} workers", measured, ">= 0.6x, p99 <= 25 ms")]
 
 
