@@ -2,12 +2,19 @@
 
     python -m bench.bench_registry                    # 10k and 100k documents, 32 clients
     python -m bench.bench_registry --docs 2000 --duration 5
+    python -m bench.bench_registry --database-url postgresql://postgres@127.0.0.1/bench   # PostgreSQL beside SQLite
 
 For each registry size it registers synthetic documents (10 per patient, one ITI-42-style
 submission per patient, through the same Registry.register the ITI-42 endpoint calls), starts
 ``xds-node serve`` on 127.0.0.1 and drives FindDocuments (LeafClass, 10 documents per answer)
 with closed-loop concurrent clients. In the same run it measures the floor: bare lxml parse +
 serialize of the same request and response bytes, and prints the ratio.
+
+With ``--database-url`` every size is measured twice in the same run, on SQLite (the baseline) and
+on that database, and printed side by side with the ratio. The database must be a scratch one:
+the bench drops the node's tables in it (it refuses a database holding node tables it did not seed
+itself unless ``--reset-database`` is given) and reuses what it seeded when the size matches.
+``issue14_rows(args)`` returns the rows of the issue-14 table for a lead's combined report.
 """
 
 from __future__ import annotations
@@ -34,11 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS_PER_PATIENT = 10
 
 
-def seed(data_dir: Path, n_docs: int) -> tuple[float, int]:
+#: Marks a database this bench seeded (and may therefore empty again): the number of documents.
+MARKER = "bench_registry_seed"
+
+
+def seed(data_dir: Path, n_docs: int, database_url: str = "") -> tuple[float, int]:
     """Register n_docs documents; returns (documents per second, number of patients)."""
     from xds_node.node import Node
 
-    node = Node(load_settings(env={}, data_dir=data_dir))
+    node = Node(load_settings(env={}, data_dir=data_dir, database_url=database_url or None))
     patients = max(1, n_docs // DOCS_PER_PATIENT)
     t0 = time.perf_counter()
     for p in range(patients):
@@ -51,8 +62,61 @@ def seed(data_dir: Path, n_docs: int) -> tuple[float, int]:
     return rate, patients
 
 
-def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "XDS_DATA_DIR": str(data_dir)}
+def seeded_size(url: str, *, reset: bool) -> int | None:
+    """How many documents this bench seeded into the database at ``url`` (None: nothing usable).
+
+    A database holding node tables without the bench's marker is refused unless ``reset``: the
+    bench would otherwise drop somebody's registry.
+    """
+    from sqlalchemy import inspect
+
+    from xds_node.db import make_test_engine
+
+    engine = make_test_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        names = set(inspect(engine).get_table_names())
+        if MARKER in names:
+            with engine.connect() as conn:
+                return conn.exec_driver_sql(f"SELECT n_docs FROM {MARKER}").scalar()
+        if names - {"alembic_version"} and not reset:
+            raise SystemExit(f"{url}: holds tables this bench did not seed; give a scratch database "
+                             "or --reset-database to drop the node's tables there")
+        return None
+    finally:
+        engine.dispose()
+
+
+def empty_database(url: str) -> None:
+    """Drop every node table (and the bench's marker) so the next seed starts from nothing."""
+    import xds_node.node  # noqa: F401  (registers every table on the metadata)
+    from xds_node.db import make_test_engine, metadata
+
+    engine = make_test_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        metadata.drop_all(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {MARKER}")
+    finally:
+        engine.dispose()
+
+
+def mark_seeded(url: str, n_docs: int) -> None:
+    from xds_node.db import make_test_engine
+
+    engine = make_test_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE {MARKER} (n_docs INTEGER NOT NULL)")
+            conn.exec_driver_sql(f"INSERT INTO {MARKER} VALUES ({int(n_docs)})")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE")  # fresh statistics, as a long-running registry has
+    finally:
+        engine.dispose()
+
+
+def start_server(data_dir: Path, port: int, workers: int, database_url: str = "") -> subprocess.Popen:
+    env = {**os.environ, "XDS_DATA_DIR": str(data_dir), "XDS_DATABASE_URL": database_url}
     proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "serve", "--host", "127.0.0.1", "--port",
                              str(port), "--workers", str(workers)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,18 +146,27 @@ def floor_us(request: bytes, response: bytes, rounds: int = 2000) -> float:
     return (time.perf_counter() - t0) / rounds * 1e6
 
 
-def bench_size(n_docs: int, args) -> dict:
-    cached = Path(args.data_cache) / f"registry-{n_docs}" if args.data_cache else None
+def bench_size(n_docs: int, args, database_url: str = "") -> dict:
+    """One registry size on one database: SQLite in the data directory, or ``database_url``."""
+    label = "PostgreSQL" if database_url else "SQLite"
+    cached = Path(args.data_cache) / f"registry-{n_docs}" if args.data_cache and not database_url else None
     work = cached or Path(tempfile.mkdtemp(prefix=f"xds-bench-{n_docs}-"))
     try:
-        if cached is not None and (cached / "registry.db").exists():
-            rate, patients = float("nan"), n_docs // DOCS_PER_PATIENT  # reuse: registration not re-measured
+        patients = n_docs // DOCS_PER_PATIENT
+        if database_url and seeded_size(database_url, reset=args.reset_database) == n_docs:
+            rate = float("nan")  # reuse: registration not re-measured
+        elif database_url:
+            empty_database(database_url)
+            rate, patients = seed(work, n_docs, database_url)
+            mark_seeded(database_url, n_docs)
+        elif cached is not None and (cached / "registry.db").exists():
+            rate = float("nan")  # reuse: registration not re-measured
         else:
             rate, patients = seed(work, n_docs)
-        print(f"\n== {n_docs} documents ({patients} patients) ==")
+        print(f"\n== {n_docs} documents ({patients} patients), {label} ==")
         print(f"registration: {rate:8.1f} documents/s (ITI-42 Registry.register, 10 documents per submission)")
-        port = f.uid().__hash__() % 20000 + 30000
-        proc = start_server(work, port, args.workers)
+        port = free_port()
+        proc = start_server(work, port, args.workers, database_url)
         try:
             # one real answer for the floor measurement and a sanity check
             env = find_documents_envelope(f"http://127.0.0.1:{port}/xds/registry", f.patient(0))
@@ -111,26 +184,78 @@ def bench_size(n_docs: int, args) -> dict:
         print(f"FindDocuments over HTTP, {args.concurrency} clients, {args.workers} workers: {result.summary()}")
         print(f"floor (lxml parse+serialize of the same request and response): {fl:7.1f} us = "
               f"{1e6 / fl:8.1f} ops/s per core; measured/floor = {result.rps / (1e6 / fl):.2f}")
-        return {"docs": n_docs, "rps": result.rps, "p50": result.pct(50), "p99": result.pct(99),
-                "register_rate": rate, "floor_us": fl}
+        return {"docs": n_docs, "db": label, "rps": result.rps, "p50": result.pct(50), "p99": result.pct(99),
+                "register_rate": rate, "floor_us": fl, "errors": result.errors}
     finally:
         if cached is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("--docs", default="10000,100000")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--data-cache", help="keep seeded databases here and reuse them (skips registration)")
-    args = ap.parse_args()
-    results = [bench_size(int(n), args) for n in args.docs.split(",")]
-    if len(results) > 1:
-        small, big = results[0], results[-1]
-        print(f"\nlatency growth {small['docs']} -> {big['docs']} documents: p50 x{big['p50'] / small['p50']:.2f}, "
-              f"p99 x{big['p99'] / small['p99']:.2f}; throughput x{big['rps'] / small['rps']:.2f}")
+    ap.add_argument("--data-cache", help="keep seeded SQLite databases here and reuse them (skips registration)")
+    ap.add_argument("--database-url", default="",
+                    help="also measure on this (scratch) PostgreSQL database, beside SQLite in the same run")
+    ap.add_argument("--reset-database", action="store_true",
+                    help="drop the node's tables in --database-url even if this bench did not seed them")
+    return ap.parse_args(argv)
+
+
+def compare(args) -> list[tuple[dict, dict | None]]:
+    """Each size on SQLite, then (with --database-url) on that database; side by side with the ratio."""
+    pairs = []
+    for n in args.docs.split(","):
+        base = bench_size(int(n), args)
+        other = bench_size(int(n), args, args.database_url) if args.database_url else None
+        pairs.append((base, other))
+    if args.database_url:
+        print(f"\nFindDocuments, {args.concurrency} clients, {args.workers} workers: "
+              "PostgreSQL beside SQLite (same run)")
+        print(f"{'documents':>10} | {'SQLite req/s':>12} {'p50':>6} {'p99':>6} | {'PostgreSQL req/s':>16} {'p50':>6} "
+              f"{'p99':>6} | {'PG/SQLite':>9}")
+        for base, other in pairs:
+            assert other is not None
+            print(f"{base['docs']:>10} | {base['rps']:12.0f} {base['p50']:6.1f} {base['p99']:6.1f} | "
+                  f"{other['rps']:16.0f} {other['p50']:6.1f} {other['p99']:6.1f} | {other['rps'] / base['rps']:8.2f}x")
+    return pairs
+
+
+def issue14_rows(args) -> list[tuple[str, str, str]]:
+    """(measure, measured, target) rows for issue 14's table: FindDocuments on PostgreSQL against
+    SQLite in the same run, at the largest size of ``args.docs`` (``args`` from :func:`parse_args`;
+    without ``args.database_url`` there is nothing to compare and no row)."""
+    if not args.database_url:
+        return []
+    base, other = compare(args)[-1]
+    assert other is not None
+    measured = (f"{other['rps'] / base['rps']:.2f}x ({other['rps']:,.0f} vs {base['rps']:,.0f} req/s), "
+                f"p99 {other['p99']:.1f} ms (SQLite {base['p99']:.1f} ms)")
+    return [(f"FindDocuments on PostgreSQL / on SQLite, same run, {base['docs']:,} docs, "
+             f"{args.concurrency} clients, {args.workers} workers", measured, ">= 0.6x, p99 <= 25 ms")]
+
+
+def main() -> None:
+    args = parse_args()
+    pairs = compare(args)
+    for i in (0, 1):
+        results = [pair[i] for pair in pairs if pair[i] is not None]
+        if len(results) > 1:
+            small, big = results[0], results[-1]
+            print(f"\n{big['db']}: latency growth {small['docs']} -> {big['docs']} documents: "
+                  f"p50 x{big['p50'] / small['p50']:.2f}, p99 x{big['p99'] / small['p99']:.2f}; "
+                  f"throughput x{big['rps'] / small['rps']:.2f}")
 
 
 if __name__ == "__main__":

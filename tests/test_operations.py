@@ -183,6 +183,7 @@ def _get(app, path: str, address: str = "127.0.0.1") -> httpx.Response:
 
 
 def test_ready_names_a_content_store_that_cannot_be_written(node):
+    node.settings.document_store = "folder"  # pushed documents go to the folder: /ready checks it
     app = node.app()
     assert _get(app, "/ready").status_code == 200
     root = Path(node.content_store.root)

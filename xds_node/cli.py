@@ -151,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls = uvicorn_tls_options(settings, args.tls_cert, args.tls_key, mtls=args.mtls)
     from xds_node.repository.fsck import clean_at_start
 
-    clean_at_start(settings.data_dir, settings.store_grace_seconds)  # temp files of requests that died
+    clean_at_start(settings.document_folder_path, settings.store_grace_seconds)  # temp files of requests that died
     mode = " with mutual TLS (pinned partner or client certificates required)" if args.mtls else ""
 
     def announce() -> None:  # called once the socket is bound: never for someone else's port

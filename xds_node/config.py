@@ -36,6 +36,13 @@ class Settings:
     store_grace_seconds: int = 3600
     #: Upgrade the database schema at start (under a lock); false: refuse to start on an older schema.
     db_auto_upgrade: bool = True
+    #: Where pushed documents' bytes (ITI-41, XDR) are kept: "database" (in the registration's own
+    #: transaction; what lets hosts share nothing but the database URL), "folder" (content files in
+    #: document_folder) or "auto": database on PostgreSQL, folder on SQLite.
+    document_store: str = "auto"
+    #: The folder store's directory (relative paths under data_dir); hosts sharing one folder store
+    #: must share this folder too. Default: <data_dir>/documents.
+    document_folder: Path | None = None
 
     # HTTP
     host: str = "127.0.0.1"
@@ -140,6 +147,18 @@ class Settings:
         return url
 
     @property
+    def documents_in_database(self) -> bool:
+        """Whether pushed documents' bytes go to the database (``document_store``)."""
+        if self.document_store == "auto":
+            return self.db_url.startswith("postgresql")
+        return self.document_store == "database"
+
+    @property
+    def document_folder_path(self) -> Path:
+        """The folder store's directory (entries written there stay readable whatever the setting)."""
+        return Path(self.data_dir) / Path(self.document_folder or "documents").expanduser()  # absolute wins
+
+    @property
     def public_url(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
@@ -189,7 +208,7 @@ EXTRA_KEYS = frozenset({
     "ig_match_mode", "ig_signing_key", "ig_signing_cert", "ig_tls_verify", "ig_tls_ca_file",
     "ig_tls_client_cert", "ig_tls_client_key", "ig_spool_dir", "ig_max_connections",
 })
-_PATH_FIELDS = {"data_dir", "partners_file", "clients_file"}
+_PATH_FIELDS = {"data_dir", "partners_file", "clients_file", "document_folder"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -198,6 +217,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "port": (lambda v: 0 < v < 65536, "a TCP port, 1-65535"),
     "workers": (lambda v: v >= 1, "at least 1"),
     "xdr_destination": (lambda v: bool(str(v).strip()), '"repository" or a folder path'),
+    "document_store": (lambda v: v in ("auto", "database", "folder"), "auto, database or folder"),
     "max_body_bytes": (lambda v: v > 0, "a positive number of bytes"),
     "max_header_bytes": (lambda v: v > 0, "a positive number of bytes"),
     "max_query_results": (lambda v: v >= 1, "at least 1"),

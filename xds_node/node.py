@@ -30,7 +30,7 @@ from pathlib import Path
 from xds_node import migrations, transactions
 from xds_node.audit.store import AuditLog
 from xds_node.config import Settings, load_settings
-from xds_node.db import make_engine
+from xds_node.db import make_engine, make_read_engine
 from xds_node.gateway.responding import Auditor, ConsentCheck, SecurityGate
 from xds_node.paths import wsdl_dir
 from xds_node.patients.index import PatientIndex
@@ -65,18 +65,22 @@ class Node:
         self.engine = make_engine(self.settings.db_url)
         migrations.upgrade(self.engine, auto=self.settings.db_auto_upgrade)  # under a lock: many workers may start
         transactions.INLINE_DB = self.engine.dialect.name == "sqlite"
-        self.registry_store = RegistryStore(self.engine)
+        #: reads (stored queries, retrieve lookups, consent, patient lookups): autocommit and
+        #: read-only on PostgreSQL, never used to write (db.make_read_engine)
+        self.reader = make_read_engine(self.engine)
+        self.registry_store = RegistryStore(self.engine, self.reader)
         self.registry = Registry(
             self.registry_store,
             require_known_patient=self.settings.require_known_patient,
             max_query_results=self.settings.max_query_results,
             home_community_id=self.settings.home_community_id,
         )
-        self.content_store = ContentStore(Path(self.settings.data_dir) / "documents")
+        self.content_store = ContentStore(self.settings.document_folder_path)
         self.repository = Repository(self.engine, self.content_store,
-                                     repository_unique_id=self.settings.repository_unique_id)
-        self.patients = PatientIndex(self.engine)
-        self.consent_store = ConsentStore(self.engine)
+                                     repository_unique_id=self.settings.repository_unique_id, reader=self.reader,
+                                     documents_in_database=self.settings.documents_in_database)
+        self.patients = PatientIndex(self.engine, self.reader)
+        self.consent_store = ConsentStore(self.engine, self.reader)
         self.consent = ConsentPolicy(self.consent_store, self.settings.consent_mode)
         self.audit = AuditLog(self.engine, sinks=_audit_sinks(self.settings))
         self.trust = self._load_trust()
@@ -217,6 +221,8 @@ class Node:
 
     def close(self) -> None:
         self.audit.close()
+        if self.reader is not self.engine:
+            self.reader.dispose()
         self.engine.dispose()
 
 

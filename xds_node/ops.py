@@ -88,6 +88,7 @@ def directory_check(name: str, folder: Path) -> Callable[[], str]:
 def for_node(node: Any) -> Operations:
     """The node's operations: ``ops_allow`` networks, database and content store checks."""
     settings = node.settings
-    return Operations(allow=parse_networks(settings.ops_allow),
-                      checks=(database_check(node.engine),
-                              directory_check("content store", Path(node.content_store.root))))
+    checks = [database_check(node.engine)]
+    if not settings.documents_in_database:  # pushed documents go to the folder store: it must take them
+        checks.append(directory_check("content store", Path(node.content_store.root)))
+    return Operations(allow=parse_networks(settings.ops_allow), checks=tuple(checks))

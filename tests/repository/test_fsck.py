@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests import factories as f
 from tests.conftest import ROOT, LiveNode
 from tests.repository.test_folder_source import SAMPLES
@@ -19,9 +21,17 @@ from tests.soapkit import SoapTestClient
 from xds_node.ebxml import vocabulary as v
 
 
+@pytest.fixture
+def settings(settings):
+    """These tests are about the folder store (leases, collection); on PostgreSQL pushed documents
+    would otherwise go to the database store (tests/repository/test_dbstore.py)."""
+    settings.document_store = "folder"
+    return settings
+
+
 def fsck(settings, *args: str) -> tuple[int, str]:
     """Run the command; (exit status, stdout), stderr (logging) appended after a marker line."""
-    env = {**os.environ, "XDS_DATABASE_URL": settings.db_url}
+    env = {**os.environ, "XDS_DATABASE_URL": settings.db_url, "XDS_DOCUMENT_STORE": settings.document_store}
     proc = subprocess.run([sys.executable, "-m", "xds_node.cli", "fsck", "--data-dir", str(settings.data_dir), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stdout + "\n--- stderr ---\n" + proc.stderr
@@ -119,7 +129,8 @@ def test_serve_cleans_stale_temp_files_and_interrupted_collections_at_start(clie
     stale.write_bytes(b"from a request killed mid-write")
     interrupted = store.quarantine(hashlib.sha1(data).hexdigest())  # a collector killed after its rename
     node.close()
-    live = LiveNode(settings.data_dir, {"XDS_DATABASE_URL": settings.db_url, "XDS_STORE_GRACE_SECONDS": "0"})
+    live = LiveNode(settings.data_dir, {"XDS_DATABASE_URL": settings.db_url, "XDS_STORE_GRACE_SECONDS": "0",
+                                        "XDS_DOCUMENT_STORE": settings.document_store})
     try:
         remote = SoapTestClient(base_url=live.url)
         got = retrieve(remote, [(None, uid)])

@@ -66,7 +66,9 @@ def no_hash_size(sub):
 
 
 def stored_files(node) -> list:
-    return [p for p in node.content_store.root.rglob("*") if p.is_file()]
+    """Every stored copy of pushed bytes: files in the folder store and contents in the database."""
+    files = [p for p in node.content_store.root.rglob("*") if p.is_file()]
+    return files + [f"db:{c.sha1}" for c in node.repository.database.contents()]
 
 
 @pytest.mark.parametrize("mtom", [True, False], ids=["mtom", "inline"])

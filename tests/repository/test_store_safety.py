@@ -12,10 +12,20 @@ import contextlib
 import hashlib
 import os
 
+import pytest
+
 from tests import factories as f
 from tests.repository.test_provide_and_retrieve import documents_of, retrieve, status_of
 from xds_node.ebxml import vocabulary as v
 from xds_node.repository.sources import ContentStore
+
+
+@pytest.fixture
+def settings(settings):
+    """These tests are about the folder store (leases, collection); on PostgreSQL pushed documents
+    would otherwise go to the database store (tests/repository/test_dbstore.py)."""
+    settings.document_store = "folder"
+    return settings
 
 
 def _register(node, gate: asyncio.Event | None = None, reached: asyncio.Event | None = None):

@@ -102,8 +102,11 @@ def _transposed(birth_date: str) -> str | None:
 class PatientIndex:
     """Patients of our community, stored with SQLAlchemy Core (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, reader: Engine | None = None):
         self.engine = engine
+        #: the lookups XCPD runs per request (get, identifiers, candidates, correlations) read here:
+        #: on PostgreSQL an autocommit read-only pool (db.make_read_engine)
+        self.reader = reader or engine
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=_TABLES)
@@ -219,7 +222,7 @@ class PatientIndex:
             return conn.execute(delete(t.patient).where(t.patient.c.patient_id == patient_id)).rowcount > 0
 
     def get(self, patient_id: str) -> Patient | None:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(t.patient).where(t.patient.c.patient_id == patient_id)).first()
         return _patient(row) if row is not None else None
 
@@ -240,7 +243,7 @@ class PatientIndex:
         stmt = select(t.patient).select_from(j).where(
             t.patient_identifier.c.root == root, t.patient_identifier.c.extension == extension
         )
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(stmt).first()
         return _patient(row) if row is not None else None
 
@@ -264,7 +267,7 @@ class PatientIndex:
         bd = normalize_date(demographics.birth_date)
         dates = [x for x in (bd, _transposed(bd) if bd else None) if x]
         p = t.patient.c
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             if demographics.ids:
                 pi = t.patient_identifier.c
                 cond = or_(*(and_(pi.root == i.root, pi.extension == i.extension) for i in demographics.ids))
@@ -394,14 +397,14 @@ class PatientIndex:
     def correlations_for(self, local_patient_id: str) -> list[Correlation]:
         c = t.patient_correlation.c
         stmt = select(t.patient_correlation).where(c.local_patient_id == local_patient_id).order_by(c.community_id)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return [_correlation(r) for r in conn.execute(stmt)]
 
     def local_for(self, community_id: str, remote_patient_id: str) -> str | None:
         c = t.patient_correlation.c
         stmt = select(c.local_patient_id).where(c.community_id == community_id,
                                                 c.remote_patient_id == remote_patient_id)
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.scalar(stmt.limit(1))
 
     def delete_correlation(self, local_patient_id: str, community_id: str) -> bool:

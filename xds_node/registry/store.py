@@ -15,7 +15,7 @@ from lxml import etree
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from xds_node.db import Sql, insert_rows, metadata
+from xds_node.db import Sql, insert_rows, metadata, read
 from xds_node.ebxml import rim
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import Association, DocumentEntry, Folder, Submission, SubmissionSet
@@ -56,8 +56,11 @@ def _pad(value: str | None) -> str | None:
 
 
 class RegistryStore:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, reader: Engine | None = None):
         self.engine = engine
+        #: Every read-only query (lookups, stored queries, consent's patient lookups) runs here: on
+        #: PostgreSQL an autocommit, read-only pool (db.make_read_engine); writes never do.
+        self.reader = reader or engine
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
@@ -71,7 +74,7 @@ class RegistryStore:
         rows: list[tuple] = []
         if not ids:
             return rows
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             for chunk in _chunks(ids):
                 sql = Sql(self.engine.dialect.paramstyle)
                 write(sql, chunk)
@@ -108,7 +111,7 @@ class RegistryStore:
         return {obj_id: (status, pid, kind) for obj_id, status, pid, kind in self._lookup(uuids, write)}
 
     def known_patient(self, patient_id: str) -> bool:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.scalar(select(t.patients.c.patient_id)
                                .where(t.patients.c.patient_id == patient_id)) is not None
 
@@ -266,7 +269,7 @@ class RegistryStore:
         table = _TABLES[kind]
         ids = list(dict.fromkeys(ids))
         out: dict[str, Row] = {}
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             for chunk in _chunks(ids):
                 cols = [table.c.id, table.c.rim, table.c.status]
                 cols.append(table.c.patient_id if kind != "assoc" else table.c.source)
@@ -277,20 +280,23 @@ class RegistryStore:
 
     def has_patient(self, patient_id: str) -> bool:
         """Whether any object of this patient is registered (XCA tells unknown patients apart)."""
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.scalar(select(t.documents.c.id).where(t.documents.c.patient_id == patient_id).limit(1)) \
                 is not None
 
     def patients_of_documents(self, unique_ids: Iterable[str]) -> dict[str, str]:
         """document uniqueId -> patient id, for the consent check on retrieve."""
         ids = sorted(set(unique_ids))
-        out: dict[str, str] = {}
-        with self.engine.connect() as conn:
+
+        def lookup(conn: Connection) -> dict[str, str]:
+            out: dict[str, str] = {}
             for chunk in _chunks(ids):
                 for row in conn.execute(select(t.documents.c.unique_id, t.documents.c.patient_id)
                                         .where(t.documents.c.unique_id.in_(chunk))):
                     out[row.unique_id] = row.patient_id
-        return out
+            return out
+
+        return read(self.reader, lookup) if ids else {}
 
     def patients_of_objects(self, ids: Iterable[str]) -> dict[str, frozenset[str]]:
         """entryUUID -> the patient ids an object reveals, for the consent check on queries.
@@ -303,7 +309,7 @@ class RegistryStore:
         pending = set(ids)
         owners: dict[str, str] = {}
         ends: dict[str, tuple[str, str]] = {}
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             for _ in range(3):  # association -> association -> object: registration allows no deeper chain
                 todo = sorted(pending - owners.keys() - ends.keys())
                 if not todo:
@@ -335,7 +341,7 @@ class RegistryStore:
     def count(self, kind: str) -> int:
         from sqlalchemy import func
 
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             return conn.scalar(select(func.count()).select_from(_TABLES[kind])) or 0
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Connection, Select, and_, or_, select
 
-from xds_node.db import Sql
+from xds_node.db import Sql, read
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.query import Params, pad_time
 from xds_node.ebxml.vocabulary import StoredQueryId as Q
@@ -117,17 +117,17 @@ class QueryRunner:
 
     # --- helpers --------------------------------------------------------------------------------
     def _rows(self, kind: str, stmt: Select) -> list[Row]:
-        with self.store.engine.connect() as conn:
+        with self.store.reader.connect() as conn:
             return [Row(kind, r[0], r[1], r[2], r[3]) for r in conn.execute(stmt.limit(self.max_results + 1))]
 
     def _assoc_rows(self, stmt: Select) -> list[Row]:
         a = t.associations
-        with self.store.engine.connect() as conn:
+        with self.store.reader.connect() as conn:
             return [Row("assoc", r.id, None, r.rim, r.status)
                     for r in conn.execute(stmt.with_only_columns(a.c.id, a.c.rim, a.c.status))]
 
     def _ids_by_unique(self, table, unique_ids: list[str]) -> list[str]:
-        with self.store.engine.connect() as conn:
+        with self.store.reader.connect() as conn:
             return list(conn.scalars(select(table.c.id).where(table.c.unique_id.in_(unique_ids))))
 
     def _doc_ids(self, params: Params) -> list[str]:
@@ -179,13 +179,16 @@ class QueryRunner:
         for group in params.groups("$XDSDocumentEntryReferenceIdList"):
             sql += " AND id IN (SELECT doc_id FROM xds_reference_id WHERE value IN " + sql.in_(group) + ")"
         sql += f" LIMIT {self.max_results + 1}"
-        with self.store.engine.connect() as conn:
+
+        def run(conn: Connection) -> list[Row]:
             cursor = conn.connection.cursor()  # the DBAPI cursor: no per-row result wrapping
             try:
                 cursor.execute(sql.text, sql.bound)
                 return [Row("doc", r[0], r[1], bytes(r[2]), r[3]) for r in cursor.fetchall()]
             finally:
                 cursor.close()
+
+        return read(self.store.reader, run)
 
     def find_submission_sets(self, params: Params) -> list[Row]:
         s = t.submission_sets
@@ -257,14 +260,14 @@ class QueryRunner:
         stmt = select(a.c.id).where(a.c.type == v.AssociationType.HAS_MEMBER, a.c.target.in_(members),
                                     a.c.source.in_(select(t.submission_sets.c.id)))
         assocs = self._assoc_rows(stmt)
-        with self.store.engine.connect() as conn:
+        with self.store.reader.connect() as conn:
             ss_ids = list(dict.fromkeys(conn.scalars(select(a.c.source).where(a.c.id.in_([x.id for x in assocs])))))
         return [*self.store.fetch("ss", ss_ids), *assocs]
 
     def _package_contents(self, package_id: str, params: Params, *, kinds: tuple[str, ...]) -> list[Row]:
         """Members of a submission set or folder (HasMember targets), filtered, with the associations."""
         a = t.associations
-        with self.store.engine.connect() as conn:
+        with self.store.reader.connect() as conn:
             links = conn.execute(select(a.c.id, a.c.target).where(
                 a.c.source == package_id, a.c.type == v.AssociationType.HAS_MEMBER)).all()
         targets = [link.target for link in links]
@@ -281,7 +284,7 @@ class QueryRunner:
         member_assocs = self.store.fetch("assoc", targets)
         member_assoc_ids = set()
         if member_assocs:
-            with self.store.engine.connect() as conn:
+            with self.store.reader.connect() as conn:
                 for r in conn.execute(select(a.c.id, a.c.target).where(a.c.id.in_([m.id for m in member_assocs]))):
                     if r.target in kept:
                         member_assoc_ids.add(r.id)
@@ -314,7 +317,7 @@ class QueryRunner:
         if not doc_ids:
             return []
         a = t.associations
-        with self.store.engine.connect() as conn:
+        with self.store.reader.connect() as conn:
             folder_ids = list(conn.scalars(select(a.c.source).where(
                 a.c.target.in_(doc_ids), a.c.type == v.AssociationType.HAS_MEMBER,
                 a.c.source.in_(select(t.folders.c.id)))))
@@ -329,7 +332,7 @@ class QueryRunner:
         if not assocs:
             return []
         a = t.associations
-        with self.store.engine.connect() as conn:
+        with self.store.reader.connect() as conn:
             ends = {r.id: (r.source, r.target) for r in conn.execute(
                 select(a.c.id, a.c.source, a.c.target).where(a.c.id.in_([x.id for x in assocs])))}
         # only document-to-document relationships count (a submission set's HasMember does not)

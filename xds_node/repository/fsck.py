@@ -6,12 +6,17 @@ Checks, in this order (the store first, so a repaired interruption is not then r
   request that died: kill -9, power loss), ``.gc-*`` names (a collection that was interrupted;
   repair puts them back), content files no entry names and no request holds (orphans), and
   anything else that has no business there (reported, never touched);
-- every index row: the bytes exist at their source (our store or a source system's folder) with
-  the registered size and SHA-1. Nothing can repair lost bytes; these are reported only.
+- the database store (``repo_content``): contents no entry names (orphans; a registration writes
+  bytes and entry in one transaction, so these come only from outside, e.g. entries deleted by
+  hand);
+- every index row: the bytes exist at their source (our store, the database or a source system's
+  folder) with the registered size and SHA-1. Nothing can repair lost bytes; these are reported only.
 
 ``repair`` removes stale temp names and orphans past the grace period (through
 ``Repository.collect``, so a request or writer running concurrently is never robbed) and restores
 interrupted collections. Content files are aged by mtime (when written), temp names by ctime.
+Database orphans need no grace period: ``DatabaseStore.remove_orphan`` locks the row before it looks
+for entries, and a registration reusing the bytes holds a lock on it until it commits.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from xds_node.repository import tables as t
+from xds_node.repository.dbstore import DatabaseStore
 from xds_node.repository.service import Repository
 from xds_node.repository.sources import ContentStore, FolderSource
 
@@ -48,6 +54,7 @@ class FsckReport:
     entries: int = 0
     folder_entries: int = 0
     content_files: int = 0
+    database_contents: int = 0  # documents' bytes held in the database (repo_content rows)
     in_flight: int = 0  # names held by requests still running (leases, young temp files and orphans)
     findings: list[Finding] = field(default_factory=list)
     repair: bool = False
@@ -59,11 +66,13 @@ class FsckReport:
     def to_dict(self) -> dict:
         return {"ok": self.ok, "repair": self.repair, "entries": self.entries,
                 "folder_entries": self.folder_entries, "content_files": self.content_files,
+                "database_contents": self.database_contents,
                 "in_flight": self.in_flight, "findings": [asdict(f) for f in self.findings]}
 
     def format(self) -> str:
         lines = [f"{self.entries} entries checked ({self.folder_entries} in source folders), "
-                 f"{self.content_files} content files, {self.in_flight} held by requests in flight"]
+                 f"{self.content_files} content files, {self.database_contents} contents in the database, "
+                 f"{self.in_flight} held by requests in flight"]
         for finding in self.findings:
             uid = f" [{finding.unique_id}]" if finding.unique_id else ""
             done = " -> repaired" if finding.repaired else ""
@@ -83,6 +92,7 @@ def fsck(repository: Repository, *, grace_seconds: float, repair: bool = False,
     report = FsckReport(repair=repair)
     now = time.time() if now is None else now
     _check_store(repository, report, grace_seconds, repair, now)
+    _check_database(repository.database, report, repair)
     _check_entries(repository, report)
     report.findings.sort(key=lambda x: (KINDS.index(x.kind), x.path))
     return report
@@ -135,6 +145,18 @@ def _check_store(repository: Repository, report: FsckReport, grace: float, repai
             report.findings.append(finding)
 
 
+def _check_database(database: DatabaseStore, report: FsckReport, repair: bool) -> None:
+    report.database_contents = database.count()
+    for orphan in database.orphans():
+        finding = Finding("orphan", f"{database.name}:{orphan.sha1}",
+                          f"no repository entry refers to these {orphan.size} bytes in the database")
+        if repair:
+            finding.repaired = database.remove_orphan(orphan.sha1)
+            if not finding.repaired:
+                finding.detail += "; kept: a new entry took it meanwhile"
+        report.findings.append(finding)
+
+
 def _check_entries(repository: Repository, report: FsckReport) -> None:
     docs = t.documents
     query = select(docs.c.unique_id, docs.c.source, docs.c.locator, docs.c.size, docs.c.sha1, docs.c.state)
@@ -152,6 +174,16 @@ def _check_entries(repository: Repository, report: FsckReport) -> None:
 
 def _check_entry(repository: Repository, row) -> Finding | None:
     source = repository.source_for(row.source)
+    if isinstance(source, DatabaseStore):
+        where = f"{source.name}:{row.locator}"
+        problem = source.check(row.locator, row.size)
+        if problem is None and row.sha1 != row.locator:
+            problem = f"damaged: SHA-1 {row.locator}, registered as {row.sha1}"
+        if problem is None:
+            return None
+        if problem == "missing":
+            return Finding("missing", where, "the document's bytes are not in the database", row.unique_id)
+        return Finding("damaged", where, problem.removeprefix("damaged: "), row.unique_id)
     if source is None:
         return Finding("missing", row.locator, f"unknown source {row.source}", row.unique_id)
     located = source.locate(row.locator)
@@ -186,9 +218,9 @@ def _age(seconds: float) -> str:
     return f"{seconds // 3600} h"
 
 
-def clean_at_start(data_dir: Path, grace_seconds: float) -> list[Path]:
-    """What ``serve`` runs before listening: stale temp names removed, interrupted collections put back."""
-    root = Path(data_dir) / "documents"
+def clean_at_start(root: Path, grace_seconds: float) -> list[Path]:
+    """What ``serve`` runs before listening: stale temp names removed, interrupted collections put back
+    in the folder store at ``root`` (``Settings.document_folder_path``)."""
     if not root.is_dir():
         return []
     done = ContentStore(root).clean_stale(grace_seconds)

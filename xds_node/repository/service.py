@@ -2,11 +2,17 @@
 
 Provide-and-register keeps three promises: an acknowledged document's bytes stay retrievable
 whatever runs concurrently; if registration fails no document bytes stay behind (unless another
-entry or request shares them); and if storing fails nothing is registered. Bytes are written first
-(content-addressed, so a retry is harmless) and pinned by a lease (see ``ContentStore``); the
+entry or request shares them); and if storing fails nothing is registered.
+
+Where the bytes go (``document_store``): into the database (:mod:`~xds_node.repository.dbstore`,
+the default on PostgreSQL), in the same transaction as the metadata and the repository index, so
+all three commit or none does; or into the folder store, where bytes are written first
+(content-addressed, so a retry is harmless) and pinned by a lease (see ``ContentStore``), the
 metadata and the repository index then commit in one database transaction with the co-located
-registry, or the repository index is written after a remote registry says Success. On failure the
+registry, or the repository index is written after a remote registry says Success; on failure the
 leases are dropped and ``collect`` removes a file only when nothing else holds or names it.
+Entries keep naming where their bytes went ("store" or "db"), so changing the setting leaves every
+earlier document readable.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, select, update
 
+from xds_node.db import read
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, Submission
 from xds_node.repository import tables as t
+from xds_node.repository.dbstore import DatabaseStore
 from xds_node.repository.sources import ContentStore, Lease, Located, SourceSystem
 
 log = logging.getLogger(__name__)
@@ -71,11 +79,19 @@ def _index(conn: Connection, rows: list[dict]) -> None:
 
 class Repository:
     def __init__(self, engine: Engine, store: ContentStore, *, repository_unique_id: str,
-                 sources: dict[str, SourceSystem] | None = None):
+                 sources: dict[str, SourceSystem] | None = None, reader: Engine | None = None,
+                 documents_in_database: bool = False):
         self.engine = engine
+        #: read-only queries (retrieve lookups): the autocommit read engine on PostgreSQL
+        self.reader = reader or engine
         self.store = store
+        #: pushed bytes in the database; always a source, so entries written there stay readable
+        #: whatever ``documents_in_database`` says now
+        self.database = DatabaseStore(engine, self.reader)
+        self.documents_in_database = documents_in_database
         self.unique_id = repository_unique_id
-        self.sources: dict[str, SourceSystem] = {store.name: store, **(sources or {})}
+        self.sources: dict[str, SourceSystem] = {store.name: store, self.database.name: self.database,
+                                                 **(sources or {})}
 
     def add_source(self, source: SourceSystem) -> None:
         self.sources[source.name] = source
@@ -127,6 +143,8 @@ class Repository:
 
             renamed = assign_uuids(sub)
             documents = {renamed.get(k, k): data for k, data in documents.items()}
+        if self.documents_in_database:
+            return await self._provide_in_database(sub, documents, register, co_located=co_located)
         leases: list[tuple[Lease, bytes]] = []
         rows = []
         try:
@@ -179,6 +197,42 @@ class Repository:
                     self.store.release(lease, data)
                 except OSError as exc:  # committed already; `xds-node fsck` will name what is missing
                     log.error("document %s: could not release its lease: %s", lease.sha1, exc)
+        return response
+
+    async def _provide_in_database(self, sub: Submission, documents: dict[str, bytes], register: RegisterFn, *,
+                                   co_located: bool) -> RegistryResponse:
+        """Bytes, metadata and index in one transaction: nothing to clean up whatever fails."""
+        contents: dict[str, bytes] = {}
+        rows = []
+        for de in sub.documents:
+            data = documents.get(de.id)
+            if data is None:
+                continue
+            contents[de.hash] = data
+            rows.append({"unique_id": de.unique_id, "repository_unique_id": self.unique_id,
+                         "entry_uuid": de.id, "source": self.database.name, "locator": de.hash,
+                         "mime_type": de.mime_type or "application/octet-stream", "size": de.size,
+                         "sha1": de.hash, "mtime_ns": None, "state": "current", "version": 1})
+
+        def record(conn: Connection) -> None:
+            for sha1 in sorted(contents):  # one order everywhere: racing submissions never deadlock
+                self.database.write(conn, contents[sha1], sha1)
+            by_uid = {de.unique_id: de.id for de in sub.documents}
+            for row in rows:
+                row["entry_uuid"] = by_uid.get(row["unique_id"], row["entry_uuid"])
+            _index(conn, rows)
+
+        if co_located:
+            return await register(sub, record)
+        response = await register(sub, None)
+        if response.status == v.ResponseStatus.SUCCESS:
+            from xds_node.transactions import blocking  # database work off the event loop
+
+            def commit() -> None:
+                with self.engine.begin() as conn:
+                    record(conn)
+
+            await blocking(commit)
         return response
 
     def _abandon(self, leases: list[tuple[Lease, bytes]]) -> None:
@@ -252,9 +306,13 @@ class Repository:
         """requests: (repositoryUniqueId, documentUniqueId, homeCommunityId) triples."""
         out: list[Retrieved] = []
         uids = [doc for _, doc, _ in requests]
-        with self.engine.connect() as conn:
-            rows = {r.unique_id: r for r in conn.execute(
-                select(t.documents).where(t.documents.c.unique_id.in_(uids)))} if uids else {}
+
+        def lookup(conn: Connection) -> tuple[dict, dict[str, Located]]:
+            found = {r.unique_id: r for r in conn.execute(select(t.documents).where(t.documents.c.unique_id.in_(uids)))}
+            held = [r.locator for r in found.values() if r.source == self.database.name]
+            return found, self.database.locate_many(held, conn) if held else {}
+
+        rows, in_database = read(self.reader, lookup) if uids else ({}, {})
         for repo_uid, doc_uid, home in requests:
             item = Retrieved(repo_uid or "", doc_uid, home=home)
             out.append(item)
@@ -268,7 +326,7 @@ class Repository:
             if row is None or row.state == "removed":
                 item.error = _err(E.DOCUMENT_UNIQUE_ID_ERROR, f"No document with uniqueId {doc_uid}", location)
                 continue
-            located = self._verified(row)
+            located = self._verified(row, in_database)
             if located is None:
                 item.error = _err(E.DOCUMENT_UNIQUE_ID_ERROR,
                                   f"Document {doc_uid} is no longer available from its source", location)
@@ -292,8 +350,11 @@ class Repository:
             source = self.sources[name] = FolderSource(Path(name.removeprefix("folder:")))
         return source
 
-    def _verified(self, row) -> Located | None:
+    def _verified(self, row, in_database: dict[str, Located] | None = None) -> Located | None:
         """The file, if it still holds what was registered (never serve changed bytes as the old document)."""
+        if row.source == self.database.name:
+            located = (in_database or {}).get(row.locator)
+            return located if located is not None and located.size == row.size else None
         source = self.source_for(row.source)
         if source is None:
             log.warning("document %s is in unknown source %s", row.unique_id, row.source)

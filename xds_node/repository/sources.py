@@ -15,7 +15,7 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -25,11 +25,25 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Located:
-    """A document's bytes as a file to stream, and what we know of it right now."""
+    """A document's bytes as a file to stream (or, from the database store, the bytes themselves
+    or a chunk stream), and what we know of it right now."""
 
-    path: Path
+    path: Path | None
     size: int
     mtime_ns: int
+    data: bytes | None = None
+    #: called once while the answer is written: yields the bytes chunk by chunk
+    stream: Callable[[], Iterator[bytes]] | None = None
+
+    def body(self):
+        """What a response attaches: the bytes, a :class:`~xds_node.soap.mtom.Streamed`, or the file."""
+        if self.data is not None:
+            return self.data
+        if self.stream is not None:
+            from xds_node.soap.mtom import Streamed
+
+            return Streamed(self.size, self.stream)
+        return self.path
 
 
 class SourceSystem(Protocol):

@@ -44,7 +44,7 @@ from typing import Literal
 
 from sqlalchemy import Column, DateTime, Engine, Index, Integer, String, Table, Text, insert, select
 
-from xds_node.db import metadata
+from xds_node.db import metadata, read
 from xds_node.patients.model import parse_cx
 
 Kind = Literal["opt-in", "revoke"]
@@ -175,8 +175,11 @@ def check_patient_id(patient_id: str) -> str:
 class ConsentStore:
     """Append-only consent history for patients identified by their CX patient id."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, reader: Engine | None = None):
         self.engine = engine
+        #: per-request reads (status) go to the read engine: autocommit on PostgreSQL, so each is one
+        #: round trip that sees every committed directive (a revocation holds for the next request)
+        self.reader = reader or engine
         dialect = engine.dialect
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         if dialect.paramstyle not in ("qmark", "format", "pyformat"):
@@ -270,13 +273,16 @@ class ConsentStore:
         every gateway request, so it skips SQLAlchemy's statement building (module docstring).
         """
         at = _aware(at)
-        with self.engine.connect() as conn:
+
+        def started(conn) -> list:
             cursor = conn.connection.cursor()
             try:
                 cursor.execute(self._started_sql, (patient_id, self._bind_time(_to_db(at))))
-                rows = cursor.fetchall()
+                return cursor.fetchall()
             finally:
                 cursor.close()
+
+        rows = read(self.reader, started)
         return status_from([self._directive(r) for r in rows], at)
 
     def _directive(self, r: Sequence) -> Directive:

@@ -27,7 +27,7 @@ from xds_node import safexml
 
 from .fault import SOAP_ENV, SoapFault
 from .limits import XmlLimits
-from .mtom import Attachment, build_multipart, new_content_id, parse_content_type, split_mtom
+from .mtom import Attachment, Streamed, build_multipart, new_content_id, parse_content_type, split_mtom
 
 __all__ = [
     "DEFAULT_UNDERSTOOD",
@@ -266,11 +266,13 @@ class SoapResponse:
     headers: list[_Element] = field(default_factory=list)
     mtom: bool = False  # force an MTOM response even without attachments (e.g. ITI-43)
 
-    def attach(self, data: bytes | Path, content_type: str) -> _Element:
+    def attach(self, data: bytes | Path | Streamed, content_type: str) -> _Element:
         """Register an attachment; put the returned xop:Include inside the base64Binary element."""
         cid = new_content_id()
         if isinstance(data, Path):
             att = Attachment(cid, content_type, path=data)
+        elif isinstance(data, Streamed):
+            att = Attachment(cid, content_type, source=data)
         else:
             att = Attachment(cid, content_type, data=bytes(data))
         self.attachments.append(att)

@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -61,33 +61,50 @@ def normalize_cid(value: str) -> str:
     return value.strip()
 
 
+@dataclass(frozen=True, slots=True)
+class Streamed:
+    """Content produced while the response is written (e.g. read from the database chunk by
+    chunk): its size, and a callable returning the chunks. Never loaded whole."""
+
+    size: int
+    chunks: Callable[[], Iterator[bytes]]
+
+
 @dataclass(slots=True)
 class Attachment:
-    """One MTOM part: in memory (``data``) or a file streamed when the response is written."""
+    """One MTOM part: in memory (``data``), a file or a :class:`Streamed` source read when the
+    response is written."""
 
     content_id: str
     content_type: str
     data: bytes | None = None
     path: Path | None = None
     size: int | None = None
+    source: Streamed | None = None
 
     def __post_init__(self) -> None:
-        if self.data is None and self.path is None:
-            raise ValueError("Attachment needs data or path")
+        if self.data is None and self.path is None and self.source is None:
+            raise ValueError("Attachment needs data, path or source")
         if self.size is None:
-            self.size = len(self.data) if self.data is not None else Path(self.path).stat().st_size
+            self.size = (len(self.data) if self.data is not None else self.source.size if self.source is not None
+                         else Path(self.path).stat().st_size)
 
     def read(self) -> bytes:
         """The whole content (reads the file for file-backed attachments)."""
         if self.data is not None:
             return self.data
+        if self.source is not None:
+            return b"".join(self.source.chunks())
         assert self.path is not None
         return Path(self.path).read_bytes()
 
     def iter_chunks(self, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """The content in chunks, without loading a file-backed attachment whole."""
+        """The content in chunks, without loading a file-backed (or streamed) attachment whole."""
         if self.data is not None:
             yield self.data
+            return
+        if self.source is not None:
+            yield from self.source.chunks()
             return
         assert self.path is not None
         with open(self.path, "rb") as fh:
@@ -541,7 +558,8 @@ class ChunkStream:
         file_bytes = 0
         for seg in segments:
             if isinstance(seg, Attachment):
-                file_bytes += seg.size if seg.size is not None else INLINE_READ_LIMIT + 1
+                # a streamed source (a database read per chunk) always counts as slow
+                file_bytes += seg.size if seg.size is not None and seg.source is None else INLINE_READ_LIMIT + 1
         self.blocking = file_bytes > INLINE_READ_LIMIT
 
     def __iter__(self) -> ChunkStream:

@@ -24,15 +24,16 @@ def read_requests(body) -> list[xdsb.DocumentRequest]:
 
 
 def build_response(action: str, outcome: RetrieveOutcome, *, home: str | None = None) -> SoapResponse:
-    """MTOM response streaming each found document from its file (never loaded into memory)."""
+    """MTOM response streaming each found document from its file or the database store (a large
+    document is never loaded into memory)."""
     response = SoapResponse(action=action, body=b"", mtom=True)
     found = {id(d): d for d in outcome.documents if d.error is None}
     docs = [xdsb.DocumentResponse(d.repository_unique_id, d.document_unique_id, d.mime_type or
                                   "application/octet-stream", home) for d in found.values()]
-    paths = {(d.repository_unique_id, d.document_unique_id): d.located.path for d in found.values()}
+    bodies = {(d.repository_unique_id, d.document_unique_id): d.located.body() for d in found.values()}
     response.body = xdsb.write_retrieve_response(
         outcome.status, outcome.errors, docs,
-        lambda d: response.attach(paths[(d.repository_unique_id, d.document_unique_id)], d.mime_type))
+        lambda d: response.attach(bodies[(d.repository_unique_id, d.document_unique_id)], d.mime_type))
     return response
 
 
