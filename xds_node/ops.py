@@ -90,4 +90,5 @@ def for_node(node: Any) -> Operations:
     settings = node.settings
     return Operations(allow=parse_networks(settings.ops_allow),
                       checks=(database_check(node.engine),
+                              *((database_check(node.audit_engine),) if node.audit_engine is not node.engine else ()),
                               directory_check("content store", Path(node.content_store.root))))

@@ -11,14 +11,15 @@ to the caller on purpose: a disclosure that cannot be audited should not happen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
+import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
 
@@ -98,12 +99,86 @@ class AuditWriteError(RuntimeError):
     """The audit row was not committed (its cause is chained): the request must fail closed."""
 
 
-@dataclass
-class _Batch:
-    """Rows waiting for the next group commit on one event loop, and the task committing them."""
+class _Writer:
+    """The group commit of one event loop: a thread with its own connection commits the rows
+    queued on the loop, one transaction per round, and settles each request's future on the loop.
 
-    queue: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]] = field(default_factory=list)
-    flusher: asyncio.Task[None] | None = None
+    The event loop never waits for the database: a commit (or, on SQLite, a wait for the write
+    lock another worker holds, which sqlite3 spends *sleeping*) happens on this thread while the
+    loop serves other requests, whose rows gather for the next round. A round starts at the end of
+    the loop turn that queued its first row, so requests that became ready together share it.
+    """
+
+    IDLE_EXIT = 10.0  # seconds without work before the thread ends (a new one starts on demand)
+
+    def __init__(self, log: AuditLog, loop: asyncio.AbstractEventLoop) -> None:
+        self.log = log
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.queue: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]] = []
+        self.kicked = False
+        self.alive = True
+        self.conn: Any = None
+        self.thread = threading.Thread(target=self._run, name="audit-group-commit", daemon=True)
+        self.thread.start()
+
+    def put(self, event: AuditEvent, row: dict[str, Any], fut: asyncio.Future[None]) -> bool:
+        """Queue a row (on the loop); False when this writer has ended and another is needed."""
+        with self.lock:
+            if not self.alive:
+                return False
+            self.queue.append((event, row, fut))
+        if not self.kicked:
+            self.kicked = True
+            self.loop.call_soon(self._kick)
+        return True
+
+    def _kick(self) -> None:
+        self.kicked = False
+        self.wake.set()
+
+    def _run(self) -> None:
+        idle = 0.0
+        while True:
+            if not self.wake.wait(1.0):
+                idle += 1.0
+                with self.lock:
+                    if not self.queue and (idle >= self.IDLE_EXIT or self.loop.is_closed()):
+                        self.alive = False
+                        break
+                continue
+            idle = 0.0
+            self.wake.clear()
+            with self.lock:
+                items, self.queue = self.queue, []
+            if items:
+                self._commit(items)
+        self._close()
+
+    def _commit(self, items: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]]) -> None:
+        error: BaseException | None = None
+        try:
+            if self.conn is None:
+                self.conn = self.log.engine.connect()
+            with self.conn.begin():
+                insert_rows(self.conn, audit_events, [row for _, row, _ in items])
+        except BaseException as exc:  # every waiter must hear of it; a fatal one is re-raised below
+            metrics.audit_failure("database")
+            error = exc
+            self._close()  # a fresh connection for the next round (the failure may have broken it)
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            self.loop.call_soon_threadsafe(self.log._settle, items, error)
+        if error is not None and not isinstance(error, Exception):
+            raise error
+
+    def _close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                log.debug("closing the audit writer's connection failed", exc_info=True)
 
 
 #: Set by :func:`deferring`: where :meth:`AuditLog.record` collects events instead of writing them.
@@ -125,6 +200,10 @@ def deferring() -> Iterator[list[tuple[AuditLog, AuditEvent]]]:
 async def commit_all(pending: Iterable[tuple[AuditLog, AuditEvent]]) -> None:
     """Commit every collected event (each joins its log's next group commit); raises if any
     row is not committed, after all of them have been settled."""
+    if len(pending) == 1:
+        log_, event = pending[0]
+        await log_.record_async(event)
+        return
     results = await asyncio.gather(*(log_.record_async(e) for log_, e in pending), return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException):
@@ -165,10 +244,8 @@ class AuditLog:
     def __init__(self, engine: Engine, sinks: Iterable[AuditSink] = ()):
         self.engine = engine
         self.sinks: list[AuditSink] = list(sinks)
-        #: Commit on the event loop itself (embedded SQLite: cheaper than a thread hand-off).
-        self.inline = engine.dialect.name == "sqlite"
-        #: One group-commit queue per event loop (per worker process, per test loop).
-        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
+        #: One group-commit writer per event loop (per worker process, per test loop).
+        self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = weakref.WeakKeyDictionary()
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
@@ -203,54 +280,35 @@ class AuditLog:
         return event
 
     async def record_async(self, event: AuditEvent) -> AuditEvent:
-        """Commit the event's row together with the other rows queued on this event loop, then
-        offer it to every sink. Returns only once the row is committed; raises if it is not, so
-        the caller fails closed exactly as with :meth:`record`.
-
-        The flush starts as soon as the loop gets to it (no timer): while one commit is in
-        progress, the rows of further requests gather for the next one.
-        """
+        """Commit the event's row together with the other rows queued on this event loop (see
+        :class:`_Writer`), then offer it to every sink. Returns only once the row is committed;
+        raises :class:`AuditWriteError` if it is not (every row of a failed transaction fails, so
+        each of those requests fails closed exactly as with :meth:`record`)."""
         loop = asyncio.get_running_loop()
-        batch = self._batches.get(loop)
-        if batch is None:
-            batch = self._batches[loop] = _Batch()
         fut: asyncio.Future[None] = loop.create_future()
-        batch.queue.append((event, _event_row(event), fut))
-        if batch.flusher is None:
-            batch.flusher = loop.create_task(self._flush(batch))
+        row = _event_row(event)
+        writer = self._writers.get(loop)
+        if writer is None or not writer.put(event, row, fut):
+            writer = self._writers[loop] = _Writer(self, loop)
+            writer.put(event, row, fut)
         await fut
         return event
 
-    async def _flush(self, batch: _Batch) -> None:
-        """Commit queued rows, one transaction per round, until the queue is empty."""
-        try:
-            while batch.queue:
-                items, batch.queue = batch.queue, []
-                rows = [row for _, row, _ in items]
-                try:
-                    if self.inline:
-                        self._insert(rows)
-                    else:
-                        await asyncio.to_thread(self._insert, rows)
-                except BaseException as exc:
-                    for _, _, fut in items:
-                        if not fut.done():  # each waiter gets its own error, all chained to the cause
-                            err = AuditWriteError(f"audit row not committed ({len(rows)} in the transaction)")
-                            err.__cause__ = exc
-                            fut.set_exception(err)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for event, _, fut in items:
-                    if not fut.done():
-                        fut.set_result(None)
-                    self._offer(event)
-        finally:
-            batch.flusher = None
-            for _, _, fut in batch.queue:  # only if cancelled mid-way: nobody may wait forever
-                if not fut.done():
-                    fut.set_exception(AuditWriteError("audit flusher stopped before the row was committed"))
-            batch.queue = []
+    def _settle(self, items: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]],
+                error: BaseException | None) -> None:
+        """On the loop: wake each waiter of a round, with its own error when it failed."""
+        for _event, _, fut in items:
+            if fut.done():  # the request went away (cancelled); its row's fate is the round's
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                err = AuditWriteError(f"audit row not committed ({len(items)} in the transaction)")
+                err.__cause__ = error
+                fut.set_exception(err)
+        if error is None:
+            for event, _, _ in items:
+                self._offer(event)
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` in one transaction (one driver-level executemany)."""
