@@ -2,12 +2,17 @@
 
     python -m bench.bench_registry                    # 10k and 100k documents, 32 clients
     python -m bench.bench_registry --docs 2000 --duration 5
+    python -m bench.bench_registry --docs 10000 --baseline-tree /tmp/base   # this tree vs another checkout
 
 For each registry size it registers synthetic documents (10 per patient, one ITI-42-style
 submission per patient, through the same Registry.register the ITI-42 endpoint calls), starts
 ``xds-node serve`` on 127.0.0.1 and drives FindDocuments (LeafClass, 10 documents per answer)
 with closed-loop concurrent clients. In the same run it measures the floor: bare lxml parse +
 serialize of the same request and response bytes, and prints the ratio.
+
+With ``--baseline-tree PATH`` it seeds and serves this checkout and the other one side by side
+(each with its own code) and alternates FindDocuments windows between them (bench.abtree):
+registration rate, throughput, latency and server CPU per request, each with its ratio.
 """
 
 from __future__ import annotations
@@ -51,10 +56,12 @@ def seed(data_dir: Path, n_docs: int) -> tuple[float, int]:
     return rate, patients
 
 
-def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, workers: int, tree: Path = ROOT) -> subprocess.Popen:
     env = {**os.environ, "XDS_DATA_DIR": str(data_dir)}
+    if tree != ROOT:
+        env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", str(workers)], cwd=ROOT, env=env,
+                             str(port), "--workers", str(workers)], cwd=tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         try:
@@ -118,6 +125,47 @@ def bench_size(n_docs: int, args) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def compare_trees(n_docs: int, args) -> None:
+    """This checkout against ``args.baseline_tree``: both seeded and served, load alternating."""
+    from bench import abtree
+
+    base = Path(args.baseline_tree).resolve()
+    abtree.check_tree(base)
+    trees = {"this": ROOT, "baseline": base}
+    work = {k: Path(tempfile.mkdtemp(prefix=f"xds-bench-ab-{k}-")) for k in trees}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        print(f"\n== {n_docs} documents: this tree {ROOT} vs baseline {base} (load average {abtree.load_average()}) ==")
+        rates = {}
+        for k, tree in trees.items():  # each tree registers with its own code
+            code = ("from pathlib import Path; from bench.bench_registry import seed; "
+                    f"print(seed(Path({str(work[k])!r}), {n_docs})[0])")
+            rates[k] = float(abtree.run_in_tree(tree, code))
+        print(f"registration: this {rates['this']:8.1f} documents/s, baseline {rates['baseline']:8.1f} documents/s, "
+              f"ratio {rates['this'] / rates['baseline']:.2f}")
+        ports = {"this": 30000 + os.getpid() % 15000, "baseline": 30001 + os.getpid() % 15000}
+        for k, tree in trees.items():
+            procs[k] = start_server(work[k], ports[k], args.workers, tree)
+        patients = max(1, n_docs // DOCS_PER_PATIENT)
+        reqs = {k: [request_bytes(ports[k], i) for i in range(min(patients, 5000))] for k in trees}
+        runs = [(k, lambda k=k: abtree.window(ports[k], procs[k].pid, lambda rng, k=k: rng.choice(reqs[k]),
+                                              concurrency=args.concurrency, duration=args.duration))
+                for k in trees]
+        series = abtree.alternate(runs, args.rounds)
+        for k in trees:
+            print(f"FindDocuments {k:8}: {abtree.describe(series[k])}")
+        print(f"FindDocuments this/baseline: throughput x{abtree.pair_ratio(series['this'], series['baseline']):.2f}, "
+              f"CPU per request x{abtree.pair_ratio(series['this'], series['baseline'], 'cpu_us'):.2f} "
+              f"(medians of {args.rounds} alternating windows of {args.duration:g} s; "
+              f"load average {abtree.load_average()})")
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(10)
+        for w in work.values():
+            shutil.rmtree(w, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", default="10000,100000")
@@ -125,7 +173,14 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--data-cache", help="keep seeded databases here and reuse them (skips registration)")
+    ap.add_argument("--baseline-tree", help="another checkout (e.g. a git worktree of an older commit): "
+                    "run both side by side, load alternating, and print this/baseline ratios")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating windows per tree with --baseline-tree")
     args = ap.parse_args()
+    if args.baseline_tree:
+        for n in args.docs.split(","):
+            compare_trees(int(n), args)
+        return
     results = [bench_size(int(n), args) for n in args.docs.split(",")]
     if len(results) > 1:
         small, big = results[0], results[-1]

@@ -15,11 +15,11 @@ import contextlib
 import csv
 import json
 import logging
-import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
 
@@ -99,86 +99,33 @@ class AuditWriteError(RuntimeError):
     """The audit row was not committed (its cause is chained): the request must fail closed."""
 
 
-class _Writer:
-    """The group commit of one event loop: a thread with its own connection commits the rows
-    queued on the loop, one transaction per round, and settles each request's future on the loop.
+@dataclass
+class _Batch:
+    """Rows waiting for the next group commit on one event loop, the task committing them, and
+    (SQLite) the loop's own connection for committing without leaving the loop."""
 
-    The event loop never waits for the database: a commit (or, on SQLite, a wait for the write
-    lock another worker holds, which sqlite3 spends *sleeping*) happens on this thread while the
-    loop serves other requests, whose rows gather for the next round. A round starts at the end of
-    the loop turn that queued its first row, so requests that became ready together share it.
-    """
+    queue: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]] = field(default_factory=list)
+    flusher: asyncio.Task[None] | None = None
+    conn: Any = None
 
-    IDLE_EXIT = 10.0  # seconds without work before the thread ends (a new one starts on demand)
 
-    def __init__(self, log: AuditLog, loop: asyncio.AbstractEventLoop) -> None:
-        self.log = log
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.wake = threading.Event()
-        self.queue: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]] = []
-        self.kicked = False
-        self.alive = True
-        self.conn: Any = None
-        self.thread = threading.Thread(target=self._run, name="audit-group-commit", daemon=True)
-        self.thread.start()
+class _Locked(Exception):
+    """Another process holds SQLite's write lock: commit this round on a thread instead."""
 
-    def put(self, event: AuditEvent, row: dict[str, Any], fut: asyncio.Future[None]) -> bool:
-        """Queue a row (on the loop); False when this writer has ended and another is needed."""
-        with self.lock:
-            if not self.alive:
-                return False
-            self.queue.append((event, row, fut))
-        if not self.kicked:
-            self.kicked = True
-            self.loop.call_soon(self._kick)
-        return True
 
-    def _kick(self) -> None:
-        self.kicked = False
-        self.wake.set()
+class _RawConn:
+    """Just enough of a Connection for :func:`insert_rows` over a DBAPI connection."""
 
-    def _run(self) -> None:
-        idle = 0.0
-        while True:
-            if not self.wake.wait(1.0):
-                idle += 1.0
-                with self.lock:
-                    if not self.queue and (idle >= self.IDLE_EXIT or self.loop.is_closed()):
-                        self.alive = False
-                        break
-                continue
-            idle = 0.0
-            self.wake.clear()
-            with self.lock:
-                items, self.queue = self.queue, []
-            if items:
-                self._commit(items)
-        self._close()
+    def __init__(self, dialect: Any, dbapi_conn: Any) -> None:
+        self.dialect = dialect
+        self.dbapi = dbapi_conn
 
-    def _commit(self, items: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]]) -> None:
-        error: BaseException | None = None
+    def exec_driver_sql(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        cur = self.dbapi.cursor()
         try:
-            if self.conn is None:
-                self.conn = self.log.engine.connect()
-            with self.conn.begin():
-                insert_rows(self.conn, audit_events, [row for _, row, _ in items])
-        except BaseException as exc:  # every waiter must hear of it; a fatal one is re-raised below
-            metrics.audit_failure("database")
-            error = exc
-            self._close()  # a fresh connection for the next round (the failure may have broken it)
-        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-            self.loop.call_soon_threadsafe(self.log._settle, items, error)
-        if error is not None and not isinstance(error, Exception):
-            raise error
-
-    def _close(self) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                log.debug("closing the audit writer's connection failed", exc_info=True)
+            cur.executemany(sql, rows)
+        finally:
+            cur.close()
 
 
 #: Set by :func:`deferring`: where :meth:`AuditLog.record` collects events instead of writing them.
@@ -244,8 +191,12 @@ class AuditLog:
     def __init__(self, engine: Engine, sinks: Iterable[AuditSink] = ()):
         self.engine = engine
         self.sinks: list[AuditSink] = list(sinks)
-        #: One group-commit writer per event loop (per worker process, per test loop).
-        self._writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writer] = weakref.WeakKeyDictionary()
+        #: SQLite: try each round on the loop first (no thread hand-off) without ever waiting there.
+        self.inline = engine.dialect.name == "sqlite"
+        #: One group-commit queue per event loop (per worker process, per test loop).
+        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
+        #: Group-commit transactions committed so far by this process (for tests and curiosity).
+        self.rounds = 0
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
@@ -280,23 +231,95 @@ class AuditLog:
         return event
 
     async def record_async(self, event: AuditEvent) -> AuditEvent:
-        """Commit the event's row together with the other rows queued on this event loop (see
-        :class:`_Writer`), then offer it to every sink. Returns only once the row is committed;
-        raises :class:`AuditWriteError` if it is not (every row of a failed transaction fails, so
-        each of those requests fails closed exactly as with :meth:`record`)."""
+        """Commit the event's row together with the other rows queued on this event loop, then
+        offer it to every sink. Returns only once the row is committed; raises
+        :class:`AuditWriteError` if it is not: every row of a failed transaction fails (whichever
+        row the database refused), so each of those requests fails closed as with :meth:`record`.
+
+        A round starts when the loop gets to it (no timer): requests that became ready together
+        share it, and while one round commits, the rows of further requests gather for the next.
+        On SQLite a round is committed on the loop when the write lock is free at once (the
+        common case: an embedded commit costs less than a thread hand-off) and on a thread when
+        another worker holds it, so the loop never sleeps in SQLite's busy handler. On
+        PostgreSQL each round is one executemany (pipelined) and a synchronous COMMIT on a thread.
+        """
         loop = asyncio.get_running_loop()
+        batch = self._batches.get(loop)
+        if batch is None:
+            batch = self._batches[loop] = _Batch()
         fut: asyncio.Future[None] = loop.create_future()
-        row = _event_row(event)
-        writer = self._writers.get(loop)
-        if writer is None or not writer.put(event, row, fut):
-            writer = self._writers[loop] = _Writer(self, loop)
-            writer.put(event, row, fut)
+        batch.queue.append((event, _event_row(event), fut))
+        if batch.flusher is None:
+            batch.flusher = loop.create_task(self._flush(batch))
         await fut
         return event
 
+    async def _flush(self, batch: _Batch) -> None:
+        """Commit queued rows, one transaction per round, until the queue is empty."""
+        try:
+            while batch.queue:
+                items, batch.queue = batch.queue, []
+                rows = [row for _, row, _ in items]
+                try:
+                    try:
+                        if not self.inline:
+                            raise _Locked
+                        self._insert_inline(batch, rows)
+                    except _Locked:
+                        await asyncio.to_thread(self._insert, rows)
+                except BaseException as exc:
+                    self._settle(items, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                self.rounds += 1
+                self._settle(items, None)
+        finally:
+            batch.flusher = None
+            for _, _, fut in batch.queue:  # only if cancelled mid-way: nobody may wait forever
+                if not fut.done():
+                    fut.set_exception(AuditWriteError("audit flusher stopped before the row was committed"))
+            batch.queue = []
+
+    def _insert_inline(self, batch: _Batch, rows: list[dict[str, Any]]) -> None:
+        """SQLite, on the loop: BEGIN IMMEDIATE with no lock wait; raises :class:`_Locked` (nothing
+        written) when another connection holds the write lock."""
+        import sqlite3
+
+        if batch.conn is None:
+            raw = self.engine.raw_connection()  # kept by this loop (its busy timeout is 0)
+            raw.driver_connection.execute("PRAGMA busy_timeout=0")
+            batch.conn = raw
+        db = batch.conn.driver_connection
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Locked from None
+            self._drop(batch)
+            metrics.audit_failure("database")
+            raise
+        try:
+            insert_rows(_RawConn(self.engine.dialect, db), audit_events, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            metrics.audit_failure("database")
+            try:
+                db.execute("ROLLBACK")
+            except Exception:
+                self._drop(batch)
+            raise
+
+    @staticmethod
+    def _drop(batch: _Batch) -> None:
+        conn, batch.conn = batch.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+
     def _settle(self, items: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]],
                 error: BaseException | None) -> None:
-        """On the loop: wake each waiter of a round, with its own error when it failed."""
+        """Wake each waiter of a round, each with its own error when the round failed."""
         for _event, _, fut in items:
             if fut.done():  # the request went away (cancelled); its row's fate is the round's
                 continue
