@@ -215,6 +215,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 _RULES: dict[str, tuple[Any, str]] = {
     "port": (lambda v: 0 < v < 65536, "a TCP port, 1-65535"),
     "workers": (lambda v: v >= 1, "at least 1"),
+    "audit_database_url": (lambda v: not v or str(v).startswith(("sqlite:", "postgres://", "postgresql")),
+                           "empty, an sqlite:/// URL or a postgresql URL"),
     "xdr_destination": (lambda v: bool(str(v).strip()), '"repository" or a folder path'),
     "max_body_bytes": (lambda v: v > 0, "a positive number of bytes"),
     "max_header_bytes": (lambda v: v > 0, "a positive number of bytes"),
