@@ -191,7 +191,7 @@ class AuditEvent:
         # bounded here, once, so allowed and denied rows, the syslog copy and the table agree
         values = [getattr(self, name) or "" for name in BOUNDED_FIELDS]
         joined = "".join(values)
-        if len(joined) > MAX_FIELD_CHARS // 4 or "\x00" in joined:  # else each fits as it is
+        if "\x00" in joined or max(map(len, values)) > MAX_FIELD_CHARS // 4:  # else each fits as it is
             for name, value in zip(BOUNDED_FIELDS, values, strict=True):
                 if value:
                     setattr(self, name, bound_text(value))
