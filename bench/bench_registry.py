@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,23 @@ def bench_size(n_docs: int, args) -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+#: Registers patients [lo, hi) as :func:`seed` does, in whichever tree runs it; prints documents/s.
+_REGISTER_CHUNK = """
+import time
+from pathlib import Path
+from tests import factories as f
+from xds_node.config import load_settings
+from xds_node.node import Node
+node = Node(load_settings(env={{}}, data_dir=Path({data!r})))
+subs = [f.submission(f.patient(p), {per}) for p in range({lo}, {hi})]
+t0, c0 = time.perf_counter(), time.process_time()
+for sub in subs:
+    assert node.registry.register(sub).status.endswith("Success")
+print(len(subs) * {per} / (time.perf_counter() - t0), time.process_time() - c0)
+node.close()
+"""
+
+
 def compare_trees(n_docs: int, args) -> None:
     """This checkout against ``args.baseline_tree``: both seeded and served, load alternating."""
     from bench import abtree
@@ -136,13 +154,25 @@ def compare_trees(n_docs: int, args) -> None:
     procs: dict[str, subprocess.Popen] = {}
     try:
         print(f"\n== {n_docs} documents: this tree {ROOT} vs baseline {base} (load average {abtree.load_average()}) ==")
-        rates = {}
-        for k, tree in trees.items():  # each tree registers with its own code
-            code = ("from pathlib import Path; from bench.bench_registry import seed; "
-                    f"print(seed(Path({str(work[k])!r}), {n_docs})[0])")
-            rates[k] = float(abtree.run_in_tree(tree, code))
-        print(f"registration: this {rates['this']:8.1f} documents/s, baseline {rates['baseline']:8.1f} documents/s, "
-              f"ratio {rates['this'] / rates['baseline']:.2f}")
+        # each tree registers with its own code, in chunks alternating between the trees
+        patients = max(1, n_docs // DOCS_PER_PATIENT)
+        chunks = max(1, min(args.rounds, patients))
+        rates: dict[str, list[float]] = {k: [] for k in trees}
+        cpu: dict[str, list[float]] = {k: [] for k in trees}
+        for c in range(chunks):
+            lo, hi = c * patients // chunks, (c + 1) * patients // chunks
+            for k, tree in trees.items():
+                rate, used = abtree.run_in_tree(tree, _REGISTER_CHUNK.format(
+                    data=str(work[k]), lo=lo, hi=hi, per=DOCS_PER_PATIENT)).split()
+                rates[k].append(float(rate))
+                cpu[k].append(float(used) / ((hi - lo) * DOCS_PER_PATIENT) * 1e6)
+        med = statistics.median
+        rate_ratio = med(a / b for a, b in zip(rates["this"], rates["baseline"], strict=True))
+        print(f"registration: this {med(rates['this']):8.1f} documents/s, baseline {med(rates['baseline']):8.1f} "
+              f"documents/s, this/baseline x{rate_ratio:.2f}; "
+              f"CPU per document {med(cpu['this']):.0f} / {med(cpu['baseline']):.0f} us, "
+              f"x{med(a / b for a, b in zip(cpu['this'], cpu['baseline'], strict=True)):.2f} "
+              f"(medians of {chunks} alternating chunks)")
         ports = {"this": 30000 + os.getpid() % 15000, "baseline": 30001 + os.getpid() % 15000}
         for k, tree in trees.items():
             procs[k] = start_server(work[k], ports[k], args.workers, tree)

@@ -233,14 +233,22 @@ def ingest_ab(args) -> None:
 
     trees = {"this": ROOT, "baseline": Path(args.baseline_tree).resolve()}
     rates: dict[str, list[float]] = {k: [] for k in trees}
+    cpu: dict[str, list[float]] = {k: [] for k in trees}  # CPU seconds of the whole ingest (copies included)
     for _ in range(args.rounds):
         for k, tree in trees.items():
-            code = ("import contextlib, io; from bench.bench_repository import bench_ingest\n"
-                    f"with contextlib.redirect_stdout(io.StringIO()): r = bench_ingest({args.ingest})\nprint(r)")
-            rates[k].append(float(abtree.run_in_tree(tree, code)))
+            code = ("import contextlib, io, time; from bench.bench_repository import bench_ingest\n"
+                    "t = time.process_time()\n"
+                    f"with contextlib.redirect_stdout(io.StringIO()): r = bench_ingest({args.ingest})\n"
+                    "print(r, time.process_time() - t)")
+            rate, used = abtree.run_in_tree(tree, code).split()
+            rates[k].append(float(rate))
+            cpu[k].append(float(used))
     ratio = statistics.median(a / b for a, b in zip(rates["this"], rates["baseline"], strict=True))
+    cpu_ratio = statistics.median(a / b for a, b in zip(cpu["this"], cpu["baseline"], strict=True))
     print(f"ingest ({args.ingest} C-CDA files): this {statistics.median(rates['this']):.0f} documents/s, baseline "
-          f"{statistics.median(rates['baseline']):.0f} documents/s, this/baseline x{ratio:.2f} "
+          f"{statistics.median(rates['baseline']):.0f} documents/s, this/baseline x{ratio:.2f}; CPU per document "
+          f"this {statistics.median(cpu['this']) / args.ingest * 1e3:.2f} ms, baseline "
+          f"{statistics.median(cpu['baseline']) / args.ingest * 1e3:.2f} ms, x{cpu_ratio:.2f} "
           f"(medians of {args.rounds} alternating rounds; load average {abtree.load_average()})")
 
 
