@@ -133,6 +133,8 @@ from pathlib import Path
 from tests import factories as f
 from xds_node.config import load_settings
 from xds_node.node import Node
+import itertools
+f._seq = itertools.count(10_000_000 + {lo} * 100)  # uniqueIds never repeat across chunk processes
 node = Node(load_settings(env={{}}, data_dir=Path({data!r})))
 subs = [f.submission(f.patient(p), {per}) for p in range({lo}, {hi})]
 t0, c0 = time.perf_counter(), time.process_time()
