@@ -3,6 +3,7 @@
     python -m bench.bench_registry                    # 10k and 100k documents, 32 clients
     python -m bench.bench_registry --docs 2000 --duration 5
     python -m bench.bench_registry --database-url postgresql://postgres@127.0.0.1/bench   # PostgreSQL beside SQLite
+    python -m bench.bench_registry --docs 10000 --baseline-tree /tmp/base   # this tree vs another checkout
 
 For each registry size it registers synthetic documents (10 per patient, one ITI-42-style
 submission per patient, through the same Registry.register the ITI-42 endpoint calls), starts
@@ -15,6 +16,10 @@ on that database, and printed side by side with the ratio. The database must be 
 the bench drops the node's tables in it (it refuses a database holding node tables it did not seed
 itself unless ``--reset-database`` is given) and reuses what it seeded when the size matches.
 ``issue14_rows(args)`` returns the rows of the issue-14 table for a lead's combined report.
+
+With ``--baseline-tree PATH`` it seeds and serves this checkout and the other one side by side
+(each with its own code) and alternates FindDocuments windows between them (bench.abtree):
+registration rate, throughput, latency and server CPU per request, each with its ratio.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,10 +121,13 @@ def mark_seeded(url: str, n_docs: int) -> None:
         engine.dispose()
 
 
-def start_server(data_dir: Path, port: int, workers: int, database_url: str = "") -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, workers: int, database_url: str = "",
+                 tree: Path = ROOT) -> subprocess.Popen:
     env = {**os.environ, "XDS_DATA_DIR": str(data_dir), "XDS_DATABASE_URL": database_url}
+    if tree != ROOT:
+        env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "serve", "--host", "127.0.0.1", "--port",
-                             str(port), "--workers", str(workers)], cwd=ROOT, env=env,
+                             str(port), "--workers", str(workers)], cwd=tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         try:
@@ -191,6 +200,78 @@ def bench_size(n_docs: int, args, database_url: str = "") -> dict:
             shutil.rmtree(work, ignore_errors=True)
 
 
+#: Registers patients [lo, hi) as :func:`seed` does, in whichever tree runs it; prints documents/s.
+_REGISTER_CHUNK = """
+import time
+from pathlib import Path
+from tests import factories as f
+from xds_node.config import load_settings
+from xds_node.node import Node
+import itertools
+f._seq = itertools.count(10_000_000 + {lo} * 100)  # uniqueIds never repeat across chunk processes
+node = Node(load_settings(env={{}}, data_dir=Path({data!r})))
+subs = [f.submission(f.patient(p), {per}) for p in range({lo}, {hi})]
+t0, c0 = time.perf_counter(), time.process_time()
+for sub in subs:
+    assert node.registry.register(sub).status.endswith("Success")
+print(len(subs) * {per} / (time.perf_counter() - t0), time.process_time() - c0)
+node.close()
+"""
+
+
+def compare_trees(n_docs: int, args) -> None:
+    """This checkout against ``args.baseline_tree``: both seeded and served, load alternating."""
+    from bench import abtree
+
+    base = Path(args.baseline_tree).resolve()
+    abtree.check_tree(base)
+    trees = {"this": ROOT, "baseline": base}
+    work = {k: Path(tempfile.mkdtemp(prefix=f"xds-bench-ab-{k}-")) for k in trees}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        print(f"\n== {n_docs} documents: this tree {ROOT} vs baseline {base} (load average {abtree.load_average()}) ==")
+        # each tree registers with its own code, in chunks alternating between the trees
+        patients = max(1, n_docs // DOCS_PER_PATIENT)
+        chunks = max(1, min(args.rounds, patients))
+        rates: dict[str, list[float]] = {k: [] for k in trees}
+        cpu: dict[str, list[float]] = {k: [] for k in trees}
+        for c in range(chunks):
+            lo, hi = c * patients // chunks, (c + 1) * patients // chunks
+            for k, tree in trees.items():
+                rate, used = abtree.run_in_tree(tree, _REGISTER_CHUNK.format(
+                    data=str(work[k]), lo=lo, hi=hi, per=DOCS_PER_PATIENT)).split()
+                rates[k].append(float(rate))
+                cpu[k].append(float(used) / ((hi - lo) * DOCS_PER_PATIENT) * 1e6)
+        med = statistics.median
+        rate_ratio = med(a / b for a, b in zip(rates["this"], rates["baseline"], strict=True))
+        print(f"registration: this {med(rates['this']):8.1f} documents/s, baseline {med(rates['baseline']):8.1f} "
+              f"documents/s, this/baseline x{rate_ratio:.2f}; "
+              f"CPU per document {med(cpu['this']):.0f} / {med(cpu['baseline']):.0f} us, "
+              f"x{med(a / b for a, b in zip(cpu['this'], cpu['baseline'], strict=True)):.2f} "
+              f"(medians of {chunks} alternating chunks)")
+        ports = {"this": 30000 + os.getpid() % 15000, "baseline": 30001 + os.getpid() % 15000}
+        for k, tree in trees.items():
+            procs[k] = start_server(work[k], ports[k], args.workers, tree=tree)
+        patients = max(1, n_docs // DOCS_PER_PATIENT)
+        reqs = {k: [request_bytes(ports[k], i) for i in range(min(patients, 5000))] for k in trees}
+        runs = [(k, lambda k=k: abtree.window(ports[k], procs[k].pid, lambda rng, k=k: rng.choice(reqs[k]),
+                                              concurrency=args.concurrency, duration=args.duration))
+                for k in trees]
+        series = abtree.alternate(runs, args.rounds)
+        for k in trees:
+            print(f"FindDocuments {k:8}: {abtree.describe(series[k])}")
+        print(f"FindDocuments this/baseline: throughput x{abtree.pair_ratio(series['this'], series['baseline']):.2f}, "
+              f"CPU per request x{abtree.pair_ratio(series['this'], series['baseline'], 'cpu_us'):.2f} "
+              f"(medians of {args.rounds} alternating windows of {args.duration:g} s; "
+              f"load average {abtree.load_average()})")
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+            proc.wait(10)
+        for w in work.values():
+            shutil.rmtree(w, ignore_errors=True)
+
+
 def free_port() -> int:
     import socket
 
@@ -210,6 +291,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="also measure on this (scratch) PostgreSQL database, beside SQLite in the same run")
     ap.add_argument("--reset-database", action="store_true",
                     help="drop the node's tables in --database-url even if this bench did not seed them")
+    ap.add_argument("--baseline-tree", help="another checkout (e.g. a git worktree of an older commit): "
+                    "run both side by side, load alternating, and print this/baseline ratios")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating windows per tree with --baseline-tree")
     return ap.parse_args(argv)
 
 
@@ -248,6 +332,10 @@ def issue14_rows(args) -> list[tuple[str, str, str]]:
 
 def main() -> None:
     args = parse_args()
+    if args.baseline_tree:
+        for n in args.docs.split(","):
+            compare_trees(int(n), args)
+        return
     pairs = compare(args)
     for i in (0, 1):
         results = [pair[i] for pair in pairs if pair[i] is not None]

@@ -62,7 +62,7 @@ def test_audit_write_failures_are_counted(node):
     node.audit.record(event)  # a sink failing is logged and counted, the record is kept
     assert value("xds_audit_write_failures_total", target="sink") == sinks + 1
     database = value("xds_audit_write_failures_total", target="database")
-    with node.engine.begin() as conn:
+    with node.audit_engine.begin() as conn:
         conn.execute(text("DROP TABLE audit_event"))
     with pytest.raises(Exception):  # noqa: B017 (whatever the driver raises)
         node.audit.record(AuditEvent(transaction="ITI-18", outcome="success"))

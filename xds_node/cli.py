@@ -96,11 +96,12 @@ def _upgrade_schema(settings) -> None:
     from xds_node import migrations
     from xds_node.db import make_engine
 
-    engine = make_engine(settings.db_url)
-    try:
-        migrations.upgrade(engine, auto=settings.db_auto_upgrade)
-    finally:
-        engine.dispose()
+    for url in dict.fromkeys((settings.db_url, settings.audit_db_url)):  # the audit trail's own file on SQLite
+        engine = make_engine(url)
+        try:
+            migrations.upgrade(engine, auto=settings.db_auto_upgrade)
+        finally:
+            engine.dispose()
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -114,6 +115,12 @@ def cmd_db(args: argparse.Namespace) -> int:
         if args.action == "upgrade":
             before, after = migrations.upgrade(engine)
             print(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+            if settings.audit_db_url != settings.db_url:  # the audit trail's own file (SQLite)
+                side = make_engine(settings.audit_db_url)
+                try:
+                    migrations.upgrade(side)
+                finally:
+                    side.dispose()
         elif args.action == "current":
             print(f"{migrations.current(engine) or 'none'} (this xds-node: {migrations.head()})")
         elif args.action == "check":

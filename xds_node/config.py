@@ -31,6 +31,9 @@ class Settings:
     # storage
     data_dir: Path = Path("./data")
     database_url: str = ""  # empty: sqlite:///<data_dir>/registry.db
+    #: the per-request bookkeeping (audit trail, replay state); empty: database_url, except that an
+    #: SQLite database keeps it in a file of its own beside it (<name>-audit.db), see README Benchmarks
+    audit_database_url: str = ""
     #: A content-store temp file or orphan younger than this may belong to a request still running:
     #: `serve` at start and `xds-node fsck --repair` leave it alone.
     store_grace_seconds: int = 3600
@@ -159,6 +162,21 @@ class Settings:
         return Path(self.data_dir) / Path(self.document_folder or "documents").expanduser()  # absolute wins
 
     @property
+    def audit_db_url(self) -> str:
+        """Where audit rows and replay entries go. On SQLite a file of its own: every commit to a
+        file empties the page cache of every other connection to it, so a write per request in the
+        registry's file made each query read its pages anew (FindDocuments cost twice the CPU)."""
+        if self.audit_database_url:
+            return Settings(database_url=self.audit_database_url).db_url
+        main = self.db_url
+        if main.startswith("sqlite") and "///" in main:
+            path = main.split("///", 1)[1]
+            if path and path != ":memory:" and "?" not in path:
+                p = Path(path)
+                return main.split("///", 1)[0] + "///" + str(p.with_name(p.stem + "-audit" + (p.suffix or ".db")))
+        return main
+
+    @property
     def public_url(self) -> str:
         return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
@@ -216,6 +234,8 @@ _FALSE = {"0", "false", "no", "off", ""}
 _RULES: dict[str, tuple[Any, str]] = {
     "port": (lambda v: 0 < v < 65536, "a TCP port, 1-65535"),
     "workers": (lambda v: v >= 1, "at least 1"),
+    "audit_database_url": (lambda v: not v or str(v).startswith(("sqlite:", "postgres://", "postgresql")),
+                           "empty, an sqlite:/// URL or a postgresql URL"),
     "xdr_destination": (lambda v: bool(str(v).strip()), '"repository" or a folder path'),
     "document_store": (lambda v: v in ("auto", "database", "folder"), "auto, database or folder"),
     "max_body_bytes": (lambda v: v > 0, "a positive number of bytes"),

@@ -27,7 +27,7 @@ import logging
 import os
 from pathlib import Path
 
-from xds_node import migrations, transactions
+from xds_node import bookkeeping, migrations, transactions
 from xds_node.audit.store import AuditLog
 from xds_node.config import Settings, load_settings
 from xds_node.db import make_engine, make_read_engine
@@ -68,6 +68,12 @@ class Node:
         #: reads (stored queries, retrieve lookups, consent, patient lookups): autocommit and
         #: read-only on PostgreSQL, never used to write (db.make_read_engine)
         self.reader = make_read_engine(self.engine)
+        #: audit trail and replay state: a file of their own on SQLite (Settings.audit_db_url)
+        self.audit_engine = self.engine
+        if self.settings.audit_db_url != self.settings.db_url:
+            self.audit_engine = make_engine(self.settings.audit_db_url)
+            migrations.upgrade(self.audit_engine, auto=self.settings.db_auto_upgrade)
+            bookkeeping.adopt(self.engine, self.audit_engine)
         self.registry_store = RegistryStore(self.engine, self.reader)
         self.registry = Registry(
             self.registry_store,
@@ -82,9 +88,9 @@ class Node:
         self.patients = PatientIndex(self.engine, self.reader)
         self.consent_store = ConsentStore(self.engine, self.reader)
         self.consent = ConsentPolicy(self.consent_store, self.settings.consent_mode)
-        self.audit = AuditLog(self.engine, sinks=_audit_sinks(self.settings))
+        self.audit = AuditLog(self.audit_engine, sinks=_audit_sinks(self.settings))
         self.trust = self._load_trust()
-        self.replay = DatabaseReplayStore(self.engine, quota=self.settings.replay_partner_quota,
+        self.replay = DatabaseReplayStore(self.audit_engine, quota=self.settings.replay_partner_quota,
                                           resend_window=self.settings.replay_resend_window_seconds,
                                           max_resends=self.settings.replay_max_resends)
         self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings),
@@ -224,6 +230,8 @@ class Node:
         if self.reader is not self.engine:
             self.reader.dispose()
         self.engine.dispose()
+        if self.audit_engine is not self.engine:
+            self.audit_engine.dispose()
 
 
 def cda_defaults(settings: Settings):

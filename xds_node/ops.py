@@ -89,6 +89,8 @@ def for_node(node: Any) -> Operations:
     """The node's operations: ``ops_allow`` networks, database and content store checks."""
     settings = node.settings
     checks = [database_check(node.engine)]
+    if node.audit_engine is not node.engine:
+        checks.append(database_check(node.audit_engine))
     if not settings.documents_in_database:  # pushed documents go to the folder store: it must take them
         checks.append(directory_check("content store", Path(node.content_store.root)))
     return Operations(allow=parse_networks(settings.ops_allow), checks=tuple(checks))

@@ -50,7 +50,7 @@ def _xca_retrieve(node, uids: list[str]):
 def test_no_disclosure_leaves_without_its_audit_row(world_both, ehr):
     node, granted, _revoked, docs = world_both
     mine = docs[granted]
-    _break_audit(node.engine)
+    _break_audit(node.audit_engine)
     partner = Requester.demo_partner(node.settings.keys_dir)
     local = Caller(node.app(), address="127.0.0.1")
     outside = Caller(node.app())

@@ -54,7 +54,7 @@ def test_forwarded_headers_never_decide_the_caller_address(live):
     from xds_node.config import load_settings
     from xds_node.db import make_engine
 
-    engine = make_engine(load_settings(env={}, data_dir=data).db_url)
+    engine = make_engine(load_settings(env={}, data_dir=data).audit_db_url)
     try:
         rows = AuditLog(engine).list(transaction="ITI-18")
     finally:

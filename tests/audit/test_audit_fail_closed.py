@@ -132,7 +132,8 @@ def gw(request, tmp_path_factory, key_template):  # noqa: F811
     # the optional ATNA syslog copy goes to an ARR that is down the whole time: answers must not care
     arr = f"tcp://127.0.0.1:{free_port()}"
     live = LiveNode(data, extra_env={"XDS_DATABASE_URL": url, "XDS_AUDIT_SYSLOG": arr})
-    engine = make_test_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    # the audit trail's own database (its own file beside the registry's on SQLite)
+    engine = make_test_engine(settings.audit_db_url)
     yield Gateway(live, url, data, engine, Requester.demo_partner(data / "keys"), pid, family, docs, xcpd, retrieve)
     live.stop()
     engine.dispose()

@@ -242,7 +242,7 @@ def _partner_audit(world, name: str) -> list:
     from xds_node.audit.store import AuditLog
     from xds_node.db import make_engine
 
-    engine = make_engine(load_settings(env={}, data_dir=world["dirs"][name]).db_url)
+    engine = make_engine(load_settings(env={}, data_dir=world["dirs"][name]).audit_db_url)
     try:
         return AuditLog(engine).list()
     finally:

@@ -435,7 +435,7 @@ def _live_audit(data: Path):
     from xds_node.audit.store import AuditLog
     from xds_node.db import make_engine
 
-    engine = make_engine(load_settings(env={}, data_dir=data).db_url)
+    engine = make_engine(load_settings(env={}, data_dir=data).audit_db_url)
     try:
         return AuditLog(engine).list()
     finally:

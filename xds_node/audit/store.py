@@ -11,6 +11,7 @@ to the caller on purpose: a disclosure that cannot be audited should not happen.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import logging
@@ -100,10 +101,31 @@ class AuditWriteError(RuntimeError):
 
 @dataclass
 class _Batch:
-    """Rows waiting for the next group commit on one event loop, and the task committing them."""
+    """Rows waiting for the next group commit on one event loop, the task committing them, and
+    (SQLite) the loop's own connection for committing without leaving the loop."""
 
     queue: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]] = field(default_factory=list)
     flusher: asyncio.Task[None] | None = None
+    conn: Any = None
+
+
+class _Locked(Exception):
+    """Another process holds SQLite's write lock: commit this round on a thread instead."""
+
+
+class _RawConn:
+    """Just enough of a Connection for :func:`insert_rows` over a DBAPI connection."""
+
+    def __init__(self, dialect: Any, dbapi_conn: Any) -> None:
+        self.dialect = dialect
+        self.dbapi = dbapi_conn
+
+    def exec_driver_sql(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        cur = self.dbapi.cursor()
+        try:
+            cur.executemany(sql, rows)
+        finally:
+            cur.close()
 
 
 #: Set by :func:`deferring`: where :meth:`AuditLog.record` collects events instead of writing them.
@@ -125,6 +147,10 @@ def deferring() -> Iterator[list[tuple[AuditLog, AuditEvent]]]:
 async def commit_all(pending: Iterable[tuple[AuditLog, AuditEvent]]) -> None:
     """Commit every collected event (each joins its log's next group commit); raises if any
     row is not committed, after all of them have been settled."""
+    if len(pending) == 1:
+        log_, event = pending[0]
+        await log_.record_async(event)
+        return
     results = await asyncio.gather(*(log_.record_async(e) for log_, e in pending), return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException):
@@ -165,10 +191,12 @@ class AuditLog:
     def __init__(self, engine: Engine, sinks: Iterable[AuditSink] = ()):
         self.engine = engine
         self.sinks: list[AuditSink] = list(sinks)
-        #: Commit on the event loop itself (embedded SQLite: cheaper than a thread hand-off).
+        #: SQLite: try each round on the loop first (no thread hand-off) without ever waiting there.
         self.inline = engine.dialect.name == "sqlite"
         #: One group-commit queue per event loop (per worker process, per test loop).
         self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
+        #: Group-commit transactions committed so far by this process (for tests and curiosity).
+        self.rounds = 0
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
@@ -204,11 +232,16 @@ class AuditLog:
 
     async def record_async(self, event: AuditEvent) -> AuditEvent:
         """Commit the event's row together with the other rows queued on this event loop, then
-        offer it to every sink. Returns only once the row is committed; raises if it is not, so
-        the caller fails closed exactly as with :meth:`record`.
+        offer it to every sink. Returns only once the row is committed; raises
+        :class:`AuditWriteError` if it is not: every row of a failed transaction fails (whichever
+        row the database refused), so each of those requests fails closed as with :meth:`record`.
 
-        The flush starts as soon as the loop gets to it (no timer): while one commit is in
-        progress, the rows of further requests gather for the next one.
+        A round starts when the loop gets to it (no timer): requests that became ready together
+        share it, and while one round commits, the rows of further requests gather for the next.
+        On SQLite a round is committed on the loop when the write lock is free at once (the
+        common case: an embedded commit costs less than a thread hand-off) and on a thread when
+        another worker holds it, so the loop never sleeps in SQLite's busy handler. On
+        PostgreSQL each round is one executemany (pipelined) and a synchronous COMMIT on a thread.
         """
         loop = asyncio.get_running_loop()
         batch = self._batches.get(loop)
@@ -228,29 +261,77 @@ class AuditLog:
                 items, batch.queue = batch.queue, []
                 rows = [row for _, row, _ in items]
                 try:
-                    if self.inline:
-                        self._insert(rows)
-                    else:
+                    try:
+                        if not self.inline:
+                            raise _Locked
+                        self._insert_inline(batch, rows)
+                    except _Locked:
                         await asyncio.to_thread(self._insert, rows)
                 except BaseException as exc:
-                    for _, _, fut in items:
-                        if not fut.done():  # each waiter gets its own error, all chained to the cause
-                            err = AuditWriteError(f"audit row not committed ({len(rows)} in the transaction)")
-                            err.__cause__ = exc
-                            fut.set_exception(err)
+                    self._settle(items, exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
-                for event, _, fut in items:
-                    if not fut.done():
-                        fut.set_result(None)
-                    self._offer(event)
+                self.rounds += 1
+                self._settle(items, None)
         finally:
             batch.flusher = None
             for _, _, fut in batch.queue:  # only if cancelled mid-way: nobody may wait forever
                 if not fut.done():
                     fut.set_exception(AuditWriteError("audit flusher stopped before the row was committed"))
             batch.queue = []
+
+    def _insert_inline(self, batch: _Batch, rows: list[dict[str, Any]]) -> None:
+        """SQLite, on the loop: BEGIN IMMEDIATE with no lock wait; raises :class:`_Locked` (nothing
+        written) when another connection holds the write lock."""
+        import sqlite3
+
+        if batch.conn is None:
+            raw = self.engine.raw_connection()  # kept by this loop (its busy timeout is 0)
+            raw.driver_connection.execute("PRAGMA busy_timeout=0")
+            batch.conn = raw
+        db = batch.conn.driver_connection
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise _Locked from None
+            self._drop(batch)
+            metrics.audit_failure("database")
+            raise
+        try:
+            insert_rows(_RawConn(self.engine.dialect, db), audit_events, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            metrics.audit_failure("database")
+            try:
+                db.execute("ROLLBACK")
+            except Exception:
+                self._drop(batch)
+            raise
+
+    @staticmethod
+    def _drop(batch: _Batch) -> None:
+        conn, batch.conn = batch.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+
+    def _settle(self, items: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]],
+                error: BaseException | None) -> None:
+        """Wake each waiter of a round, each with its own error when the round failed."""
+        for _event, _, fut in items:
+            if fut.done():  # the request went away (cancelled); its row's fate is the round's
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                err = AuditWriteError(f"audit row not committed ({len(items)} in the transaction)")
+                err.__cause__ = error
+                fut.set_exception(err)
+        if error is None:
+            for event, _, _ in items:
+                self._offer(event)
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` in one transaction (one driver-level executemany)."""

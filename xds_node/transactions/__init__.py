@@ -63,7 +63,7 @@ async def audited(record: Callable[..., Any], *args: Any, what: str) -> None:
     try:
         with deferring() as pending:
             res = record(*args)
-            if inspect.isawaitable(res):
+            if res is not None and inspect.isawaitable(res):
                 await res
         await commit_all(pending)
     except SoapFault:

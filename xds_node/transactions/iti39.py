@@ -44,9 +44,10 @@ def retrieve(repository: Repository, registry: Registry, triples, *, home: str,
                                  location=home)
         return None
 
-    owners = registry.store.patients_of_documents([doc for _, doc, _ in triples])
     result = XcaRetrieveResult(v.ResponseStatus.FAILURE)
-    outcome = repository.retrieve(triples, location=home, check_home=check_home)
+    # the documents' patients come with the index rows: one indexed read for both
+    outcome = repository.retrieve(triples, location=home, check_home=check_home, owners=True)
+    owners = outcome.owners
     withheld = False
     for item in outcome.documents:
         owner = owners.get(item.document_unique_id)
