@@ -30,6 +30,20 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None, ann
     # resolved here (config file, XDS_* and command-line options), not a subset
     os.environ[EFFECTIVE_ENV] = effective_json(settings)
     workers = workers or settings.workers
+    if settings.console_enabled:  # its own process and port, bound before anything is announced
+        from xds_node.console import process as console_process
+
+        _upgrade_schema(settings)  # the console's tables exist before either process reads them
+        console_sock = console_process.bind(settings)
+        console_process.start(settings, console_sock, tls)
+        console_sock.close()  # the child holds its own copy
+        announce_node = announce
+
+        def announce() -> None:
+            if announce_node is not None:
+                announce_node()
+            print(f"console on {console_process.url(settings, tls)} (users: `xds-node users add NAME --role ROLE`)",
+                  flush=True)
     if workers > 1:
         _upgrade_schema(settings)  # once, here: the workers then find the schema current
         from xds_node.metrics import prepare_multiprocess
@@ -394,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     send_command.add_parser(sub)
     conformance_commands.add_parsers(sub)
+    from xds_node.console import commands as console_commands  # `xds-node users`: console users
+
+    console_commands.add_parsers(sub)
     return parser
 
 
