@@ -30,7 +30,7 @@ ALLOWED = {
     "ul": {"class", "id"}, "ol": {"class", "id"}, "li": {"class", "id"}, "table": {"class", "id"},
     "caption": set(), "thead": {"class"}, "tbody": {"class"}, "tfoot": {"class"}, "tr": {"class", "id"},
     "td": {"class", "id", "colspan", "rowspan", "scope"}, "th": {"class", "id", "colspan", "rowspan", "scope"},
-    "br": set(), "a": {"href", "rel", "referrerpolicy", "class"}, "pre": {"class"},
+    "br": set(), "a": {"href", "target", "rel", "referrerpolicy", "class"}, "pre": {"class"},
     # added by the html5 parser around a fragment
     "html": set(), "head": set(), "body": set(),
 }
@@ -157,7 +157,7 @@ def test_hostile_narrative_is_translated_never_passed_through(name):
     for a in doc.iter("a"):
         assert a.get("href").startswith(("http://", "https://", "#n-"))
         if a.get("href").startswith("http"):
-            assert a.get("rel") == "noopener noreferrer"
+            assert a.get("rel") == "noopener noreferrer" and a.get("target") == "_blank"
     assert "Problems" in doc.text_content()
 
 

@@ -708,7 +708,8 @@ def _link(w: _Writer, el: etree._Element, depth: int) -> None:
     href = el.get("href")
     target = safe_link(href)
     if target is not None:
-        w.open("a", href=target, rel="noopener noreferrer", referrerpolicy="no-referrer", class_=_classes(el))
+        w.open("a", href=target, target="_blank", rel="noopener noreferrer", referrerpolicy="no-referrer",
+               class_=_classes(el))
         _flow(w, el, depth)
         w.close("a")
         return
