@@ -99,7 +99,7 @@ def make_console_node(data_dir: Path, extra_env: dict[str, str] | None = None) -
     finally:
         node.close()
     port = free_port()
-    env = {"XDS_CONSOLE_PORT": str(port), **(extra_env or {})}
+    env = {"XDS_CONSOLE_ENABLED": "true", "XDS_CONSOLE_PORT": str(port), **(extra_env or {})}
     live = LiveNode(data_dir, extra_env=env)
     console = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
