@@ -332,7 +332,7 @@ def cmd_partners_check(args: argparse.Namespace) -> int:
             findings = [f for f in certificate_findings(p) if not f.ok]
             if not args.offline:
                 findings += [wsdl_finding(p, name, url, args.timeout) for name, url in p.endpoints.items()]
-                if node is not None and p.home_community_id != settings.home_community_id:
+                if node is not None:
                     findings.append(asyncio.run(signed_finding(node, p, timeout=args.timeout)))
             for f in findings:
                 problems += f.state == "problem"

@@ -329,7 +329,11 @@ def _login_routes(console: Console) -> list[Route]:
             _set_cookie(response, request, console.settings, SESSION_COOKIE, new_token)
         return response
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     return [Route("/", home, methods=["GET"]),
+            Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/login", login_get, methods=["GET"]),
             Route("/login", login_post, methods=["POST"]),
             Route("/logout", logout, methods=["POST"])]

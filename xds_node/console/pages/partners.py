@@ -105,8 +105,7 @@ def routes(console: Console) -> list:
         findings = certificate_findings(partner)
         findings += await asyncio.gather(*(asyncio.to_thread(wsdl_finding, partner, k, u, 5.0)
                                            for k, u in partner.endpoints.items()))
-        if partner.home_community_id != settings.home_community_id:
-            findings.append(await signed_finding(console.node, partner, timeout=15.0))
+        findings.append(await signed_finding(console.node, partner, timeout=15.0))
         return await run_in_threadpool(lambda: index(request, findings=findings))
 
     def _args(form: Any, folder: Path) -> SimpleNamespace:
