@@ -76,8 +76,9 @@ def make_console_node(data_dir: Path, extra_env: dict[str, str] | None = None) -
     from xds_node.console.auth import UserStore
     from xds_node.node import Node
 
-    settings = load_settings(env={}, data_dir=data_dir)
-    init_keys(settings)
+    node_port = free_port()
+    settings = load_settings(env={}, data_dir=data_dir, port=node_port)
+    init_keys(settings)  # partner `this-node` (our own key) points at this node: a real signed loopback
     node = Node(settings)
     try:
         node.folder_indexer(SAMPLES).sync()
@@ -99,8 +100,8 @@ def make_console_node(data_dir: Path, extra_env: dict[str, str] | None = None) -
     finally:
         node.close()
     port = free_port()
-    env = {"XDS_CONSOLE_PORT": str(port), **(extra_env or {})}
-    live = LiveNode(data_dir, extra_env=env)
+    env = {"XDS_CONSOLE_ENABLED": "true", "XDS_CONSOLE_PORT": str(port), **(extra_env or {})}
+    live = LiveNode(data_dir, extra_env=env, port=node_port)
     console = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -189,7 +190,9 @@ def page_as(browser, console_node):
         page = context.new_page()
         page.errors = []
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-        page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+        # script errors and policy violations ("Refused to ..."); a 4xx answer's own log line is not one
+        page.on("console", lambda msg: page.errors.append(msg.text)
+                if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
         if role is not None:
             login_page(page, console_node.console, role)
         return page

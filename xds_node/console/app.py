@@ -225,10 +225,15 @@ def guarded(console: Console, page: Page, croute: ConsoleRoute) -> Callable:
         else:
             if request.method == "GET":
                 await run_in_threadpool(console.audit, request, f"{page.key}:view", patient_id=_patient_of(request))
+            request.state.audited = False
             if inspect.iscoroutinefunction(endpoint):
                 response = await endpoint(request)
             else:
                 response = await run_in_threadpool(endpoint, request)
+            if request.method != "GET" and not request.state.audited:  # a page that forgot: still a row
+                await run_in_threadpool(console.audit, request, f"{page.key}:{request.method.lower()}",
+                                        outcome="success" if response.status_code < 400 else "failure",
+                                        patient_id=_patient_of(request), reason=f"HTTP {response.status_code}")
         if new_token:
             _set_cookie(response, request, console.settings, SESSION_COOKIE, new_token)
         return response
@@ -324,7 +329,11 @@ def _login_routes(console: Console) -> list[Route]:
             _set_cookie(response, request, console.settings, SESSION_COOKIE, new_token)
         return response
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     return [Route("/", home, methods=["GET"]),
+            Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/login", login_get, methods=["GET"]),
             Route("/login", login_post, methods=["POST"]),
             Route("/logout", logout, methods=["POST"])]

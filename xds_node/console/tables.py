@@ -58,7 +58,7 @@ consent_forms = Table(
     "consent_form",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("directive_id", Integer, nullable=False),
+    Column("directive_id", Integer),  # NULL while the form awaits the confirmation step
     Column("patient_id", String(256), nullable=False),
     Column("file_name", String(256), nullable=False),
     Column("content_type", String(64), nullable=False),

@@ -128,7 +128,9 @@ class Console:
             user_role_display=user.role_label if user else "", patient_id=patient_id,
             document_ids=list(documents), remote_address=client_address(request), endpoint=request.url.path,
             reason=reason, partner_organization=self.settings.organization_name)
-        return self.node.audit.record(event)
+        recorded = self.node.audit.record(event)
+        request.state.audited = True
+        return recorded
 
 
 def client_address(request: Request) -> str:

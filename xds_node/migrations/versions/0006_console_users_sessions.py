@@ -1,9 +1,11 @@
 """Operator web console (branch console): users, database sessions, failed logins, the CSRF
-secret, scanned consent forms and conformance runs.
+secret, scanned consent forms and conformance runs; indexes the console's pages need (audit keyset
+paging by (time, event_id), each partner's last success/failure per transaction as an index seek,
+patient search by identifier extension).
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-30 14:09:44.015092
+Create Date: 2026-11-30 14:15:21.785707
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def upgrade() -> None:
     )
     op.create_table('consent_form',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
-    sa.Column('directive_id', sa.Integer(), nullable=False),
+    sa.Column('directive_id', sa.Integer(), nullable=True),
     sa.Column('patient_id', sa.String(length=256), nullable=False),
     sa.Column('file_name', sa.String(length=256), nullable=False),
     sa.Column('content_type', sa.String(length=64), nullable=False),
@@ -83,9 +85,24 @@ def upgrade() -> None:
     sa.Column('created_by', sa.String(length=128), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
+    with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.create_index('ix_audit_event_partner_tx_outcome_time',
+                              ['partner_community', 'transaction', 'outcome', 'time'], unique=False)
+        batch_op.create_index('ix_audit_event_time_id', ['time', 'event_id'], unique=False)
+
+    with op.batch_alter_table('patient_identifier', schema=None) as batch_op:
+        batch_op.create_index('ix_patient_identifier_extension', ['extension'], unique=False)
+
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('patient_identifier', schema=None) as batch_op:
+        batch_op.drop_index('ix_patient_identifier_extension')
+
+    with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_event_time_id')
+        batch_op.drop_index('ix_audit_event_partner_tx_outcome_time')
+
     op.drop_table('console_user')
     with op.batch_alter_table('console_session', schema=None) as batch_op:
         batch_op.drop_index('ix_console_session_user')
