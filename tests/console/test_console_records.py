@@ -385,6 +385,15 @@ def test_no_consent_nothing_is_sent_and_the_refusal_is_shown_and_audited(records
     assert denied and denied[-1]["user_subject_id"] == "clinician-support"
     console_rows = _audit_rows(ours, transaction="console:outside:ITI-55", patient_id=other)
     assert sorted(r["outcome"] for r in console_rows) == ["attempt", "denied"]
+    # a retrieve "for" that patient is refused by the console itself (ITI-39 names no patient)
+    sent = len(_audit_rows(ours, direction="outbound", transaction="ITI-39"))
+    reply = client.post("/outside/retrieve", data={"csrf": csrf_of(page.text), "patient": other,
+                                                    "purpose": "TREATMENT", "home": PARTNER_HCID,
+                                                    "repository": PARTNER_REPO, "document": "1.2.3"})
+    assert reply.status_code == 400 and "has not opted in" in reply.text
+    assert len(_audit_rows(ours, direction="outbound", transaction="ITI-39")) == sent
+    assert [r["outcome"] for r in _audit_rows(ours, transaction="console:outside:ITI-39", patient_id=other)] == [
+        "denied"]
 
 
 def test_outside_records_refuse_bad_input_and_other_roles(records):

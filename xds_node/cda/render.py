@@ -500,12 +500,15 @@ def _non_xml(w: _Writer, body: etree._Element) -> None:
 
 # --- the narrative block ------------------------------------------------------------------------
 def _classes(el: etree._Element, *base: str) -> str | None:
+    style, revised = el.get("styleCode"), el.get("revised")
+    if not style and not revised:  # the common case
+        return " ".join(base) or None
     names = list(base)
-    for token in (el.get("styleCode") or "").split():
+    for token in (style or "").split():
         cls = STYLE_CLASSES.get(token.lower())
         if cls and cls not in names:
             names.append(cls)
-    revised = (el.get("revised") or "").strip().lower()
+    revised = (revised or "").strip().lower()
     if revised in ("insert", "delete"):
         names.append(f"sc-revised-{revised}")
     return " ".join(names) or None
@@ -638,6 +641,8 @@ _TABLE_PARTS = {"thead": "thead", "tbody": "tbody", "tfoot": "tfoot"}
 
 
 def _cell_attrs(el: etree._Element) -> dict[str, str | int | None]:
+    if not len(el.attrib):  # the common case: a plain cell
+        return {}
     align, valign = _choice(el, "align", _ALIGN), _choice(el, "valign", _VALIGN)
     base = [f"al-{align}"] if align else []
     base += [f"va-{valign}"] if valign else []

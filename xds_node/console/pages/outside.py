@@ -234,6 +234,13 @@ def routes(console: Console) -> list:
         except (OSError, ValueError) as exc:
             return refuse(request, patient, f"the initiating gateway is not configured: {exc}")
         ctx = requester(console, request, purpose)
+        # ITI-39 names the partner's document, not our patient, so the gateway does not check consent;
+        # the console reads it for this patient, so a patient who may not be named gets nothing read either
+        decision = await run_in_threadpool(node.consent.decide, patient, purpose=purpose)
+        if not decision:
+            await run_in_threadpool(console.audit, request, "outside:ITI-39", outcome="denied", patient_id=patient,
+                                    documents=[ref.document_unique_id], reason=decision.reason[:300])
+            return refuse(request, patient, f"refused: {decision.reason}; nothing was sent")
         await run_in_threadpool(console.audit, request, "outside:ITI-39", outcome="attempt", patient_id=patient,
                                 documents=[ref.document_unique_id], reason=f"purpose {purpose}")
         return streamed(request, "ITI-39", patient, purpose,
