@@ -80,6 +80,7 @@ def records(tmp_path_factory):
         node = Node(settings)
         try:
             assert not node.folder_indexer(SAMPLES / "alex-testpatient").sync().rejected
+            assert not node.folder_indexer(hostile).sync().rejected  # the partner serves it too
             node.consent_store.grant(ALEX, source="test")  # at the partner, Alex may be disclosed to us
         finally:
             node.close()
@@ -270,6 +271,8 @@ def test_browser_renders_the_hostile_cda_without_running_it(records, browser):
         # inside the frame no script may run at all (sandbox without allow-scripts)
         inner = next(f for f in page.frames if f != page.main_frame)
         assert inner.evaluate("() => window.pwned") is None
+        assert inner.evaluate("() => self.origin") == "null"  # sandboxed: an opaque origin, none of our cookies
+        assert "allow-scripts" not in page.locator("#document-frame").get_attribute("sandbox")
         assert inner.locator("script").count() == 0 and inner.locator("img").count() == 0
         assert inner.locator("[onerror], [onmouseover], [onfocus], [style]").count() == 0
         page.screenshot(path=str(Path(ours.data_dir) / "documents.png"), full_page=True)
@@ -310,7 +313,7 @@ def test_browser_outside_records_discover_query_retrieve_against_a_second_node(r
         page.locator("#outcome").wait_for()
         assert "Success" in page.locator("#outcome").inner_text()
         docs = page.locator("#documents tbody tr")
-        assert docs.count() == 5
+        assert docs.count() == 6  # Alex's five, and the hostile note
         assert PARTNER_HCID in page.locator("#documents").inner_text()
         docs.filter(has_text="Discharge Summary").locator("button.retrieve").click()
         page.locator("#outcome").wait_for()
@@ -321,6 +324,20 @@ def test_browser_outside_records_discover_query_retrieve_against_a_second_node(r
         assert "<ClinicalDocument" in page.locator("details.raw pre").inner_text()
         _not_pwned(page, seen)
         page.screenshot(path=str(Path(ours.data_dir) / "outside.png"), full_page=True)
+        # the hostile note fetched from the partner: shown inline (srcdoc, sandboxed), never run
+        page.goto(f"/outside?patient={quote(ALEX)}")  # (a POSTed page is not kept: no-store)
+        page.click("#query-button")
+        page.locator("#outcome").wait_for()
+        page.locator("#documents tbody tr").filter(has_text=HOSTILE_TITLE).locator("button.retrieve").click()
+        page.locator("#outcome").wait_for()
+        frame = page.frame_locator("#document-frame")
+        frame.locator("text=After the attack.").wait_for()
+        frame.locator("text=hover me").hover()
+        frame.locator("text=click me").click()
+        inner = next(f for f in page.frames if f != page.main_frame)
+        assert inner.locator("script, img, [onerror], [onmouseover], [style]").count() == 0
+        assert inner.evaluate("() => self.origin") == "null"
+        _not_pwned(page, seen)
     finally:
         context.close()
 
