@@ -228,10 +228,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for patient in summary.patients:  # demo data only: every fictional veteran has opted in
         if node.consent_store.status(patient).state != "granted":
             node.consent_store.grant(patient, source="demo", note="xds-node demo: fictional patient")
+    console_login = _demo_console_user(node) if settings.console_enabled else None
     node.close()
-    # the banner (with its curl line) only once the port is ours
-    _serve(settings, workers=1, announce=lambda: print_banner(node, summary, keys))
+
+    def banner() -> None:  # the banner (with its curl line) only once the port is ours
+        print_banner(node, summary, keys)
+        if console_login:
+            print(f"Console user {console_login[0]} (administrator), password: {console_login[1]}", flush=True)
+
+    _serve(settings, workers=1, announce=banner)
     return 0
+
+
+def _demo_console_user(node) -> tuple[str, str] | None:
+    """The demo's console administrator, made once with a random password (kept in the demo
+    directory so the banner can show it again); None when other users exist already."""
+    import secrets
+
+    from xds_node.console.auth import UserStore
+
+    users = UserStore(node.engine)
+    saved = Path(node.settings.data_dir) / "console-admin.txt"
+    if saved.exists() and users.get("admin") is not None:
+        return "admin", saved.read_text().strip()
+    if users.list():
+        return None
+    password = secrets.token_urlsafe(12)
+    users.add("admin", "administrator", password, created_by="xds-node demo")
+    saved.write_text(password + "\n")
+    saved.chmod(0o600)
+    return "admin", password
 
 
 def cmd_load(args: argparse.Namespace) -> int:

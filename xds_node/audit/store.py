@@ -67,6 +67,7 @@ audit_events = Table(
     # the console: keyset pages of the whole trail (time, event_id), and each partner's last
     # success / failure per transaction as one index seek each (migration 0006)
     Index("ix_audit_event_time_id", "time", "event_id"),
+    Index("ix_audit_event_caller_time", "partner", "time"),
     Index("ix_audit_event_partner_tx_outcome_time", "partner_community", "transaction", "outcome", "time"),
 )
 

@@ -28,8 +28,10 @@ def _time(value: str) -> datetime | None:
     return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
 
 
-def search(engine, filters: dict[str, str], after: str = "", size: int = PAGE_SIZE) -> tuple[list, str]:
-    """One page of events, newest first, and the cursor of the next page ("" when none)."""
+def search(engine, filters: dict[str, str], after: str = "", size: int = PAGE_SIZE,
+           partners: list | None = None) -> tuple[list, str]:
+    """One page of events, newest first, and the cursor of the next page ("" when none).
+    ``partners`` (the trust store's) lets a partner name match its member communities too."""
     t = audit_events
     stmt = select(t)
     if (since := _time(filters.get("since", ""))) is not None:
@@ -37,9 +39,13 @@ def search(engine, filters: dict[str, str], after: str = "", size: int = PAGE_SI
     if (until := _time(filters.get("until", ""))) is not None:
         stmt = stmt.where(t.c.time < until)
     if partner := filters.get("partner", "").strip():
-        stmt = stmt.where(or_(t.c.partner_community.in_(_community_forms(partner)),
-                              t.c.partner_organization_id.in_(_community_forms(partner)),
-                              t.c.partner_organization == partner, t.c.partner == partner))
+        # a partner by name (inbound rows carry it; outbound rows its communities) or by community id:
+        # two indexed columns, so the planner can union two index ranges instead of reading the trail
+        forms = list(_community_forms(partner))
+        for p in partners or []:
+            if p.name == partner:
+                forms += [f for c in p.communities for f in _community_forms(c)]
+        stmt = stmt.where(or_(t.c.partner == partner, t.c.partner_community.in_(sorted(set(forms)))))
     if patient := filters.get("patient", "").strip():
         stmt = stmt.where(t.c.patient_id == patient)
     if transaction := filters.get("transaction", "").strip():
@@ -64,13 +70,22 @@ def search(engine, filters: dict[str, str], after: str = "", size: int = PAGE_SI
     return events, cursor
 
 
+def _partners(settings) -> list:
+    from xds_node.security.trust import TrustStore
+
+    try:
+        return TrustStore.load(settings.partners_path).partners() if settings.partners_path.exists() else []
+    except (OSError, ValueError):
+        return []
+
+
 def routes(console: Console) -> list:
     engine = console.engine
 
     def index(request: Request) -> Response:
         filters = {k: request.query_params.get(k, "")[:1024] for k in FILTERS}
         after = request.query_params.get("after", "")[:200]
-        events, cursor = search(engine, filters, after)
+        events, cursor = search(engine, filters, after, partners=_partners(console.settings))
         return console.render(request, "audit/index.html", filters=filters, events=events, cursor=cursor,
                               after=after, outcomes=list(OUTCOME_INDICATOR), size=PAGE_SIZE,
                               active={k: v for k, v in filters.items() if v})

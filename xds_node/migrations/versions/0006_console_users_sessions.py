@@ -89,6 +89,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_audit_event_partner_tx_outcome_time',
                               ['partner_community', 'transaction', 'outcome', 'time'], unique=False)
         batch_op.create_index('ix_audit_event_time_id', ['time', 'event_id'], unique=False)
+        batch_op.create_index('ix_audit_event_caller_time', ['partner', 'time'], unique=False)
 
     with op.batch_alter_table('patient_identifier', schema=None) as batch_op:
         batch_op.create_index('ix_patient_identifier_extension', ['extension'], unique=False)
@@ -100,6 +101,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_patient_identifier_extension')
 
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_event_caller_time')
         batch_op.drop_index('ix_audit_event_time_id')
         batch_op.drop_index('ix_audit_event_partner_tx_outcome_time')
 
