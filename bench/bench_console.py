@@ -158,6 +158,11 @@ def main() -> int:
         token = re.search(r'name="csrf" value="([0-9a-f]{64})"', client.get("/login").text).group(1)
         client.post("/login", data={"csrf": token, "name": "bench", "password": PASSWORD})
         patient = quote(pids[7])
+        with node.engine.connect() as conn:  # a real sample document (the seeded copies have no content)
+            from xds_node.registry import tables as rt
+
+            sample = conn.execute(rt.documents.select().where(rt.documents.c.unique_id.notlike("2.25.%"))
+                                  .limit(1)).first().id
         since = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%dT%H:%M")
         first = client.get("/audit").text
         cursor = re.search(r'after=([^"&]+)', first)
@@ -179,6 +184,10 @@ def main() -> int:
             "partners (last success/failure)": "/partners",
             "conformance runs": "/conformance",
             "users": "/users",
+            "documents: one patient's entries": f"/documents?patient={patient}",
+            "documents: one entry (metadata)": f"/documents/entry/{quote(sample)}",
+            "documents: one C-CDA rendered (frame)": f"/documents/entry/{quote(sample)}/view",
+            "outside records: one patient": f"/outside?patient={patient}",
         }
         print(f"\n{node.engine.dialect.name}: {args.documents:,} documents, {args.audit:,} audit rows, "
               f"{args.runs} requests per page (in-process)\n")
