@@ -148,7 +148,10 @@ def http_as(console_node):
         c.close()
 
 
-@pytest.fixture(scope="session")
+#: Module scope, not session: while Playwright's sync API is started, the main thread has a running
+#: event loop, and later tests calling asyncio.run() would fail. Each browser test module starts it
+#: and stops it again.
+@pytest.fixture(scope="module")
 def playwright_instance():
     try:
         from playwright.sync_api import sync_playwright
@@ -162,7 +165,7 @@ def playwright_instance():
     pw.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_instance):
     b = playwright_instance.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
     yield b

@@ -135,3 +135,34 @@ def test_session_cookie_changes_at_login(console_node):
         assert reply.status_code == 303
         values = [c.value for c in client.cookies.jar if c.name == "xds_console"]
         assert values and "planted-by-attacker" not in values
+
+
+def test_console_runs_beside_several_workers(tmp_path):
+    """`serve --workers 2`: one console process on its own port; its sessions are database rows, so a
+    logout holds whichever process answers; the SOAP port still knows nothing of it."""
+    from tests.conftest import LiveNode, free_port
+    from xds_node.config import load_settings
+    from xds_node.console.auth import UserStore
+    from xds_node.node import Node
+
+    node = Node(load_settings(env={}, data_dir=tmp_path))
+    UserStore(node.engine).add("op", "operator", PASSWORDS["operator"])
+    node.close()
+    port = free_port()
+    live = LiveNode(tmp_path, {"XDS_CONSOLE_ENABLED": "true", "XDS_CONSOLE_PORT": str(port)}, ["--workers", "2"])
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(50):
+            try:
+                if httpx.get(base + "/login", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                import time
+
+                time.sleep(0.1)
+        client = login_http(base, "op", PASSWORDS["operator"])
+        assert client.get("/dashboard").status_code == 200
+        assert httpx.get(live.url + "/dashboard").status_code == 404
+        client.close()
+    finally:
+        live.stop()
