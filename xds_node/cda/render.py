@@ -21,6 +21,10 @@ Bad input is a page that says so, never an exception: not XML, a DOCTYPE, not a 
 too large, nested too deeply (lxml stops at depth 256 without ``huge_tree``) -> :class:`Rendered`
 with ``error`` set and an HTML message. Output is bounded (:data:`MAX_ELEMENTS` elements written).
 
+The narrative block is translated by :mod:`xds_node.cda.narrative` (which also holds the one
+:class:`~xds_node.cda.narrative.Writer` that produces markup); this module parses, bounds, and
+writes the header and the section structure.
+
 Pure function over bytes: no I/O, no network, no state; the console serves the result inside its
 own strict Content-Security-Policy (and a sandboxed frame), which is a second wall, not the first.
 """
@@ -29,50 +33,37 @@ from __future__ import annotations
 
 import base64
 import binascii
-import html
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from lxml import etree
 
 from xds_node import safexml
 from xds_node.cda.metadata import CDA_NS, _has_doctype
+from xds_node.cda.narrative import (
+    MAX_NARRATIVE_DEPTH,
+    STYLE_CLASSES,
+    TooMuch,
+    Writer,
+    esc,
+    flow,
+    safe_link,
+    text_of,
+)
 
-__all__ = ["MAX_BYTES", "MAX_ELEMENTS", "Rendered", "render", "render_html", "render_page"]
+__all__ = ["MAX_BYTES", "MAX_ELEMENTS", "MAX_NARRATIVE_DEPTH", "STYLE_CLASSES", "Rendered", "esc", "format_ts",
+           "render", "render_html", "render_page", "safe_link"]
 
 #: Documents larger than this are not rendered (the raw XML is still one click away).
 MAX_BYTES = 32 * 1024 * 1024
 #: Elements written to the output at most; past it the rest is left out and the page says so.
 MAX_ELEMENTS = 200_000
-#: Narrative nesting deeper than this is flattened to its text (CDA narratives are shallow).
-MAX_NARRATIVE_DEPTH = 48
 #: Decoded text/plain nonXMLBody shown at most.
 MAX_TEXT_BYTES = 2 * 1024 * 1024
 
 _N = f"{{{CDA_NS}}}"
-_SDTC = "{urn:hl7-org:sdtc}"
 
-#: CDA styleCode -> our own CSS class (anything else is dropped).
-STYLE_CLASSES = {
-    "bold": "sc-bold", "underline": "sc-underline", "italics": "sc-italics", "emphasis": "sc-emphasis",
-    "lrule": "sc-lrule", "rrule": "sc-rrule", "toprule": "sc-toprule", "botrule": "sc-botrule",
-    "arabic": "sc-arabic", "littleroman": "sc-littleroman", "bigroman": "sc-bigroman",
-    "littlealpha": "sc-littlealpha", "bigalpha": "sc-bigalpha", "disc": "sc-disc", "circle": "sc-circle",
-    "square": "sc-square", "xcda-monospace": "sc-monospace",
-}
-
-_ALIGN = {"left", "center", "right", "justify", "char"}
-_VALIGN = {"top", "middle", "bottom", "baseline"}
-_SCOPE = {"row", "col", "rowgroup", "colgroup"}
-_SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
-_CTRL = re.compile(r"[\x00-\x20\x7f-\x9f]")
-
-
-def esc(value: object) -> str:
-    """Escape for HTML text and double-quoted attribute values."""
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 @dataclass(frozen=True)
@@ -84,10 +75,6 @@ class Rendered:
     title: str = ""
     error: str = ""
     truncated: bool = False
-
-
-class _TooMuch(Exception):
-    """Raised inside the walk when MAX_ELEMENTS is reached."""
 
 
 def _message(text: str) -> Rendered:
@@ -124,13 +111,13 @@ def render(data: bytes) -> Rendered:
     root = _parse(data)
     if isinstance(root, str):
         return _message(root)
-    w = _Writer()
+    w = Writer(MAX_ELEMENTS)
     title = _text(root.find(_N + "title")) or _code_display(root.find(_N + "code")) or "Clinical document"
     try:
         w.raw('<article class="cda">')
         _header(w, root, title)
         _body(w, root)
-    except _TooMuch:
+    except TooMuch:
         w.parts.append('<p class="cda-error">The document is too large to show in full: the rest is left out; '
                        "use the raw XML.</p>")
     w.parts.append("</article>")
@@ -152,44 +139,8 @@ def render_page(data: bytes, *, stylesheet: str | None = None) -> str:
             f"<title>{esc(r.title or 'Document')}</title>{link}</head><body>{r.html}</body></html>")
 
 
-# --- output -----------------------------------------------------------------------------------
-class _Writer:
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.elements = 0
-        self.truncated = False
-
-    def raw(self, s: str) -> None:
-        self.parts.append(s)
-
-    def text(self, s: str | None) -> None:
-        if s:
-            self.parts.append(esc(s))
-
-    def open(self, tag: str, **attrs: str | int | None) -> None:
-        """Open one of OUR tags (never a name from the document) with computed attributes."""
-        self.elements += 1
-        if self.elements > MAX_ELEMENTS:
-            self.truncated = True
-            raise _TooMuch
-        rendered = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items()
-                           if v is not None and v != "")
-        self.parts.append(f"<{tag}{rendered}>")
-
-    def close(self, tag: str) -> None:
-        self.parts.append(f"</{tag}>")
-
-    def el(self, tag: str, text: str | None, **attrs: str | int | None) -> None:
-        self.open(tag, **attrs)
-        self.text(text)
-        self.close(tag)
-
-
 # --- reading the header -----------------------------------------------------------------------
-def _text(el: etree._Element | None) -> str:
-    if el is None:
-        return ""
-    return " ".join("".join(t for t in el.itertext() if isinstance(t, str)).split())
+_text = text_of
 
 
 def _attr(el: etree._Element | None, child: str, name: str = "value") -> str:
@@ -316,7 +267,7 @@ def _org(el: etree._Element | None, tag: str = "representedOrganization") -> str
     return _name(org.find(_N + "name")) if org is not None else ""
 
 
-def _dl(w: _Writer, rows: Iterable[tuple[str, str | list[str]]]) -> None:
+def _dl(w: Writer, rows: Iterable[tuple[str, str | list[str]]]) -> None:
     rows = [(k, v) for k, v in rows if v]
     if not rows:
         return
@@ -328,7 +279,7 @@ def _dl(w: _Writer, rows: Iterable[tuple[str, str | list[str]]]) -> None:
     w.close("dl")
 
 
-def _header(w: _Writer, root: etree._Element, title: str) -> None:
+def _header(w: Writer, root: etree._Element, title: str) -> None:
     w.open("header", class_="cda-header")
     w.el("h1", title)
     code = root.find(_N + "code")
@@ -421,7 +372,7 @@ def _header(w: _Writer, root: etree._Element, title: str) -> None:
 
 
 # --- the body ---------------------------------------------------------------------------------
-def _body(w: _Writer, root: etree._Element) -> None:
+def _body(w: Writer, root: etree._Element) -> None:
     component = root.find(_N + "component")
     if component is None:
         w.el("p", "This document has no body.", class_="cda-note")
@@ -442,7 +393,7 @@ def _body(w: _Writer, root: etree._Element) -> None:
     w.el("p", "This document's body is of an unknown kind and is not shown.", class_="cda-note")
 
 
-def _section(w: _Writer, section: etree._Element, level: int) -> None:
+def _section(w: Writer, section: etree._Element, level: int) -> None:
     w.open("section", class_="cda-section")
     title = _text(section.find(_N + "title"))
     code = section.find(_N + "code")
@@ -453,7 +404,7 @@ def _section(w: _Writer, section: etree._Element, level: int) -> None:
     text = section.find(_N + "text")
     if text is not None and (len(text) or (text.text or "").strip()):
         w.open("div", class_="cda-narrative")
-        _flow(w, text, 0)
+        flow(w, text, 0)
         w.close("div")
     elif not section.findall(f"{_N}component/{_N}section"):
         w.el("p", "No narrative.", class_="cda-note")
@@ -462,7 +413,7 @@ def _section(w: _Writer, section: etree._Element, level: int) -> None:
     w.close("section")
 
 
-def _non_xml(w: _Writer, body: etree._Element) -> None:
+def _non_xml(w: Writer, body: etree._Element) -> None:
     text = body.find(_N + "text")
     if text is None:
         w.el("p", "The body is a non-XML attachment with no content.", class_="cda-note")
@@ -496,277 +447,3 @@ def _non_xml(w: _Writer, body: etree._Element) -> None:
         w.el("p", f"The body is an attached {media} file of {len(data):,} bytes; it is not displayed here. "
              "Use the raw XML to obtain it.", class_="cda-note")
     w.close("section")
-
-
-# --- the narrative block ------------------------------------------------------------------------
-def _classes(el: etree._Element, *base: str) -> str | None:
-    style, revised = el.get("styleCode"), el.get("revised")
-    if not style and not revised:  # the common case
-        return " ".join(base) or None
-    names = list(base)
-    for token in (style or "").split():
-        cls = STYLE_CLASSES.get(token.lower())
-        if cls and cls not in names:
-            names.append(cls)
-    revised = (revised or "").strip().lower()
-    if revised in ("insert", "delete"):
-        names.append(f"sc-revised-{revised}")
-    return " ".join(names) or None
-
-
-def _anchor(el: etree._Element) -> str | None:
-    """The element's ID as an id of ours: ``n-`` + safe characters (never the raw value)."""
-    raw = el.get("ID")
-    if not raw:
-        return None
-    return "n-" + _SAFE_ID.sub("_", raw)[:100]
-
-
-def _int_attr(el: etree._Element, name: str, upper: int = 1000) -> int | None:
-    raw = (el.get(name) or "").strip()
-    if not raw.isdigit():
-        return None
-    n = int(raw)
-    return n if 1 <= n <= upper else None
-
-
-def _choice(el: etree._Element, name: str, allowed: set[str]) -> str | None:
-    raw = (el.get(name) or "").strip().lower()
-    return raw if raw in allowed else None
-
-
-def safe_link(href: str | None) -> str | None:
-    """An absolute http(s) URL with a host and nothing that could be read otherwise, else None."""
-    if not href:
-        return None
-    href = href.strip()
-    if _CTRL.search(href) or "\\" in href or len(href) > 2000:
-        return None
-    try:
-        parts = urlsplit(href)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return None
-    return href
-
-
-def _flow(w: _Writer, parent: etree._Element, depth: int) -> None:
-    """Text and children of a narrative element, each child translated."""
-    w.text(parent.text)
-    for child in parent:
-        _narrative(w, child, depth + 1)
-        w.text(child.tail)
-
-
-def _narrative(w: _Writer, el: etree._Element, depth: int) -> None:
-    tag = el.tag
-    if not isinstance(tag, str):  # comments / PIs are removed by the parser; entities never expanded
-        return
-    if depth > MAX_NARRATIVE_DEPTH or not tag.startswith(_N):
-        # Deep nesting, or a foreign namespace (an XHTML <script>, an SVG...): its words, escaped.
-        w.text(_text(el))
-        return
-    local = tag[len(_N):]
-    handler = _HANDLERS.get(local)
-    if handler is None:  # an unknown CDA element: its content, nothing of itself
-        _flow(w, el, depth)
-        return
-    handler(w, el, depth)
-
-
-def _simple(html_tag: str, *base: str):
-    def handle(w: _Writer, el: etree._Element, depth: int) -> None:
-        w.open(html_tag, id=_anchor(el), class_=_classes(el, *base))
-        _flow(w, el, depth)
-        w.close(html_tag)
-    return handle
-
-
-def _caption_first(w: _Writer, el: etree._Element, depth: int, caption_tag: str | None) -> list[etree._Element]:
-    """Write ``el``'s caption (as ``caption_tag``), return the other children."""
-    rest = []
-    for child in el:
-        if child.tag == _N + "caption" and caption_tag:
-            w.open(caption_tag, class_="cda-caption")
-            _flow(w, child, depth)
-            w.close(caption_tag)
-        else:
-            rest.append(child)
-    return rest
-
-
-def _paragraph(w: _Writer, el: etree._Element, depth: int) -> None:
-    w.open("p", id=_anchor(el), class_=_classes(el))
-    w.text(el.text)
-    for child in el:
-        if child.tag == _N + "caption":
-            w.open("span", class_="cda-caption")
-            _flow(w, child, depth + 1)
-            w.close("span")
-            w.text(" ")
-        else:
-            _narrative(w, child, depth + 1)
-        w.text(child.tail)
-    w.close("p")
-
-
-def _list(w: _Writer, el: etree._Element, depth: int) -> None:
-    ordered = (el.get("listType") or "").strip().lower() == "ordered"
-    tag = "ol" if ordered else "ul"
-    rest = _caption_first(w, el, depth, "p")
-    w.open(tag, id=_anchor(el), class_=_classes(el))
-    for child in rest:
-        if child.tag == _N + "item":
-            w.open("li", id=_anchor(child), class_=_classes(child))
-            w.text(child.text)
-            for sub in child:
-                if sub.tag == _N + "caption":
-                    w.open("span", class_="cda-caption")
-                    _flow(w, sub, depth + 2)
-                    w.close("span")
-                    w.text(" ")
-                else:
-                    _narrative(w, sub, depth + 2)
-                w.text(sub.tail)
-            w.close("li")
-        elif isinstance(child.tag, str):  # stray content in a list: keep its words in an item
-            w.open("li")
-            _narrative(w, child, depth + 1)
-            w.close("li")
-    w.close(tag)
-
-
-_TABLE_PARTS = {"thead": "thead", "tbody": "tbody", "tfoot": "tfoot"}
-
-
-def _cell_attrs(el: etree._Element) -> dict[str, str | int | None]:
-    if not len(el.attrib):  # the common case: a plain cell
-        return {}
-    align, valign = _choice(el, "align", _ALIGN), _choice(el, "valign", _VALIGN)
-    base = [f"al-{align}"] if align else []
-    base += [f"va-{valign}"] if valign else []
-    return {"id": _anchor(el), "class_": _classes(el, *base), "colspan": _int_attr(el, "colspan"),
-            "rowspan": _int_attr(el, "rowspan"), "scope": _choice(el, "scope", _SCOPE)}
-
-
-def _row(w: _Writer, tr: etree._Element, depth: int) -> None:
-    w.open("tr", id=_anchor(tr), class_=_classes(tr))
-    for cell in tr:
-        if cell.tag in (_N + "td", _N + "th"):
-            tag = cell.tag[len(_N):]
-            w.open(tag, **_cell_attrs(cell))
-            _flow(w, cell, depth + 1)
-            w.close(tag)
-        elif isinstance(cell.tag, str):  # not a cell: keep its words in one
-            w.open("td")
-            _narrative(w, cell, depth + 1)
-            w.close("td")
-    w.close("tr")
-
-
-def _table(w: _Writer, el: etree._Element, depth: int) -> None:
-    w.open("div", class_="cda-table-wrap")
-    w.open("table", id=_anchor(el), class_=_classes(el, "cda-table"))
-    for child in el:
-        tag = child.tag
-        if tag == _N + "caption":
-            w.open("caption")
-            _flow(w, child, depth + 1)
-            w.close("caption")
-        elif tag in (_N + "col", _N + "colgroup"):
-            continue  # widths and alignment of columns: presentation we do not take from documents
-        elif isinstance(tag, str) and tag.startswith(_N) and tag[len(_N):] in _TABLE_PARTS:
-            part = _TABLE_PARTS[tag[len(_N):]]
-            w.open(part, class_=_classes(child))
-            for tr in child:
-                if tr.tag == _N + "tr":
-                    _row(w, tr, depth + 2)
-                elif isinstance(tr.tag, str):
-                    w.open("tr")
-                    w.open("td")
-                    _narrative(w, tr, depth + 2)
-                    w.close("td")
-                    w.close("tr")
-            w.close(part)
-        elif tag == _N + "tr":
-            w.open("tbody")
-            _row(w, child, depth + 1)
-            w.close("tbody")
-        elif isinstance(tag, str):
-            w.open("tbody")
-            w.open("tr")
-            w.open("td")
-            _narrative(w, child, depth + 1)
-            w.close("td")
-            w.close("tr")
-            w.close("tbody")
-    w.close("table")
-    w.close("div")
-
-
-def _br(w: _Writer, el: etree._Element, depth: int) -> None:
-    w.open("br")
-
-
-def _link(w: _Writer, el: etree._Element, depth: int) -> None:
-    href = el.get("href")
-    target = safe_link(href)
-    if target is not None:
-        w.open("a", href=target, target="_blank", rel="noopener noreferrer", referrerpolicy="no-referrer",
-               class_=_classes(el))
-        _flow(w, el, depth)
-        w.close("a")
-        return
-    if href and href.strip().startswith("#") and len(href.strip()) > 1:
-        w.open("a", href="#n-" + _SAFE_ID.sub("_", href.strip()[1:])[:100], class_=_classes(el))
-        _flow(w, el, depth)
-        w.close("a")
-        return
-    # anything else (javascript:, data:, relative, file:) is shown as what it is: words, inert
-    w.open("span", class_=_classes(el, "cda-link-inert"), title=f"link not followed: {href}" if href else None)
-    _flow(w, el, depth)
-    w.close("span")
-
-
-def _footnote_ref(w: _Writer, el: etree._Element, depth: int) -> None:
-    ref = el.get("IDREF") or ""
-    w.open("sup", class_="cda-footnote-ref")
-    if ref:
-        w.open("a", href="#n-" + _SAFE_ID.sub("_", ref)[:100])
-        w.text(_text(el) or "*")
-        w.close("a")
-    else:
-        w.text(_text(el) or "*")
-    w.close("sup")
-
-
-def _multimedia(w: _Writer, el: etree._Element, depth: int) -> None:
-    refs = (el.get("referencedObject") or "").split()
-    caption = el.find(_N + "caption")
-    w.open("span", class_="cda-media")
-    w.text(f"[multimedia not shown: {' '.join(refs) or 'no reference'}")
-    if caption is not None:
-        w.text(" - ")
-        _flow(w, caption, depth)
-    w.text("]")
-    w.close("span")
-
-
-_HANDLERS = {
-    "content": _simple("span"),
-    "paragraph": _paragraph,
-    "list": _list,
-    "table": _table,
-    "br": _br,
-    "sub": _simple("sub"),
-    "sup": _simple("sup"),
-    "linkHtml": _link,
-    "footnote": _simple("span", "cda-footnote"),
-    "footnoteRef": _footnote_ref,
-    "renderMultiMedia": _multimedia,
-    "caption": _simple("span", "cda-caption"),
-    # structure met out of place: its content only
-    "item": _simple("span"),
-    "text": _simple("div"),
-}
