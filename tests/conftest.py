@@ -18,6 +18,9 @@ from xds_node.config import load_settings
 from xds_node.db import make_test_engine, metadata
 
 POSTGRES_URL = os.environ.get("XDS_TEST_POSTGRES_URL", "")
+#: Nodes started by tests run without the operator console unless a test asks for it (tests/console):
+#: its default port is fixed (8081), and tests run side by side.
+os.environ.setdefault("XDS_CONSOLE_ENABLED", "false")
 ROOT = Path(__file__).resolve().parents[1]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=[

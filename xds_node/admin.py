@@ -212,35 +212,33 @@ def _partner_from_args(args: argparse.Namespace, old=None):
                    options=dict(old.options) if old is not None else {}, proxy=proxy)
 
 
-def _edit_partners(args: argparse.Namespace, change) -> int:
-    """Read-modify-write partners.toml under a lock; a running node picks the change up by itself."""
+PartnerEditError = _CliError  # what edit_partners raises: one line for the operator
+
+
+def edit_partners(settings: Settings, change) -> str:
+    """Read-modify-write partners.toml under a lock (``change(store)`` returns what it did, or raises
+    :class:`PartnerEditError`); a running node picks the change up by itself. The CLI and the
+    console both go through here and the functions below, so they validate alike."""
     from xds_node.security.filewatch import edit_lock, record_last_good
     from xds_node.security.trust import TrustStore
 
-    settings = _settings(args)
     path = settings.partners_path
-    try:
-        with edit_lock(path):
-            try:
-                store = TrustStore.load(path) if path.exists() else TrustStore()
-            except (OSError, ValueError) as exc:
-                raise _CliError(f"partners file {path} is not valid: {exc}") from None
-            message = change(store)
-            store.save(path)
-            record_last_good(path, path.read_bytes())
-    except _CliError as exc:
-        print(f"xds-node partners: {exc}", file=sys.stderr)
-        return 2
-    print(f"{message} in {path}")
-    return 0
+    with edit_lock(path):
+        try:
+            store = TrustStore.load(path) if path.exists() else TrustStore()
+        except (OSError, ValueError) as exc:
+            raise _CliError(f"partners file {path} is not valid: {exc}") from None
+        message = change(store)
+        store.save(path)
+        record_last_good(path, path.read_bytes())
+    return f"{message} in {path}"
 
 
-def _refuse_client_certificates(args: argparse.Namespace, partner) -> None:
+def _refuse_client_certificates(settings: Settings, partner) -> None:
     """A certificate is pinned for a partner or for an internal client, never both (the same rule
     `clients add` applies the other way round)."""
     from xds_node.security.trust import fingerprint
 
-    settings = _settings(args)
     if not settings.clients_path.exists():
         return
     try:
@@ -254,12 +252,13 @@ def _refuse_client_certificates(args: argparse.Namespace, partner) -> None:
                             "an internal client's credentials cannot also be a partner's")
 
 
-def cmd_partners_add(args: argparse.Namespace) -> int:
+def add_partner(settings: Settings, args) -> str:
+    """``partners add``: ``args`` has the command's fields (name, cert paths, community, endpoint ...)."""
     from xds_node.security.trust import PartnerConflict
 
     def change(store) -> str:
         partner = _partner_from_args(args)
-        _refuse_client_certificates(args, partner)
+        _refuse_client_certificates(settings, partner)
         if store.partner(partner.name) is not None:
             raise _CliError(f"partner {partner.name!r} already exists; use `xds-node partners replace "
                             f"{partner.name} ...` to change it")
@@ -270,10 +269,10 @@ def cmd_partners_add(args: argparse.Namespace) -> int:
                             "partner") from None
         return f"added {partner.name} ({', '.join(partner.communities)})"
 
-    return _edit_partners(args, change)
+    return edit_partners(settings, change)
 
 
-def cmd_partners_replace(args: argparse.Namespace) -> int:
+def replace_partner(settings: Settings, args) -> str:
     from xds_node.security.trust import PartnerConflict
 
     def change(store) -> str:
@@ -282,30 +281,55 @@ def cmd_partners_replace(args: argparse.Namespace) -> int:
         if old is None:
             raise _CliError(f"no partner named {name!r}; use `xds-node partners add` to add one")
         partner = _partner_from_args(args, old)
-        _refuse_client_certificates(args, partner)
+        _refuse_client_certificates(settings, partner)
         try:
             store.replace(partner)
         except PartnerConflict as exc:
             raise _CliError(str(exc)) from None
         return f"replaced {partner.name} ({', '.join(partner.communities)})"
 
-    return _edit_partners(args, change)
+    return edit_partners(settings, change)
+
+
+def remove_partner(settings: Settings, name: str) -> str:
+    def change(store) -> str:
+        if store.partner(name) is None:
+            raise _CliError(f"no partner named {name!r}")
+        store.remove(name)
+        return f"removed {name}"
+
+    return edit_partners(settings, change)
+
+
+def _partner_command(args: argparse.Namespace, edit) -> int:
+    try:
+        message = edit(_settings(args), args)
+    except _CliError as exc:
+        print(f"xds-node partners: {exc}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0
+
+
+def cmd_partners_add(args: argparse.Namespace) -> int:
+    return _partner_command(args, add_partner)
+
+
+def cmd_partners_replace(args: argparse.Namespace) -> int:
+    return _partner_command(args, replace_partner)
 
 
 def cmd_partners_remove(args: argparse.Namespace) -> int:
-    def change(store) -> str:
-        if store.partner(args.name) is None:
-            raise _CliError(f"no partner named {args.name!r}")
-        store.remove(args.name)
-        return f"removed {args.name}"
-
-    return _edit_partners(args, change)
+    return _partner_command(args, lambda settings, a: remove_partner(settings, a.name))
 
 
 def cmd_partners_check(args: argparse.Namespace) -> int:
-    """Validate the partners file: certificates in date, endpoints answer their WSDL."""
-    import httpx
+    """Validate the partners file: certificates in date (a warning 30 days ahead), endpoints answer
+    their WSDL; ``--signed`` also makes a real signed ITI-38 to each partner (gateway/check.py, the
+    console's "check now")."""
+    import asyncio
 
+    from xds_node.gateway.check import certificate_findings, signed_finding, wsdl_finding
     from xds_node.security.trust import TrustStore
 
     settings = _settings(args)
@@ -314,24 +338,25 @@ def cmd_partners_check(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"partners file {settings.partners_path}: {exc}", file=sys.stderr)
         return 2
-    now = datetime.now(UTC)
     problems = 0
-    for p in store.partners():
-        for cert in p.certificates:
-            if not (cert.not_valid_before_utc <= now < cert.not_valid_after_utc):
-                print(f"{p.name}: certificate {cert.subject.rfc4514_string()} is not valid now")
-                problems += 1
-        for name, url in p.endpoints.items():
-            if args.offline:
-                continue
-            try:
-                code = httpx.get(url + "?wsdl", timeout=args.timeout).status_code
-                state = "ok" if code == 200 else f"HTTP {code}"
-            except httpx.HTTPError as exc:
-                state = f"unreachable ({type(exc).__name__})"
-            if state != "ok":
-                problems += 1
-            print(f"{p.name}: {name} {url}: {state}")
+    node = _node(args) if getattr(args, "signed", False) and not args.offline else None
+    try:
+        for p in store.partners():
+            findings = [f for f in certificate_findings(p) if not f.ok]
+            if not args.offline:
+                findings += [wsdl_finding(p, name, url, args.timeout) for name, url in p.endpoints.items()]
+                if node is not None:
+                    findings.append(asyncio.run(signed_finding(node, p, timeout=args.timeout)))
+            for f in findings:
+                problems += f.state == "problem"
+                prefix = "" if f.state != "warning" else "warning: "
+                if f.what == "certificate" or f.what.startswith("signed"):
+                    print(f"{p.name}: {f.what}: {prefix}{f.detail}")
+                else:
+                    print(f"{p.name}: {f.what.removeprefix('endpoint ')} {f.detail.replace(': WSDL answers', ': ok')}")
+    finally:
+        if node is not None:
+            node.close()
     print(f"{len(store.partners())} partner(s), {problems} problem(s)")
     return 1 if problems else 0
 
@@ -469,7 +494,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     node = _node(args)
     try:
         if args.accounting:
-            rows = node.audit.accounting_of_disclosures(args.accounting, _when(args.since))
+            # outbound queries name the patient by the partners' ids for them: include those
+            aliases = [c.remote_cx for c in node.patients.correlations_for(args.accounting)]
+            rows = node.audit.accounting_of_disclosures(args.accounting, _when(args.since), _when(args.until),
+                                                        aliases=aliases)
             print(to_json(rows) if args.json else format_accounting(rows, patient_id=args.accounting))
             return 0
         events = node.audit.list(since=_when(args.since), until=_when(args.until), patient_id=args.patient,
@@ -651,6 +679,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_partners_remove)
     p = common(partners.add_parser("check", help="certificates in date, endpoints reachable"))
     p.add_argument("--offline", action="store_true")
+    p.add_argument("--signed", action="store_true", help="also make a real signed ITI-38 (probe patient) to each")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_partners_check)
 

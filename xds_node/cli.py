@@ -30,6 +30,20 @@ def _serve(settings, *, workers: int | None = None, tls: dict | None = None, ann
     # resolved here (config file, XDS_* and command-line options), not a subset
     os.environ[EFFECTIVE_ENV] = effective_json(settings)
     workers = workers or settings.workers
+    if settings.console_enabled:  # its own process and port, bound before anything is announced
+        from xds_node.console import process as console_process
+
+        _upgrade_schema(settings)  # the console's tables exist before either process reads them
+        console_sock = console_process.bind(settings)
+        console_process.start(settings, console_sock, tls)
+        console_sock.close()  # the child holds its own copy
+        announce_node = announce
+
+        def announce() -> None:
+            if announce_node is not None:
+                announce_node()
+            print(f"console on {console_process.url(settings, tls)} (users: `xds-node users add NAME --role ROLE`)",
+                  flush=True)
     if workers > 1:
         _upgrade_schema(settings)  # once, here: the workers then find the schema current
         from xds_node.metrics import prepare_multiprocess
@@ -221,10 +235,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for patient in summary.patients:  # demo data only: every fictional veteran has opted in
         if node.consent_store.status(patient).state != "granted":
             node.consent_store.grant(patient, source="demo", note="xds-node demo: fictional patient")
+    console_login = _demo_console_user(node) if settings.console_enabled else None
     node.close()
-    # the banner (with its curl line) only once the port is ours
-    _serve(settings, workers=1, announce=lambda: print_banner(node, summary, keys))
+
+    def banner() -> None:  # the banner (with its curl line) only once the port is ours
+        print_banner(node, summary, keys)
+        if console_login:
+            print(f"Console user {console_login[0]} (administrator), password: {console_login[1]}", flush=True)
+
+    _serve(settings, workers=1, announce=banner)
     return 0
+
+
+def _demo_console_user(node) -> tuple[str, str] | None:
+    """The demo's console administrator, made once with a random password (kept in the demo
+    directory so the banner can show it again); None when other users exist already."""
+    import secrets
+
+    from xds_node.console.auth import UserStore
+
+    users = UserStore(node.engine)
+    saved = Path(node.settings.data_dir) / "console-admin.txt"
+    if saved.exists() and users.get("admin") is not None:
+        return "admin", saved.read_text().strip()
+    if users.list():
+        return None
+    password = secrets.token_urlsafe(12)
+    users.add("admin", "administrator", password, created_by="xds-node demo")
+    saved.write_text(password + "\n")
+    saved.chmod(0o600)
+    return "admin", password
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -401,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     send_command.add_parser(sub)
     conformance_commands.add_parsers(sub)
+    from xds_node.console import commands as console_commands  # `xds-node users`: console users
+
+    console_commands.add_parsers(sub)
     return parser
 
 

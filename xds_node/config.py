@@ -129,6 +129,25 @@ class Settings:
     # operations endpoints (/health, /ready, /metrics): loopback always; these networks too
     ops_allow: list[str] = field(default_factory=list)  # CIDRs of monitoring hosts, e.g. ["10.0.0.5/32"]
 
+    # operator web console (xds_node.console): its own listener, never the partner-facing port
+    console_enabled: bool = True  # `serve` and `demo` start the console process
+    console_host: str = "127.0.0.1"
+    console_port: int = 8081
+    #: A console session ends after this many minutes without a request ...
+    console_session_idle_minutes: int = 30
+    #: ... and this many hours after login in any case.
+    console_session_max_hours: int = 12
+    #: Failed logins for one user name (or from one address, 4x this) within the lockout window
+    #: lock further attempts until the window has passed.
+    console_login_max_failures: int = 5
+    console_lockout_minutes: int = 15
+    #: Login through a trusted reverse proxy: the request header naming the (existing) console user,
+    #: honoured only from the proxy addresses below (CIDRs); both empty: off.
+    console_proxy_user_header: str = ""
+    console_proxy_trusted: list[str] = field(default_factory=list)
+    #: Largest scanned consent form accepted (bytes).
+    console_upload_max_bytes: int = 10 * 1024 * 1024
+
     # C-CDA ingest (`xds-node load`): what the document header does not decide
     #: Which recordTarget id root becomes the XDS patient id (the affinity domain's assigning
     #: authority). Empty: the first id that is not a Social Security Number; an SSN never is.
@@ -246,6 +265,14 @@ _RULES: dict[str, tuple[Any, str]] = {
     "log_level": (lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
     "log_format": (lambda v: v in ("text", "json"), "text or json"),
     "ops_allow": (lambda v: _are_networks(v), "IP networks in CIDR notation, e.g. [\"10.0.0.5/32\"]"),
+    "console_port": (lambda v: 0 < v < 65536, "a TCP port, 1-65535"),
+    "console_session_idle_minutes": (lambda v: 1 <= v <= 24 * 60, "1-1440 minutes"),
+    "console_session_max_hours": (lambda v: 1 <= v <= 24 * 7, "1-168 hours"),
+    "console_login_max_failures": (lambda v: 1 <= v <= 1000, "1-1000"),
+    "console_lockout_minutes": (lambda v: 1 <= v <= 24 * 60, "1-1440 minutes"),
+    "console_proxy_trusted": (lambda v: _are_networks(v), "IP networks in CIDR notation, e.g. [\"10.0.0.7/32\"]"),
+    "console_proxy_user_header": (lambda v: not v or _is_header_name(v), "an HTTP header name such as X-Remote-User"),
+    "console_upload_max_bytes": (lambda v: 1024 <= v <= 1 << 30, "1 KiB - 1 GiB"),
     "patient_id_root": (lambda v: not v or _is_oid(v), "an OID such as 2.16.840.1.113883.3.42.10001.100001.12"),
     "facility_type_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
     "practice_setting_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
@@ -267,6 +294,12 @@ def _are_networks(values: list[str]) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_header_name(value: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9-]{1,64}", value))
 
 
 def _is_coded(value: str) -> bool:
@@ -351,6 +384,10 @@ def _check(settings: Settings, sources: dict[str, str]) -> None:
         if not ok(value):
             where = sources.get(name, "default")
             raise ConfigError(f"{where}: {name} = {value!r} is not valid: expected {expected}")
+    if bool(settings.console_proxy_user_header) != bool(settings.console_proxy_trusted):
+        where = sources.get("console_proxy_user_header") or sources.get("console_proxy_trusted", "default")
+        raise ConfigError(f"{where}: console_proxy_user_header and console_proxy_trusted go together "
+                          "(the header is honoured only from the proxy addresses named)")
 
 
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -176,11 +176,15 @@ def test_accounting_of_disclosures(engine):
     log.record(event(time=T0 + timedelta(minutes=2), transaction="ITI-38", outcome="partial"))
     log.record(event(time=T0 + timedelta(minutes=3), transaction="ITI-39", document_ids=["1.2.3", "1.2.4"]))
     log.record(event(time=T0 + timedelta(minutes=4), outcome="failure"))
-    log.record(event(time=T0 + timedelta(minutes=5), direction="outbound"))  # we asked: not a disclosure
+    # we named the patient to a partner: an outbound disclosure (the attempt row before it is not one)
+    log.record(event(time=T0 + timedelta(minutes=5), direction="outbound", outcome="attempt"))
+    log.record(event(time=T0 + timedelta(minutes=5), direction="outbound"))
     log.record(event(time=T0 + timedelta(minutes=6), patient_id=OTHER))
 
     rows = log.accounting_of_disclosures(PID)
-    assert [r["transaction"] for r in rows] == ["ITI-55", "ITI-38", "ITI-39"]
+    assert [(r["transaction"], r["direction"]) for r in rows] == [
+        ("ITI-55", "inbound"), ("ITI-38", "inbound"), ("ITI-39", "inbound"), ("ITI-38", "outbound")]
+    assert rows[3]["description"].startswith("OUTBOUND ITI-38")
     first = rows[0]
     assert first["date"] == "2024-03-01T09:00:00Z"
     assert first["recipient_organization"] == "General Hospital" and first["recipient_community"] == PARTNER
@@ -188,14 +192,15 @@ def test_accounting_of_disclosures(engine):
     assert rows[2]["documents"] == ["1.2.3", "1.2.4"]
     assert "2 documents: 1.2.3, 1.2.4" in rows[2]["description"]
     assert "(partial)" in rows[1]["description"]
-    assert [r["transaction"] for r in log.accounting_of_disclosures(PID, since=T0 + timedelta(minutes=3))] == ["ITI-39"]
+    assert [r["transaction"] for r in log.accounting_of_disclosures(PID, since=T0 + timedelta(minutes=3),
+                                                                    until=T0 + timedelta(minutes=4))] == ["ITI-39"]
 
     text = format_accounting(rows, patient_id=PID)
     lines = text.splitlines()
     assert lines[0] == f"Accounting of disclosures for patient {PID}"
     assert lines[1].startswith("date (UTC)")
     assert "2024-03-01 09:03:00" in lines[5] and "General Hospital" in lines[5] and "Dr. Jane Smith" in lines[5]
-    assert lines[-1] == "3 disclosures"
+    assert lines[-1] == "4 disclosures"
     assert "no disclosures" in format_accounting([])
 
 

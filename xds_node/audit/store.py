@@ -65,6 +65,11 @@ audit_events = Table(
     Index("ix_audit_event_patient_time", "patient_id", "time"),
     Index("ix_audit_event_partner_time", "partner_community", "time"),
     Index("ix_audit_event_transaction_time", "transaction", "time"),
+    # the console: keyset pages of the whole trail (time, event_id), and each partner's last
+    # success / failure per transaction as one index seek each (migration 0006)
+    Index("ix_audit_event_time_id", "time", "event_id"),
+    Index("ix_audit_event_caller_time", "partner", "time"),
+    Index("ix_audit_event_partner_tx_outcome_time", "partner_community", "transaction", "outcome", "time"),
 )
 
 #: Columns of the CSV export, in order (the stored fields of an event).
@@ -402,20 +407,38 @@ class AuditLog:
         with self.engine.connect() as conn:
             return [_row_to_event(r) for r in conn.execute(stmt)]
 
-    def accounting_of_disclosures(self, patient_id: str, since: datetime | None = None) -> list[dict[str, Any]]:
-        """One line per disclosure of the patient's information to another community, oldest first.
+    def accounting_of_disclosures(self, patient_id: str, since: datetime | None = None,
+                                  until: datetime | None = None, *, aliases: Iterable[str] = (),
+                                  limit: int | None = None) -> list[dict[str, Any]]:
+        """One line per disclosure of the patient's information to another party, oldest first.
 
-        A disclosure is an inbound request we answered with information (success or partial);
-        denied and failed requests disclosed nothing and are left out. ITI-39/43 events count only
-        if the transaction code recorded the patient the retrieved documents belong to.
+        Inbound: a request we answered with information (success or partial); denied and failed
+        requests disclosed nothing and are left out. ITI-39/43 events count only if the transaction
+        code recorded the patient the retrieved documents belong to.
+
+        Outbound (``direction`` "outbound" in each line): we named the patient to a partner (XCPD
+        discovery, a patient-keyed ITI-38) or pushed their documents (``xds-node send``, ITI-41).
+        Every call that went out is listed with its outcome, a failed one too (the partner may have
+        received the request before it failed); the "attempt" row written before sending and calls
+        refused before sending ("denied") are not. Outbound queries name the patient by the id the
+        partner knows them under: pass those ids (the patient's correlations) as ``aliases``.
+        Console activity (``console:*`` rows) is use inside the organization, not a disclosure.
         """
         t = audit_events
+        ids = [patient_id, *[a for a in aliases if a and a != patient_id]]
         stmt = select(t).where(
-            t.c.patient_id == patient_id, t.c.direction == "inbound", t.c.outcome.in_(DISCLOSED)
+            t.c.patient_id.in_(ids),
+            or_((t.c.direction == "inbound") & t.c.outcome.in_(DISCLOSED) & (t.c.patient_id == patient_id),
+                (t.c.direction == "outbound") & t.c.outcome.in_(OUTBOUND_SENT)),
+            ~t.c.transaction.like("console:%"),
         )
         if since is not None:
             stmt = stmt.where(t.c.time >= _naive_utc(since))
+        if until is not None:
+            stmt = stmt.where(t.c.time < _naive_utc(until))
         stmt = stmt.order_by(t.c.time, t.c.event_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         with self.engine.connect() as conn:
             events = [_row_to_event(r) for r in conn.execute(stmt)]
         return [_accounting_line(e) for e in events]
@@ -470,12 +493,25 @@ def _describe(e: AuditEvent) -> str:
         what = "document list (metadata)"
     else:
         what = "information"
+    if e.direction == "outbound":
+        if e.transaction == "ITI-41":
+            what = "pushed " + what
+        elif e.transaction in ("ITI-55", "ITI-38"):
+            what = "patient named in our request" + ("" if e.transaction == "ITI-55" else " for documents")
+        return f"OUTBOUND {e.transaction} {name}: {what}" + ("" if e.outcome == "success" else f" ({e.outcome})")
     return f"{e.transaction} {name}: {what}" + (" (partial)" if e.outcome == "partial" else "")
+
+
+#: Outbound outcomes in which the request left the node (``attempt`` is the row written before it).
+OUTBOUND_SENT = ("success", "partial", "failure")
 
 
 def _accounting_line(e: AuditEvent) -> dict[str, Any]:
     return {
         "date": e.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "direction": e.direction,
+        "outcome": e.outcome,
+        "patient_id": e.patient_id,
         "recipient_organization": e.partner_organization,
         "recipient_organization_id": e.partner_organization_id,
         "recipient_community": e.partner_community,

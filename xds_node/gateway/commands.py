@@ -32,7 +32,7 @@ from xds_node import term
 from xds_node.config import load_settings, require_data_dir
 from xds_node.ebxml import vocabulary as v
 
-STATE_STYLE = {"pending": ("waiting", "yellow"), "answered": ("answered", "green"),
+STATE_STYLE = {"started": ("waiting", "yellow"), "answered": ("answered", "green"),
                "timeout": ("timed out", "red"), "failed": ("failed", "red")}
 EXIT = {v.ResponseStatus.SUCCESS: 0, v.ResponseStatus.PARTIAL_SUCCESS: 1, v.ResponseStatus.FAILURE: 2}
 
@@ -101,14 +101,15 @@ def _ctx(args: argparse.Namespace, ig: Any):
     return replace(ctx, **changes) if changes else ctx
 
 
-def _progress_table(outcomes: list, title: str) -> Table:
+def _progress_table(events: list, title: str) -> Table:
+    """One row per partner, from its latest :class:`~xds_node.gateway.progress.PartnerEvent`."""
     table = Table(title=title, title_justify="left", expand=False)
     for col in ("partner", "community", "state", "calls", "received", "seconds", "detail"):
         table.add_column(col, justify="right" if col in ("calls", "received", "seconds") else "left")
-    for o in outcomes:
-        label, style = STATE_STYLE.get(o.state, (o.state, ""))
-        table.add_row(o.partner, o.community, Text(label, style=style), str(o.calls), str(o.count),
-                      f"{o.seconds:.2f}" if o.state != "pending" else "", o.detail)
+    for e in events:
+        label, style = STATE_STYLE.get(e.kind, (e.kind, ""))
+        table.add_row(e.partner, e.community, Text(label, style=style), str(e.calls), str(e.count),
+                      f"{e.seconds:.2f}" if e.done else "", e.detail)
     return table
 
 
@@ -116,10 +117,12 @@ class CommandError(Exception):
     """An expected failure found before anything was sent: one line on stderr, exit 2."""
 
 
-def _run(args: argparse.Namespace, title: str, work: Callable[[Any, Any, Callable], Awaitable[Any]],
+def _run(args: argparse.Namespace, transaction: str, work: Callable[[Any, Any, Callable], Awaitable[Any]],
          prepare: Callable[[Any], Awaitable[None]] | None = None) -> tuple[Any, Any]:
     """Build the node and gateway, run ``prepare(gateway)`` (which may raise :class:`CommandError`)
-    and then ``work(gateway, ctx, progress)`` with a live partner table."""
+    and then ``work(gateway, ctx, progress)`` with a live partner table (one row per partner, fed
+    by the gateway's progress events, :mod:`xds_node.gateway.progress`)."""
+    from xds_node.gateway.progress import TRANSACTIONS, PartnerEvent, events_to
     from xds_node.node import Node
     from xds_node.transactions.ig import IgSettings, build_gateway
 
@@ -128,7 +131,8 @@ def _run(args: argparse.Namespace, title: str, work: Callable[[Any, Any, Callabl
     ig = IgSettings.from_settings(settings)
     ctx = _ctx(args, ig)
     console = term.console(stderr=True)
-    outcomes: list = []
+    title = TRANSACTIONS[transaction]
+    latest: dict[tuple[str, str], PartnerEvent] = {}
 
     async def main():
         gateway = build_gateway(node, ig)
@@ -137,14 +141,13 @@ def _run(args: argparse.Namespace, title: str, work: Callable[[Any, Any, Callabl
                 await prepare(gateway)
             if args.json or not console.is_terminal:
                 return await work(gateway, ctx, lambda o: None)
-            with Live(_progress_table(outcomes, title), console=console, refresh_per_second=8,
+            with Live(_progress_table([], title), console=console, refresh_per_second=8,
                       transient=False) as live:
-                def progress(o) -> None:
-                    if o not in outcomes:
-                        outcomes.append(o)
-                    live.update(_progress_table(outcomes, title))
+                def show(event: PartnerEvent) -> None:
+                    latest[(event.partner, event.community)] = event
+                    live.update(_progress_table(list(latest.values()), title))
 
-                return await work(gateway, ctx, progress)
+                return await work(gateway, ctx, events_to(show, transaction))
         finally:
             await gateway.client.aclose()
 
@@ -153,7 +156,7 @@ def _run(args: argparse.Namespace, title: str, work: Callable[[Any, Any, Callabl
     finally:
         node.close()
     if not args.json and not console.is_terminal and getattr(result, "partners", None):
-        console.print(_progress_table(result.partners, title))
+        console.print(_progress_table([PartnerEvent.of(o, transaction) for o in result.partners], title))
     return result, term.console()
 
 
@@ -241,7 +244,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return await gateway.discover(demo, ctx, local_patient_id=args.patient, progress=progress)
 
     try:
-        result, console = _run(args, "patient discovery (XCPD)", work, prepare)
+        result, console = _run(args, "ITI-55", work, prepare)
     except CommandError as exc:
         print(f"discover: {exc}", file=sys.stderr)
         return 2
@@ -274,7 +277,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         uncorrelated = not result.refused and not await asyncio.to_thread(gateway.correlated, args.patient)
         return result
 
-    result, console = _run(args, "cross-community query (ITI-38)", work)
+    result, console = _run(args, "ITI-38", work)
     if uncorrelated:
         if args.json:
             print(json.dumps({**result.to_dict(), "correlated": False}, indent=2))
@@ -335,7 +338,7 @@ def cmd_retrieve_remote(args: argparse.Namespace) -> int:
                        for d in found.documents() if d["document_unique_id"]]
         return await gateway.retrieve(wanted, ctx, dest=args.output, progress=progress)
 
-    result, console = _run(args, "cross-community retrieve (ITI-39)", work)
+    result, console = _run(args, "ITI-39", work)
     if not args.json and not result.refused:
         table = Table("home", "document uniqueId", "mime", "bytes", "file",
                       title=f"{len(result.documents)} document(s) in {args.output}", title_justify="left")

@@ -44,6 +44,7 @@ def target_metadata() -> MetaData:
     """``xds_node.db.metadata`` with every module that defines tables imported (a module missing
     here leaves its tables out, which tests/test_migrations.py reports as a schema difference)."""
     import xds_node.audit.store
+    import xds_node.console.tables
     import xds_node.patients.tables
     import xds_node.registry.tables
     import xds_node.repository.tables

@@ -92,6 +92,7 @@ patient_identifier = Table(
     Column("extension", String(256), nullable=False),
     UniqueConstraint("root", "extension", name="uq_patient_identifier"),
     Index("ix_patient_identifier_patient", "patient_id"),
+    Index("ix_patient_identifier_extension", "extension"),  # console search by an id without its root
 )
 
 patient_address = Table(
