@@ -76,7 +76,7 @@ def seed(node, documents: int, audit_rows: int, patients: int) -> tuple[list[str
     rnd = random.Random(13)
     span = 90 * 86400
     communities = {p: f"urn:oid:1.3.6.1.4.1.21367.2026.{100 + i}" for i, p in enumerate(PARTNERS)}
-    with node.engine.begin() as conn:
+    with node.audit_engine.begin() as conn:  # the audit trail's own file on SQLite
         batch = []
         for i in range(audit_rows):
             partner = rnd.choice(PARTNERS)

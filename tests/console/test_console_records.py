@@ -123,7 +123,7 @@ def _audit_rows(console_node, **where):
         stmt = select(t).order_by(t.c.time)
         for k, val in where.items():
             stmt = stmt.where(getattr(t.c, k) == val)
-        with node.engine.connect() as conn:
+        with node.audit_engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
     finally:
         node.close()
@@ -347,7 +347,7 @@ def test_browser_outside_records_discover_query_retrieve_against_a_second_node(r
     settings = load_settings(env={}, data_dir=partner_dir)
     from xds_node.db import make_engine
 
-    engine = make_engine(settings.db_url)
+    engine = make_engine(settings.audit_db_url)
     with engine.connect() as conn:
         theirs = [dict(r._mapping) for r in conn.execute(select(audit_events).where(
             audit_events.c.direction == "inbound"))]

@@ -90,6 +90,11 @@ class Console:
     def engine(self):
         return self.node.engine
 
+    @property
+    def audit_engine(self):
+        """Where the audit trail lives: on SQLite a file of its own (``Settings.audit_db_url``)."""
+        return self.node.audit_engine
+
     @cached_property
     def users(self) -> UserStore:
         return UserStore(self.engine)

@@ -80,7 +80,7 @@ def _partners(settings) -> list:
 
 
 def routes(console: Console) -> list:
-    engine = console.engine
+    engine = console.audit_engine
 
     def index(request: Request) -> Response:
         filters = {k: request.query_params.get(k, "")[:1024] for k in FILTERS}

@@ -83,7 +83,8 @@ def routes(console: Console) -> list:
     def index(request: Request) -> Response:
         since = datetime.now(UTC) - timedelta(hours=24)
         problems = [p for p in (check() for check in checks) if p]
-        return console.render(request, "dashboard/index.html", since=since, traffic=traffic(console.engine, since),
+        return console.render(request, "dashboard/index.html", since=since,
+                              traffic=traffic(console.audit_engine, since),
                               metrics=node_metrics(console.settings), problems=problems)
 
     return [route("", index)]

@@ -69,7 +69,7 @@ def routes(console: Console) -> list:
     from xds_node import admin
 
     settings = console.settings
-    engine = console.engine
+    engine = console.audit_engine
 
     def index(request: Request, *, message: str = "", error: str = "", findings: list | None = None,
               status: int = 200) -> Response:

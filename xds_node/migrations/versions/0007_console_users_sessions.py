@@ -1,10 +1,10 @@
-"""Operator web console (branch console): users, database sessions, failed logins, the CSRF
+"""Operator web console users, database sessions, failed logins, the CSRF
 secret, scanned consent forms and conformance runs; indexes the console's pages need (audit keyset
 paging by (time, event_id), each partner's last success/failure per transaction as an index seek,
 patient search by identifier extension).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-11-30 14:15:21.785707
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006'
-down_revision = '0005'
+revision = '0007'
+down_revision = '0006'
 branch_labels = None
 depends_on = None
 
