@@ -123,6 +123,39 @@ def _count_in(conn) -> int:
     return conn.exec_driver_sql("SELECT COUNT(*) FROM repo_content").scalar()
 
 
+def test_other_bytes_under_a_stored_sha1_are_refused_not_served_for_it(client, node):
+    """A SHA-1 collision (made, not found) must not give an entry somebody else's bytes: bytes
+    pushed under a stored SHA-1 must have its SHA-256 too, or the registration rolls back."""
+    victim = b"<ClinicalDocument>the victim's record</ClinicalDocument>"
+    (uid,) = _provide(client, 1413, [victim])
+    sha1 = hashlib.sha1(victim).hexdigest()
+    forged = b"<ClinicalDocument>the attacker's record!</ClinicalDocument>"[:len(victim)]
+    with pytest.raises(dbstore.ContentCollision), node.engine.begin() as conn:
+        node.repository.database.write(conn, forged, sha1)  # as if hashlib had said sha1 for it
+    sub = no_hash_size(f.submission(f.patient(1414), 1))
+
+    async def register(s, also):
+        return node.registry.register(s, transaction="ITI-41", also=also)
+
+    import xds_node.repository.service as service
+
+    real = service.Repository.check_documents
+
+    def collide(self, s, documents):  # the repository computes SHA-1 itself: make it see a collision
+        errors = real(self, s, documents)
+        s.documents[0].hash = sha1
+        return errors
+
+    service.Repository.check_documents = collide
+    try:
+        reply = asyncio.run(node.repository.provide_and_register(sub, {sub.documents[0].id: forged}, register))
+    finally:
+        service.Repository.check_documents = real
+    assert [e.code for e in reply.errors] == [v.ErrorCode.REPOSITORY_ERROR]
+    assert node.registry_store.count("doc") == 1  # only the victim's entry
+    assert documents_of(retrieve(client, [(None, uid)])) == {uid: victim}
+
+
 def test_identical_bytes_in_two_submissions_are_stored_once(client, node):
     data = b"<ClinicalDocument>twice</ClinicalDocument>"
     first = _provide(client, 1404, [data])

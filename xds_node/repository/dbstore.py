@@ -49,6 +49,10 @@ NAME = "db"
 log = logging.getLogger(__name__)
 
 
+class ContentCollision(Exception):
+    """Other bytes with this SHA-1 are stored already (a SHA-1 collision): the push is refused."""
+
+
 @dataclass(frozen=True)
 class StoredContent:
     """What the database holds for one SHA-1 (fsck's view)."""
@@ -88,16 +92,21 @@ class DatabaseStore:
 
         A concurrent transaction writing the same bytes makes PostgreSQL wait for its outcome (the
         primary key), so exactly one copy commits whoever wins. Stored bytes are locked against
-        ``remove_orphan`` until this transaction ends.
+        ``remove_orphan`` until this transaction ends. Bytes already stored under this SHA-1 must
+        also have the same SHA-256 and size, or :class:`ContentCollision` is raised (and the
+        registration rolls back): SHA-1 collisions can be made, and an entry must never be given
+        someone else's bytes.
         """
         p, s = _marks(conn)
         size = len(data)
         count = max(1, -(-size // CHUNK))
+        sha256 = hashlib.sha256(data).hexdigest()
         lock = " FOR KEY SHARE" if conn.dialect.name == "postgresql" else ""  # SQLite: one writer at a time
         while True:
             created = conn.exec_driver_sql(
-                f"INSERT INTO repo_content (sha1, size, chunks) VALUES ({p}sha1{s}, {p}size{s}, {p}chunks{s}) "
-                "ON CONFLICT (sha1) DO NOTHING RETURNING sha1", {"sha1": sha1, "size": size, "chunks": count}).first()
+                f"INSERT INTO repo_content (sha1, size, chunks, sha256) VALUES ({p}sha1{s}, {p}size{s}, {p}chunks{s}, "
+                f"{p}sha256{s}) ON CONFLICT (sha1) DO NOTHING RETURNING sha1",
+                {"sha1": sha1, "size": size, "chunks": count, "sha256": sha256}).first()
             if created is not None:
                 view = memoryview(data)
                 for first in range(0, count, 8):  # a few MiB per round trip, never the whole body again
@@ -106,9 +115,13 @@ class DatabaseStore:
                         [{"sha1": sha1, "seq": i, "data": view[i * CHUNK:(i + 1) * CHUNK]}
                          for i in range(first, min(count, first + 8))])
                 return
-            held = conn.exec_driver_sql(f"SELECT size FROM repo_content WHERE sha1 = {p}sha1{s}{lock}",
+            held = conn.exec_driver_sql(f"SELECT size, sha256 FROM repo_content WHERE sha1 = {p}sha1{s}{lock}",
                                         {"sha1": sha1}).first()
             if held is not None:
+                if (held[0], held[1]) != (size, sha256):
+                    log.error("document content %s: other bytes with the same SHA-1 are stored (SHA-256 %s, "
+                              "%d bytes; pushed: SHA-256 %s, %d bytes): refused", sha1, held[1], held[0], sha256, size)
+                    raise ContentCollision(sha1)
                 return
             # removed as an orphan between our INSERT and SELECT: write it again
 

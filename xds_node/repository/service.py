@@ -30,7 +30,7 @@ from xds_node.db import Sql, read
 from xds_node.ebxml import vocabulary as v
 from xds_node.ebxml.model import RegistryError, RegistryResponse, Submission
 from xds_node.repository import tables as t
-from xds_node.repository.dbstore import DatabaseStore
+from xds_node.repository.dbstore import ContentCollision, DatabaseStore
 from xds_node.repository.sources import ContentStore, Lease, Located, SourceSystem
 
 log = logging.getLogger(__name__)
@@ -245,18 +245,23 @@ class Repository:
                 row["entry_uuid"] = by_uid.get(row["unique_id"], row["entry_uuid"])
             _index(conn, rows)
 
-        if co_located:
-            return await register(sub, record)
-        response = await register(sub, None)
-        if response.status == v.ResponseStatus.SUCCESS:
-            from xds_node.transactions import blocking  # database work off the event loop
+        try:
+            if co_located:
+                return await register(sub, record)
+            response = await register(sub, None)
+            if response.status == v.ResponseStatus.SUCCESS:
+                from xds_node.transactions import blocking  # database work off the event loop
 
-            def commit() -> None:
-                with self.engine.begin() as conn:
-                    record(conn)
+                def commit() -> None:
+                    with self.engine.begin() as conn:
+                        record(conn)
 
-            await blocking(commit)
-        return response
+                await blocking(commit)
+            return response
+        except ContentCollision:
+            return RegistryResponse.from_errors([_err(
+                E.REPOSITORY_ERROR, "A document's bytes collide with other stored bytes under the same SHA-1; "
+                                    "nothing was stored")])
 
     def _abandon(self, leases: list[tuple[Lease, bytes]]) -> None:
         """A failed request: drop its leases, then remove the files nobody else holds or names."""

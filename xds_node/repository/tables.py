@@ -36,6 +36,8 @@ contents = Table(
     Column("sha1", String(40), primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("chunks", Integer, nullable=False),  # rows in repo_content_chunk, seq 0 .. chunks-1
+    #: SHA-256 of the bytes: bytes pushed again under the same SHA-1 must match it (no collisions)
+    Column("sha256", String(64), nullable=False),
 )
 
 #: The bytes, in chunks of at most ``dbstore.CHUNK`` so that neither writing nor streaming a

@@ -1,6 +1,6 @@
 """Repository: pushed documents' bytes in the database (helper pgscale).
 
-* ``repo_content`` (one row per SHA-1: size, number of chunks) and ``repo_content_chunk`` (the
+* ``repo_content`` (one row per SHA-1: size, number of chunks, SHA-256) and ``repo_content_chunk`` (the
   bytes, at most 1 MiB per row) hold what ITI-41 and XDR pushes store when ``document_store`` is
   "database" (the default on PostgreSQL), written in the registration's transaction. Entries name
   them with ``repo_document.source = 'db'``; entries whose bytes are in the folder store
@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('sha1', sa.String(length=40), nullable=False),
     sa.Column('size', sa.BigInteger(), nullable=False),
     sa.Column('chunks', sa.Integer(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('sha1')
     )
     op.create_table('repo_content_chunk',
