@@ -109,6 +109,11 @@ class _Batch:
     conn: Any = None
 
 
+#: Every this many group-commit rounds a thread checkpoints the audit file's WAL (SQLite); the
+#: loop's own connection has automatic checkpoints off, as one costs an fsync (tens of ms).
+CHECKPOINT_ROUNDS = 500
+
+
 class _Locked(Exception):
     """Another process holds SQLite's write lock: commit this round on a thread instead."""
 
@@ -197,6 +202,7 @@ class AuditLog:
         self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
         #: Group-commit transactions committed so far by this process (for tests and curiosity).
         self.rounds = 0
+        self._checkpointing = False
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
@@ -274,6 +280,11 @@ class AuditLog:
                     continue
                 self.rounds += 1
                 self._settle(items, None)
+                if self.inline and self.rounds % CHECKPOINT_ROUNDS == 0 and not self._checkpointing:
+                    # the loop's connection never checkpoints (an fsync stall); a thread does,
+                    # while the next rounds go on
+                    self._checkpointing = True
+                    asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
         finally:
             batch.flusher = None
             for _, _, fut in batch.queue:  # only if cancelled mid-way: nobody may wait forever
@@ -289,6 +300,7 @@ class AuditLog:
         if batch.conn is None:
             raw = self.engine.raw_connection()  # kept by this loop (its busy timeout is 0)
             raw.driver_connection.execute("PRAGMA busy_timeout=0")
+            raw.driver_connection.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
             batch.conn = raw
         db = batch.conn.driver_connection
         try:
@@ -309,6 +321,17 @@ class AuditLog:
             except Exception:
                 self._drop(batch)
             raise
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the audit file (PASSIVE: never waits for readers or writers),
+        on a thread; housekeeping, so a failure is only logged."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:
+            log.warning("audit WAL checkpoint failed; the next one will retry", exc_info=True)
+        finally:
+            self._checkpointing = False
 
     @staticmethod
     def _drop(batch: _Batch) -> None:
