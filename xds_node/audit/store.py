@@ -114,6 +114,13 @@ class _Batch:
 CHECKPOINT_ROUNDS = 500
 
 
+#: SQLite write lock held by another worker: poll from the loop every 0.2 ms at first, doubling up
+#: to 2 ms, for at most LOCK_WAIT seconds before handing the round to a thread.
+LOCK_POLL_FIRST = 0.0002
+LOCK_POLL_MAX = 0.002
+LOCK_WAIT = 1.0
+
+
 class _Locked(Exception):
     """Another process holds SQLite's write lock: commit this round on a thread instead."""
 
@@ -265,14 +272,11 @@ class AuditLog:
         try:
             while batch.queue:
                 items, batch.queue = batch.queue, []
-                rows = [row for _, row, _ in items]
                 try:
-                    try:
-                        if not self.inline:
-                            raise _Locked
-                        self._insert_inline(batch, rows)
-                    except _Locked:
-                        await asyncio.to_thread(self._insert, rows)
+                    if self.inline:
+                        items = await self._commit_inline(batch, items)
+                    else:
+                        await asyncio.to_thread(self._insert, [row for _, row, _ in items])
                 except BaseException as exc:
                     self._settle(items, exc)
                     if not isinstance(exc, Exception):
@@ -291,6 +295,27 @@ class AuditLog:
                 if not fut.done():
                     fut.set_exception(AuditWriteError("audit flusher stopped before the row was committed"))
             batch.queue = []
+
+    async def _commit_inline(self, batch: _Batch, items: list) -> list:
+        """SQLite: commit ``items`` on the loop. While another worker holds the write lock, wait
+        on the loop (never in SQLite's busy handler, whose sleeps grow to 100 ms) in short steps,
+        taking the rows that arrive meanwhile into the same round; after LOCK_WAIT seconds the
+        round goes to a thread that waits with the connection's own busy timeout. Returns the
+        round's items (the ones given and those taken in)."""
+        delay, waited = LOCK_POLL_FIRST, 0.0
+        while True:
+            try:
+                self._insert_inline(batch, [row for _, row, _ in items])
+                return items
+            except _Locked:
+                if waited >= LOCK_WAIT:
+                    await asyncio.to_thread(self._insert, [row for _, row, _ in items])
+                    return items
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, LOCK_POLL_MAX)
+            if batch.queue:
+                items, batch.queue = items + batch.queue, []
 
     def _insert_inline(self, batch: _Batch, rows: list[dict[str, Any]]) -> None:
         """SQLite, on the loop: BEGIN IMMEDIATE with no lock wait; raises :class:`_Locked` (nothing
