@@ -26,6 +26,15 @@ from bench.loadgen import LoadResult, run_load
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A port nobody listens on now (the machine is shared: fixed ports collide)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def tree_env(tree: Path, **extra: str) -> dict[str, str]:
     """Environment for a process running ``tree``'s code."""
     return {**os.environ, "PYTHONPATH": str(tree), **extra}

@@ -249,7 +249,7 @@ def compare_trees(n_docs: int, args) -> None:
               f"CPU per document {med(cpu['this']):.0f} / {med(cpu['baseline']):.0f} us, "
               f"x{med(a / b for a, b in zip(cpu['this'], cpu['baseline'], strict=True)):.2f} "
               f"(medians of {chunks} alternating chunks)")
-        ports = {"this": 30000 + os.getpid() % 15000, "baseline": 30001 + os.getpid() % 15000}
+        ports = {k: abtree.free_port() for k in trees}
         for k, tree in trees.items():
             procs[k] = start_server(work[k], ports[k], args.workers, tree=tree)
         patients = max(1, n_docs // DOCS_PER_PATIENT)

@@ -141,6 +141,7 @@ def _wait(url: str) -> None:
             return
         except httpx.HTTPError:
             time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer: the server did not start")
 
 
 def retrieve_message(port: int, uid: str) -> bytes:
@@ -173,9 +174,7 @@ def compare_retrieve(label: str, size: int, args, trees: dict[str, Path] | None 
                 if done.returncode != 0:
                     raise SystemExit(done.stderr[-2000:])
                 uids[k] = done.stdout.strip().splitlines()[-1]
-        base_port = 30000 + os.getpid() % 15000
-        ports = {k: base_port + i for i, k in enumerate(trees)}
-        ports["plain"] = base_port + len(trees)
+        ports = {k: abtree.free_port() for k in [*trees, "plain"]}
         for k, tree in trees.items():
             procs[k] = start_node(works[k], ports[k], tree)
         procs["plain"] = start_plain(stored_file(works["this"], size), ports["plain"])

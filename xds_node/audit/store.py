@@ -114,6 +114,18 @@ class _Batch:
     conn: Any = None
 
 
+#: Every this many group-commit rounds a thread checkpoints the audit file's WAL (SQLite); the
+#: loop's own connection has automatic checkpoints off, as one costs an fsync (tens of ms).
+CHECKPOINT_ROUNDS = 500
+
+
+#: SQLite write lock held by another worker: poll from the loop every 0.2 ms at first, doubling up
+#: to 2 ms, for at most LOCK_WAIT seconds before handing the round to a thread.
+LOCK_POLL_FIRST = 0.0002
+LOCK_POLL_MAX = 0.002
+LOCK_WAIT = 1.0
+
+
 class _Locked(Exception):
     """Another process holds SQLite's write lock: commit this round on a thread instead."""
 
@@ -202,6 +214,7 @@ class AuditLog:
         self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
         #: Group-commit transactions committed so far by this process (for tests and curiosity).
         self.rounds = 0
+        self._checkpointing = False
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
@@ -264,14 +277,11 @@ class AuditLog:
         try:
             while batch.queue:
                 items, batch.queue = batch.queue, []
-                rows = [row for _, row, _ in items]
                 try:
-                    try:
-                        if not self.inline:
-                            raise _Locked
-                        self._insert_inline(batch, rows)
-                    except _Locked:
-                        await asyncio.to_thread(self._insert, rows)
+                    if self.inline:
+                        items = await self._commit_inline(batch, items)
+                    else:
+                        await asyncio.to_thread(self._insert, [row for _, row, _ in items])
                 except BaseException as exc:
                     self._settle(items, exc)
                     if not isinstance(exc, Exception):
@@ -279,12 +289,38 @@ class AuditLog:
                     continue
                 self.rounds += 1
                 self._settle(items, None)
+                if self.inline and self.rounds % CHECKPOINT_ROUNDS == 0 and not self._checkpointing:
+                    # the loop's connection never checkpoints (an fsync stall); a thread does,
+                    # while the next rounds go on
+                    self._checkpointing = True
+                    asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
         finally:
             batch.flusher = None
             for _, _, fut in batch.queue:  # only if cancelled mid-way: nobody may wait forever
                 if not fut.done():
                     fut.set_exception(AuditWriteError("audit flusher stopped before the row was committed"))
             batch.queue = []
+
+    async def _commit_inline(self, batch: _Batch, items: list) -> list:
+        """SQLite: commit ``items`` on the loop. While another worker holds the write lock, wait
+        on the loop (never in SQLite's busy handler, whose sleeps grow to 100 ms) in short steps,
+        taking the rows that arrive meanwhile into the same round; after LOCK_WAIT seconds the
+        round goes to a thread that waits with the connection's own busy timeout. Returns the
+        round's items (the ones given and those taken in)."""
+        delay, waited = LOCK_POLL_FIRST, 0.0
+        while True:
+            try:
+                self._insert_inline(batch, [row for _, row, _ in items])
+                return items
+            except _Locked:
+                if waited >= LOCK_WAIT:
+                    await asyncio.to_thread(self._insert, [row for _, row, _ in items])
+                    return items
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, LOCK_POLL_MAX)
+            if batch.queue:
+                items, batch.queue = items + batch.queue, []
 
     def _insert_inline(self, batch: _Batch, rows: list[dict[str, Any]]) -> None:
         """SQLite, on the loop: BEGIN IMMEDIATE with no lock wait; raises :class:`_Locked` (nothing
@@ -294,6 +330,7 @@ class AuditLog:
         if batch.conn is None:
             raw = self.engine.raw_connection()  # kept by this loop (its busy timeout is 0)
             raw.driver_connection.execute("PRAGMA busy_timeout=0")
+            raw.driver_connection.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
             batch.conn = raw
         db = batch.conn.driver_connection
         try:
@@ -314,6 +351,17 @@ class AuditLog:
             except Exception:
                 self._drop(batch)
             raise
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the audit file (PASSIVE: never waits for readers or writers),
+        on a thread; housekeeping, so a failure is only logged."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception:
+            log.warning("audit WAL checkpoint failed; the next one will retry", exc_info=True)
+        finally:
+            self._checkpointing = False
 
     @staticmethod
     def _drop(batch: _Batch) -> None:
