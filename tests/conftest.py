@@ -15,7 +15,7 @@ import pytest
 
 from tests.soapkit import SoapTestClient
 from xds_node.config import load_settings
-from xds_node.db import make_test_engine, metadata
+from xds_node.db import make_test_engine
 
 POSTGRES_URL = os.environ.get("XDS_TEST_POSTGRES_URL", "")
 #: Nodes started by tests run without the operator console unless a test asks for it (tests/console):
@@ -32,10 +32,10 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=[
 def _database_url(backend: str, tmp_path: Path) -> str:
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'registry.db'}"
-    import xds_node.node  # noqa: F401  (registers every table on the metadata, so all are dropped)
+    from xds_node.migrations import target_metadata  # every module's tables (console ones too), so all are dropped
 
     engine = make_test_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-    metadata.drop_all(engine)
+    target_metadata().drop_all(engine)
     with engine.begin() as conn:  # the schema version goes with the tables it describes
         conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
     engine.dispose()

@@ -185,7 +185,7 @@ def test_audit_search_pages_by_keyset_without_gaps_or_repeats(console):
                                      event_id=f"e{i:04d}", patient_id=PATIENT))
     seen, cursor = [], ""
     while True:
-        events, cursor = search(node.engine, {"patient": PATIENT}, cursor, size=25)
+        events, cursor = search(node.audit_engine, {"patient": PATIENT}, cursor, size=25)
         seen += [e.event_id for e in events]
         if not cursor:
             break

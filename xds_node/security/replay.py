@@ -16,7 +16,7 @@ Decisions, made by :meth:`ReplayStore.admit` in one database transaction:
 * a partner whose live entries would pass ``quota`` is refused on its own ("replay quota exceeded");
   no partner can push out another partner's entries, because nothing is ever evicted before it expires.
 
-Cost per request: one UPDATE of the partner's counter and one multi-row INSERT in one transaction.
+Cost per request: one multi-row INSERT and then one UPDATE of the partner's counter, in one transaction.
 The counter only counts up; it is reconciled with the table (expired entries deleted, the partner's
 rows counted) only when it reaches the quota, and a partner found full is not counted again before
 its earliest entry expires. Expired entries of every partner are deleted at most once a minute per
@@ -105,6 +105,10 @@ class ReplayStore(Protocol):
         ...
 
 
+class _OverQuota(Exception):
+    """The partner's counter refused the message: roll its entries back, then reconcile."""
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -160,13 +164,20 @@ class DatabaseReplayStore:
                     with self.engine.begin() as conn:
                         if self._pg:  # see the class docstring
                             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        # The entries first, the partner's counter last: the counter row is what
+                        # every worker and host admitting for this partner waits on, so it is held
+                        # only from its UPDATE to the commit (counter first serialised each
+                        # partner's admissions on the INSERT too).
+                        insert_rows(conn, replay_entries, rows)
                         n, limit = len(rows), self.quota - len(rows)
                         counted = conn.exec_driver_sql(
                             self._count_sql, {"n": n, "p": partner, "lim": limit} if self._named
                             else (n, partner, limit)).rowcount
                         if counted == 1:
-                            insert_rows(conn, replay_entries, rows)
                             return False
+                        raise _OverQuota
+                except _OverQuota:
+                    pass  # rolled back: nothing of this message stays
                 except IntegrityError:
                     return self._conflict(partner, rows, request_digest, t)
                 if attempt == 0:
