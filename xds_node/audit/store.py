@@ -320,7 +320,10 @@ class AuditLog:
             waited += delay
             delay = min(delay * 2, LOCK_POLL_MAX)
             if batch.queue:
-                items, batch.queue = items + batch.queue, []
+                # in place: if the round then fails, the caller settles every row it holds (a
+                # new list would leave the rows taken in here waiting forever)
+                items.extend(batch.queue)
+                batch.queue = []
 
     def _insert_inline(self, batch: _Batch, rows: list[dict[str, Any]]) -> None:
         """SQLite, on the loop: BEGIN IMMEDIATE with no lock wait; raises :class:`_Locked` (nothing
