@@ -58,3 +58,18 @@ def adopt(main: Engine, side: Engine) -> int:
         log.warning("moved %d audit and replay rows into the bookkeeping database %s", moved,
                     side.url.render_as_string(hide_password=True))
     return moved
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """SQLite: refresh the planner's statistics of the bookkeeping file at start (an approximate
+    ANALYZE, a few ms at a million rows). Only the console and the CLI read this file, with filters
+    the planner picks indexes for by these statistics: without them, a 1M-row trail made the audit
+    page's partner filter take 226 ms instead of 10 ms. Housekeeping: a failure is only logged."""
+    if engine.dialect.name != "sqlite":
+        return  # PostgreSQL's autovacuum keeps its statistics
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+            conn.exec_driver_sql("ANALYZE")
+    except Exception:
+        log.warning("could not refresh the audit file's planner statistics", exc_info=True)

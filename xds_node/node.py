@@ -74,6 +74,7 @@ class Node:
             self.audit_engine = make_engine(self.settings.audit_db_url)
             migrations.upgrade(self.audit_engine, auto=self.settings.db_auto_upgrade)
             bookkeeping.adopt(self.engine, self.audit_engine)
+            bookkeeping.refresh_statistics(self.audit_engine)
         self.registry_store = RegistryStore(self.engine, self.reader)
         self.registry = Registry(
             self.registry_store,

@@ -193,6 +193,34 @@ def test_audit_search_pages_by_keyset_without_gaps_or_repeats(console):
     assert seen == sorted(seen, key=lambda e: (int(e[1:]) // 40, e), reverse=True)
 
 
+def test_audit_search_by_partner_pages_over_name_and_communities_without_gaps_or_repeats(console):
+    """A partner filter matches its name (inbound rows) or a member community (outbound rows): two
+    index ranges merged per page, so the pages must still be exact, ordered and never repeat a row
+    that matches both."""
+    from types import SimpleNamespace
+
+    _, node = console
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    community = "urn:oid:1.3.6.1.4.1.21367.2026.77"
+    expected = []
+    for i in range(90):
+        kind = i % 3  # by name, by community, by both; and rows of another partner between them
+        node.audit.record(AuditEvent(transaction="ITI-38", time=at + timedelta(seconds=i // 7), event_id=f"p{i:04d}",
+                                     partner="acme" if kind in (0, 2) else "",
+                                     partner_community=community if kind in (1, 2) else "urn:oid:9.9"))
+        node.audit.record(AuditEvent(transaction="ITI-38", time=at + timedelta(seconds=i // 7), event_id=f"q{i:04d}",
+                                     partner="other", partner_community="urn:oid:9.8"))
+        expected.append(f"p{i:04d}")
+    partners = [SimpleNamespace(name="acme", communities=[community])]
+    seen, cursor = [], ""
+    while True:
+        events, cursor = search(node.audit_engine, {"partner": "acme"}, cursor, size=20, partners=partners)
+        seen += [e.event_id for e in events]
+        if not cursor:
+            break
+    assert seen == sorted(expected, key=lambda e: (int(e[1:]) // 7, e), reverse=True)
+
+
 def test_accounting_includes_outbound_disclosures(console):
     _, node = console
     node.patients.save_correlation(PATIENT, "urn:oid:1.2.3", "THEIR9", "1.2.3.4")

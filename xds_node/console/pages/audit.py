@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, or_, select
 from starlette.requests import Request
@@ -33,39 +34,46 @@ def search(engine, filters: dict[str, str], after: str = "", size: int = PAGE_SI
     """One page of events, newest first, and the cursor of the next page ("" when none).
     ``partners`` (the trust store's) lets a partner name match its member communities too."""
     t = audit_events
-    stmt = select(t)
+    conds = []
     if (since := _time(filters.get("since", ""))) is not None:
-        stmt = stmt.where(t.c.time >= since)
+        conds.append(t.c.time >= since)
     if (until := _time(filters.get("until", ""))) is not None:
-        stmt = stmt.where(t.c.time < until)
-    if partner := filters.get("partner", "").strip():
-        # a partner by name (inbound rows carry it; outbound rows its communities) or by community id:
-        # two indexed columns, so the planner can union two index ranges instead of reading the trail
-        forms = list(_community_forms(partner))
-        for p in partners or []:
-            if p.name == partner:
-                forms += [f for c in p.communities for f in _community_forms(c)]
-        stmt = stmt.where(or_(t.c.partner == partner, t.c.partner_community.in_(sorted(set(forms)))))
+        conds.append(t.c.time < until)
     if patient := filters.get("patient", "").strip():
-        stmt = stmt.where(t.c.patient_id == patient)
+        conds.append(t.c.patient_id == patient)
     if transaction := filters.get("transaction", "").strip():
-        stmt = stmt.where(t.c.transaction == transaction)
+        conds.append(t.c.transaction == transaction)
     if (outcome := filters.get("outcome", "").strip()) in OUTCOME_INDICATOR:
-        stmt = stmt.where(t.c.outcome == outcome)
+        conds.append(t.c.outcome == outcome)
     if (direction := filters.get("direction", "").strip()) in ("inbound", "outbound"):
-        stmt = stmt.where(t.c.direction == direction)
+        conds.append(t.c.direction == direction)
     if after:
         when, _, event_id = after.partition("|")
         at = _time(when)
         if at is not None and event_id:
-            stmt = stmt.where(or_(t.c.time < at, and_(t.c.time == at, t.c.event_id < event_id)))
-    stmt = stmt.order_by(t.c.time.desc(), t.c.event_id.desc()).limit(size + 1)
+            conds.append(or_(t.c.time < at, and_(t.c.time == at, t.c.event_id < event_id)))
+    # a partner by name (inbound rows carry it; outbound rows its communities) or by community id:
+    # one query per indexed column, merged here. As one OR, SQLite's planner walked the whole trail
+    # newest-first whenever its statistics were approximate (226 ms at 1M rows against 10 ms).
+    alternatives: list = [None]
+    if partner := filters.get("partner", "").strip():
+        forms = list(_community_forms(partner))
+        for p in partners or []:
+            if p.name == partner:
+                forms += [f for c in p.communities for f in _community_forms(c)]
+        alternatives = [t.c.partner == partner, t.c.partner_community.in_(sorted(set(forms)))]
+    rows: dict[str, Any] = {}
     with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    events = [_row_to_event(r) for r in rows[:size]]
+        for alt in alternatives:
+            stmt = select(t).where(*conds, *([alt] if alt is not None else []))
+            stmt = stmt.order_by(t.c.time.desc(), t.c.event_id.desc()).limit(size + 1)
+            for r in conn.execute(stmt):
+                rows[r.event_id] = r
+    ordered = sorted(rows.values(), key=lambda r: (r.time, r.event_id), reverse=True)[:size + 1]
+    events = [_row_to_event(r) for r in ordered[:size]]
     cursor = ""
-    if len(rows) > size:
-        last = rows[size - 1]
+    if len(ordered) > size:
+        last = ordered[size - 1]
         cursor = f"{last.time.isoformat()}|{last.event_id}"
     return events, cursor
 

@@ -90,6 +90,10 @@ def upgrade() -> None:
                               ['partner_community', 'transaction', 'outcome', 'time'], unique=False)
         batch_op.create_index('ix_audit_event_time_id', ['time', 'event_id'], unique=False)
         batch_op.create_index('ix_audit_event_caller_time', ['partner', 'time'], unique=False)
+        # the audit page's transaction / direction filter as one ordered range (see audit/store.py)
+        batch_op.drop_index('ix_audit_event_transaction_time')
+        batch_op.create_index('ix_audit_event_tx_direction_time_id', ['transaction', 'direction', 'time', 'event_id'],
+                              unique=False)
 
     with op.batch_alter_table('patient_identifier', schema=None) as batch_op:
         batch_op.create_index('ix_patient_identifier_extension', ['extension'], unique=False)
@@ -101,6 +105,8 @@ def downgrade() -> None:
         batch_op.drop_index('ix_patient_identifier_extension')
 
     with op.batch_alter_table('audit_event', schema=None) as batch_op:
+        batch_op.drop_index('ix_audit_event_tx_direction_time_id')
+        batch_op.create_index('ix_audit_event_transaction_time', ['transaction', 'time'], unique=False)
         batch_op.drop_index('ix_audit_event_caller_time')
         batch_op.drop_index('ix_audit_event_time_id')
         batch_op.drop_index('ix_audit_event_partner_tx_outcome_time')
