@@ -18,6 +18,7 @@ from tests.conftest import LiveNode
 from tests.console.conftest import SAMPLES, csrf_of, login_http, make_console_node
 from tests.test_cda_render import ALLOWED
 from xds_node.config import load_settings
+from xds_node.console.auth import load_secret
 from xds_node.security.trust import Partner, TrustStore
 
 pytestmark = pytest.mark.server
@@ -430,6 +431,32 @@ def test_outside_records_refuse_bad_input_and_other_roles(records):
         assert other.get("/outside", params={"patient": ALEX}).status_code == 403
         token = csrf_of(other.get("/outside").text)  # (the refusal page carries the logout form's token)
         assert other.post("/outside/discover", data={"csrf": token, "patient": ALEX}).status_code == 403
+
+
+def test_a_retrieve_must_name_a_document_a_query_listed_for_that_patient(records):
+    """A hand-made retrieve form (a consented patient named, someone else's document asked for) is
+    refused before anything is sent: the document is read, consent-checked and audited only as the
+    patient whose query listed it (the list signs each document with the patient)."""
+    from xds_node.console.pages.outside import listed_token
+
+    ours = records["ours"]
+    client = login_http(ours.console, "clinician-support")
+    page = client.get("/outside", params={"patient": ALEX})
+    sent = len(_audit_rows(ours, direction="outbound", transaction="ITI-39"))
+    form = {"csrf": csrf_of(page.text), "patient": ALEX, "purpose": "TREATMENT", "home": PARTNER_HCID,
+            "repository": PARTNER_REPO, "document": "1.2.3.4.5"}
+    node = ours.node()
+    try:
+        secret = load_secret(node.engine)
+    finally:
+        node.close()
+    for listed in ("", "0" * 64, listed_token(secret, "OTHER^^^&1.2.3&ISO", PARTNER_HCID, PARTNER_REPO, "1.2.3.4.5"),
+                   listed_token(secret, ALEX, PARTNER_HCID, PARTNER_REPO, "1.2.3.4.6")):
+        reply = client.post("/outside/retrieve", data={**form, "listed": listed})
+        assert reply.status_code == 400 and "from the list" in reply.text, reply.text[:300]
+    assert len(_audit_rows(ours, direction="outbound", transaction="ITI-39")) == sent
+    denied = _audit_rows(ours, transaction="console:outside:ITI-39", patient_id=ALEX, outcome="denied")
+    assert len(denied) == 4 and {r["reason"] for r in denied} == {"not listed for this patient"}
 
 
 def test_the_streamed_page_arrives_in_parts(records):

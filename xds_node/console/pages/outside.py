@@ -19,6 +19,8 @@ audits every outbound call under that identity, and the console audits the actio
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -91,6 +93,14 @@ def correlations(console: Console, patient: str) -> list[dict[str, str]]:
         partner = node.trust.partner_for_community(c.community_id)
         out.append({"community": c.community_id, "remote": c.remote_cx, "partner": partner.name if partner else ""})
     return out
+
+
+def listed_token(secret: bytes, patient: str, home: str, repository: str, document: str) -> str:
+    """What a query's answer gives each document it lists for ``patient``: a retrieve must carry it,
+    so a document is read (and audited, consent checked) only as the patient's whose query listed
+    it, never as whichever patient a hand-made form names. Stateless, so any worker can check it."""
+    text = "\x1f".join(("outside-retrieve", patient, home, repository, document))
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 def routes(console: Console) -> list:
@@ -166,6 +176,8 @@ def routes(console: Console) -> list:
                                              reverse=True)
                 for d in values["documents"]:
                     d["created"] = format_ts(d["creation_time"])
+                    d["listed"] = listed_token(console.secret, patient, d["home"] or "", d["repository_unique_id"]
+                                               or "", d["document_unique_id"] or "")
                 docs = [d["document_unique_id"] for d in values["documents"] if d["document_unique_id"]]
             elif transaction == "ITI-39":
                 values["shown"] = await asyncio.to_thread(_shown, result.documents)
@@ -241,6 +253,13 @@ def routes(console: Console) -> list:
             await run_in_threadpool(console.audit, request, "outside:ITI-39", outcome="denied", patient_id=patient,
                                     documents=[ref.document_unique_id], reason=decision.reason[:300])
             return refuse(request, patient, f"refused: {decision.reason}; nothing was sent")
+        if not hmac.compare_digest(listed_token(console.secret, patient, ref.home_community_id or "",
+                                                ref.repository_unique_id, ref.document_unique_id),
+                                   str(form.get("listed") or "")):
+            await run_in_threadpool(console.audit, request, "outside:ITI-39", outcome="denied", patient_id=patient,
+                                    documents=[ref.document_unique_id], reason="not listed for this patient")
+            return refuse(request, patient, "refused: retrieve a document from the list a query for this patient "
+                                            "gave; nothing was sent")
         await run_in_threadpool(console.audit, request, "outside:ITI-39", outcome="attempt", patient_id=patient,
                                 documents=[ref.document_unique_id], reason=f"purpose {purpose}")
         return streamed(request, "ITI-39", patient, purpose,
