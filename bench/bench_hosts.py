@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from bench.bench_registry import empty_database, free_port, mark_seeded, seeded_size
+from bench.bench_registry import empty_database, free_port, mark_seeded, seeded_size, start_server
 from bench.loadgen import LoadResult, http_post, run_load
 from tests import factories as f
 from tests.responding.requester import Requester
@@ -61,19 +57,8 @@ def seed(data: Path, url: str, env: dict[str, str], *, reset: bool) -> None:
 
 
 def serve(data: Path, port: int, workers: int, env: dict[str, str], *, insecure: bool = False) -> subprocess.Popen:
-    env = {**os.environ, **env, "XDS_DATA_DIR": str(data)}
-    if insecure:
-        env["XDS_INSECURE_NO_GATEWAY_SECURITY"] = "true"
-    proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "serve", "--port", str(port), "--workers",
-                             str(workers)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start")
+    extra = {**env, **({"XDS_INSECURE_NO_GATEWAY_SECURITY": "true"} if insecure else {})}
+    return start_server(data, port, workers, extra.get("XDS_DATABASE_URL", ""), extra_env=extra)
 
 
 def query(n: int):

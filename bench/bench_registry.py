@@ -122,8 +122,9 @@ def mark_seeded(url: str, n_docs: int) -> None:
 
 
 def start_server(data_dir: Path, port: int, workers: int, database_url: str = "",
-                 tree: Path = ROOT) -> subprocess.Popen:
-    env = {**os.environ, "XDS_DATA_DIR": str(data_dir), "XDS_DATABASE_URL": database_url}
+                 tree: Path = ROOT, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``xds-node serve`` from ``tree``, returned once /health answers (other benches use it too)."""
+    env = {**os.environ, "XDS_DATA_DIR": str(data_dir), "XDS_DATABASE_URL": database_url, **(extra_env or {})}
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     proc = subprocess.Popen([sys.executable, "-m", "xds_node.cli", "serve", "--host", "127.0.0.1", "--port",

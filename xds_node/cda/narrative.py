@@ -194,17 +194,23 @@ def _caption_first(w: Writer, el: etree._Element, depth: int, caption_tag: str |
 
 def _paragraph(w: Writer, el: etree._Element, depth: int) -> None:
     w.open("p", id=_anchor(el), class_=_classes(el))
+    _captioned_content(w, el, depth + 1)
+    w.close("p")
+
+
+def _captioned_content(w: Writer, el: etree._Element, depth: int) -> None:
+    """``el``'s text and children at ``depth``, an inline caption shown as a lead-in (paragraphs
+    and list items allow one among their content)."""
     w.text(el.text)
     for child in el:
         if child.tag == _N + "caption":
             w.open("span", class_="cda-caption")
-            flow(w, child, depth + 1)
+            flow(w, child, depth)
             w.close("span")
             w.text(" ")
         else:
-            _narrative(w, child, depth + 1)
+            _narrative(w, child, depth)
         w.text(child.tail)
-    w.close("p")
 
 
 def _list(w: Writer, el: etree._Element, depth: int) -> None:
@@ -215,16 +221,7 @@ def _list(w: Writer, el: etree._Element, depth: int) -> None:
     for child in rest:
         if child.tag == _N + "item":
             w.open("li", id=_anchor(child), class_=_classes(child))
-            w.text(child.text)
-            for sub in child:
-                if sub.tag == _N + "caption":
-                    w.open("span", class_="cda-caption")
-                    flow(w, sub, depth + 2)
-                    w.close("span")
-                    w.text(" ")
-                else:
-                    _narrative(w, sub, depth + 2)
-                w.text(sub.tail)
+            _captioned_content(w, child, depth + 2)
             w.close("li")
         elif isinstance(child.tag, str):  # stray content in a list: keep its words in an item
             w.open("li")
