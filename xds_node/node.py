@@ -93,7 +93,8 @@ class Node:
         self.trust = self._load_trust()
         self.replay = DatabaseReplayStore(self.audit_engine, quota=self.settings.replay_partner_quota,
                                           resend_window=self.settings.replay_resend_window_seconds,
-                                          max_resends=self.settings.replay_max_resends)
+                                          max_resends=self.settings.replay_max_resends,
+                                          group=self.audit.group)  # admissions share the audit rounds
         self.verifier = InboundVerifier(self.trust, SecurityPolicy.from_settings(self.settings),
                                         replay_cache=self.replay)
         self.clients = ClientDirectory(self.settings.clients_path, self.settings.home_community_id)

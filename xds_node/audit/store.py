@@ -11,15 +11,12 @@ to the caller on purpose: a disclosure that cannot be audited should not happen.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import json
 import logging
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TextIO
 
@@ -29,6 +26,7 @@ from xds_node import metrics
 from xds_node.audit.events import DISCLOSED, MAX_FIELD_CHARS, TRANSACTION_NAMES, AuditEvent
 from xds_node.audit.text import csv_cell, printable
 from xds_node.db import insert_rows, metadata
+from xds_node.rounds import Db, GroupCommit
 
 log = logging.getLogger("xds_node.audit")
 
@@ -106,47 +104,6 @@ class AuditWriteError(RuntimeError):
     """The audit row was not committed (its cause is chained): the request must fail closed."""
 
 
-@dataclass
-class _Batch:
-    """Rows waiting for the next group commit on one event loop, the task committing them, and
-    (SQLite) the loop's own connection for committing without leaving the loop."""
-
-    queue: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]] = field(default_factory=list)
-    flusher: asyncio.Task[None] | None = None
-    conn: Any = None
-
-
-#: Every this many group-commit rounds a thread checkpoints the audit file's WAL (SQLite); the
-#: loop's own connection has automatic checkpoints off, as one costs an fsync (tens of ms).
-CHECKPOINT_ROUNDS = 500
-
-
-#: SQLite write lock held by another worker: poll from the loop every 0.2 ms at first, doubling up
-#: to 2 ms, for at most LOCK_WAIT seconds before handing the round to a thread.
-LOCK_POLL_FIRST = 0.0002
-LOCK_POLL_MAX = 0.002
-LOCK_WAIT = 1.0
-
-
-class _Locked(Exception):
-    """Another process holds SQLite's write lock: commit this round on a thread instead."""
-
-
-class _RawConn:
-    """Just enough of a Connection for :func:`insert_rows` over a DBAPI connection."""
-
-    def __init__(self, dialect: Any, dbapi_conn: Any) -> None:
-        self.dialect = dialect
-        self.dbapi = dbapi_conn
-
-    def exec_driver_sql(self, sql: str, rows: list[dict[str, Any]]) -> None:
-        cur = self.dbapi.cursor()
-        try:
-            cur.executemany(sql, rows)
-        finally:
-            cur.close()
-
-
 #: Set by :func:`deferring`: where :meth:`AuditLog.record` collects events instead of writing them.
 _deferred: ContextVar[list[tuple[AuditLog, AuditEvent]] | None] = ContextVar("audit_deferred", default=None)
 
@@ -204,19 +161,40 @@ def _event_row(event: AuditEvent) -> dict[str, Any]:
     }
 
 
+def _database_failure() -> None:
+    metrics.audit_failure("database")
+
+
+class _AuditRows:
+    """The audit rows of a group-commit round (:mod:`xds_node.rounds`): one executemany."""
+
+    relaxed = False  # an audit row is durable before its answer leaves
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    def apply(self, db: Db, payloads: list[tuple[AuditEvent, dict[str, Any]]]) -> list[None]:
+        insert_rows(db, audit_events, [row for _, row in payloads])
+        return [None] * len(payloads)
+
+    def failed(self, error: BaseException, size: int) -> BaseException:
+        return AuditWriteError(f"audit row not committed ({size} in the transaction)")
+
+    def committed(self, payloads: list[tuple[AuditEvent, dict[str, Any]]]) -> None:
+        for event, _ in payloads:
+            self.log._offer(event)
+
+
 class AuditLog:
     """Stores audit events and hands each one to the configured sinks."""
 
-    def __init__(self, engine: Engine, sinks: Iterable[AuditSink] = ()):
+    def __init__(self, engine: Engine, sinks: Iterable[AuditSink] = (), *, group: GroupCommit | None = None):
+        """``group``: the group commit the rows join (the node shares its bookkeeping database's
+        with replay admission, so one round can hold both); one of its own by default."""
         self.engine = engine
         self.sinks: list[AuditSink] = list(sinks)
-        #: SQLite: try each round on the loop first (no thread hand-off) without ever waiting there.
-        self.inline = engine.dialect.name == "sqlite"
-        #: One group-commit queue per event loop (per worker process, per test loop).
-        self._batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Batch] = weakref.WeakKeyDictionary()
-        #: Group-commit transactions committed so far by this process (for tests and curiosity).
-        self.rounds = 0
-        self._checkpointing = False
+        self.group = group or GroupCommit(engine, on_database_failure=_database_failure)
+        self._rows = _AuditRows(self)
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[audit_events])
@@ -257,139 +235,17 @@ class AuditLog:
         row the database refused), so each of those requests fails closed as with :meth:`record`.
 
         A round starts when the loop gets to it (no timer): requests that became ready together
-        share it, and while one round commits, the rows of further requests gather for the next.
-        On SQLite a round is committed on the loop when the write lock is free at once (the
-        common case: an embedded commit costs less than a thread hand-off) and on a thread when
-        another worker holds it, so the loop never sleeps in SQLite's busy handler. On
-        PostgreSQL each round is one executemany (pipelined) and a synchronous COMMIT on a thread.
+        share it, and while one round commits, the rows of further requests gather for the next
+        (see :mod:`xds_node.rounds`: on the loop for SQLite, a thread for PostgreSQL; the replay
+        admissions of new requests may share the same round).
         """
-        loop = asyncio.get_running_loop()
-        batch = self._batches.get(loop)
-        if batch is None:
-            batch = self._batches[loop] = _Batch()
-        fut: asyncio.Future[None] = loop.create_future()
-        batch.queue.append((event, _event_row(event), fut))
-        if batch.flusher is None:
-            batch.flusher = loop.create_task(self._flush(batch))
-        await fut
+        await self.group.submit(self._rows, (event, _event_row(event)))
         return event
 
-    async def _flush(self, batch: _Batch) -> None:
-        """Commit queued rows, one transaction per round, until the queue is empty."""
-        try:
-            while batch.queue:
-                items, batch.queue = batch.queue, []
-                try:
-                    if self.inline:
-                        items = await self._commit_inline(batch, items)
-                    else:
-                        await asyncio.to_thread(self._insert, [row for _, row, _ in items])
-                except BaseException as exc:
-                    self._settle(items, exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                self.rounds += 1
-                self._settle(items, None)
-                if self.inline and self.rounds % CHECKPOINT_ROUNDS == 0 and not self._checkpointing:
-                    # the loop's connection never checkpoints (an fsync stall); a thread does,
-                    # while the next rounds go on
-                    self._checkpointing = True
-                    asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
-        finally:
-            batch.flusher = None
-            for _, _, fut in batch.queue:  # only if cancelled mid-way: nobody may wait forever
-                if not fut.done():
-                    fut.set_exception(AuditWriteError("audit flusher stopped before the row was committed"))
-            batch.queue = []
-
-    async def _commit_inline(self, batch: _Batch, items: list) -> list:
-        """SQLite: commit ``items`` on the loop. While another worker holds the write lock, wait
-        on the loop (never in SQLite's busy handler, whose sleeps grow to 100 ms) in short steps,
-        taking the rows that arrive meanwhile into the same round; after LOCK_WAIT seconds the
-        round goes to a thread that waits with the connection's own busy timeout. Returns the
-        round's items (the ones given and those taken in)."""
-        delay, waited = LOCK_POLL_FIRST, 0.0
-        while True:
-            try:
-                self._insert_inline(batch, [row for _, row, _ in items])
-                return items
-            except _Locked:
-                if waited >= LOCK_WAIT:
-                    await asyncio.to_thread(self._insert, [row for _, row, _ in items])
-                    return items
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, LOCK_POLL_MAX)
-            if batch.queue:
-                # in place: if the round then fails, the caller settles every row it holds (a
-                # new list would leave the rows taken in here waiting forever)
-                items.extend(batch.queue)
-                batch.queue = []
-
-    def _insert_inline(self, batch: _Batch, rows: list[dict[str, Any]]) -> None:
-        """SQLite, on the loop: BEGIN IMMEDIATE with no lock wait; raises :class:`_Locked` (nothing
-        written) when another connection holds the write lock."""
-        import sqlite3
-
-        if batch.conn is None:
-            raw = self.engine.raw_connection()  # kept by this loop (its busy timeout is 0)
-            raw.driver_connection.execute("PRAGMA busy_timeout=0")
-            raw.driver_connection.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpoint
-            batch.conn = raw
-        db = batch.conn.driver_connection
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise _Locked from None
-            self._drop(batch)
-            metrics.audit_failure("database")
-            raise
-        try:
-            insert_rows(_RawConn(self.engine.dialect, db), audit_events, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            metrics.audit_failure("database")
-            try:
-                db.execute("ROLLBACK")
-            except Exception:
-                self._drop(batch)
-            raise
-
-    def _checkpoint(self) -> None:
-        """Copy the WAL back into the audit file (PASSIVE: never waits for readers or writers),
-        on a thread; housekeeping, so a failure is only logged."""
-        try:
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception:
-            log.warning("audit WAL checkpoint failed; the next one will retry", exc_info=True)
-        finally:
-            self._checkpointing = False
-
-    @staticmethod
-    def _drop(batch: _Batch) -> None:
-        conn, batch.conn = batch.conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.invalidate()
-
-    def _settle(self, items: list[tuple[AuditEvent, dict[str, Any], asyncio.Future[None]]],
-                error: BaseException | None) -> None:
-        """Wake each waiter of a round, each with its own error when the round failed."""
-        for _event, _, fut in items:
-            if fut.done():  # the request went away (cancelled); its row's fate is the round's
-                continue
-            if error is None:
-                fut.set_result(None)
-            else:
-                err = AuditWriteError(f"audit row not committed ({len(items)} in the transaction)")
-                err.__cause__ = error
-                fut.set_exception(err)
-        if error is None:
-            for event, _, _ in items:
-                self._offer(event)
+    @property
+    def rounds(self) -> int:
+        """Group-commit transactions committed so far by this process (for tests and curiosity)."""
+        return self.group.rounds
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` in one transaction (one driver-level executemany)."""

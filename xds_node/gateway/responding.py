@@ -56,7 +56,7 @@ class SecurityGate:
 
     async def __call__(self, req: SoapRequest) -> None:
         try:
-            principal = self.policy.authenticate(req, self.kinds)
+            principal = await self.policy.authenticate_async(req, self.kinds)
         except SecurityFault as fault:
             self._denied(req, fault)
             raise SoapFault("Sender", fault.reason, subcodes=[fault.qname]) from None

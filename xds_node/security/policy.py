@@ -31,7 +31,7 @@ from cryptography import x509
 from lxml.etree import _Element
 
 from .principal import ANONYMOUS, INTERNAL, PARTNER, Principal
-from .saml import InboundVerifier
+from .saml import Checked, InboundVerifier
 from .wss import WSSE, SecurityFault
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,18 @@ class AccessPolicy:
         self.anonymous_loopback = anonymous_loopback
 
     def authenticate(self, req, kinds: frozenset[str]) -> Principal:
-        """The verified caller of ``req`` (a SoapRequest), or :class:`SecurityFault`."""
+        """The verified caller of ``req`` (a SoapRequest), or :class:`SecurityFault`; a signed
+        message's replay entries are recorded in a transaction of their own."""
+        checked = self._checked(req, kinds)
+        return checked.admit() if isinstance(checked, Checked) else checked
+
+    async def authenticate_async(self, req, kinds: frozenset[str]) -> Principal:
+        """:meth:`authenticate` for the request path: a signed message's replay entries join the
+        worker's group commit (:mod:`xds_node.rounds`), recorded only once every other check passed."""
+        checked = self._checked(req, kinds)
+        return await checked.admit_async() if isinstance(checked, Checked) else checked
+
+    def _checked(self, req, kinds: frozenset[str]) -> Principal | Checked:
         try:
             return self._authenticate(req, kinds)
         except SecurityFault:
@@ -105,7 +116,7 @@ class AccessPolicy:
             log.exception("access policy failed unexpectedly")
             raise SecurityFault("wsse:InvalidSecurity", "security header not acceptable") from None
 
-    def _authenticate(self, req, kinds: frozenset[str]) -> Principal:
+    def _authenticate(self, req, kinds: frozenset[str]) -> Principal | Checked:
         header = req.header_block(WSSE, "Security")
         if PARTNER in kinds:
             return self._partner(req, header)
@@ -124,17 +135,18 @@ class AccessPolicy:
                             "a WS-Security header with an assertion signed by a pinned internal client")
 
     # -- partners (gateway endpoints) --
-    def _partner(self, req, header: _Element | None) -> Principal:
+    def _partner(self, req, header: _Element | None) -> Checked:
         if header is None:
             if req.client_cert is not None and self._is_client_cert(req.client_cert):
                 raise _wrong_door("internal client", req.path)
             raise SecurityFault("wsse:InvalidSecurity", "WS-Security header required")
         try:
-            principal = self.partners.verify(header, req.envelope, request_digest=req.raw_digest)
+            checked = self.partners.check(header, req.envelope, request_digest=req.raw_digest)
         except SecurityFault:  # say why when it is a client at the wrong door (off the hot path)
             if any(self.clients.trust.partner_for_fingerprint(fp) for fp in signer_fingerprints(header)):
                 raise _wrong_door("internal client", req.path) from None
             raise
+        principal = checked.principal
         if self.allowed_roles and principal.role[0] not in self.allowed_roles:
             raise SecurityFault("wsse:FailedAuthentication", "role not permitted")
         if req.client_cert is not None:
@@ -144,14 +156,14 @@ class AccessPolicy:
                 raise _wrong_door("internal client", req.path)
             if partner is None or partner.name != principal.partner:
                 raise SecurityFault("wsse:FailedAuthentication", "TLS client is not the SAML issuer")
-        return principal
+        return checked
 
     # -- internal clients (/xds/*, /ig/*) --
-    def _client_by_assertion(self, req, header: _Element) -> Principal:
+    def _client_by_assertion(self, req, header: _Element) -> Checked:
         if any(self.partners.trust.partner_for_fingerprint(fp) for fp in signer_fingerprints(header)):
             raise _wrong_door("partner", req.path)
-        principal = replace(self.clients.verify(header, req.envelope, request_digest=req.raw_digest),
-                            kind=INTERNAL)
+        checked = self.clients.check(header, req.envelope, request_digest=req.raw_digest)
+        checked.principal = principal = replace(checked.principal, kind=INTERNAL)
         if req.client_cert is not None:
             cert = x509.load_der_x509_certificate(req.client_cert)
             if self.partners.trust.partner_for_certificate(cert) is not None:
@@ -159,7 +171,7 @@ class AccessPolicy:
             client = self.clients.trust.partner_for_certificate(cert)
             if client is None or client.name != principal.partner:
                 raise SecurityFault("wsse:FailedAuthentication", "TLS client is not the SAML issuer")
-        return principal
+        return checked
 
     def _client_by_certificate(self, der: bytes, path: str) -> Principal:
         cert = x509.load_der_x509_certificate(der)

@@ -1,6 +1,6 @@
 """Replay protection shared by every worker and every host that share the database.
 
-A message's replay keys (see :meth:`xds_node.security.saml.InboundVerifier._check_replay`: its
+A message's replay keys (see :meth:`xds_node.security.saml.InboundVerifier._replay_keys`: its
 signature value, its Timestamp, optionally its assertion ID) are each recorded once per partner
 until they expire. What is stored per key: the partner, a SHA-256 of the key, when it expires, when
 it was first seen and the SHA-256 of the *whole* request message as received.
@@ -16,15 +16,21 @@ Decisions, made by :meth:`ReplayStore.admit` in one database transaction:
 * a partner whose live entries would pass ``quota`` is refused on its own ("replay quota exceeded");
   no partner can push out another partner's entries, because nothing is ever evicted before it expires.
 
-Cost per request: one multi-row INSERT and then one UPDATE of the partner's counter, in one transaction.
-The counter only counts up; it is reconciled with the table (expired entries deleted, the partner's
-rows counted) only when it reaches the quota, and a partner found full is not counted again before
-its earliest entry expires. Expired entries of every partner are deleted at most once a minute per
-process.
+On the request path (:meth:`DatabaseReplayStore.admit_async`) admissions share group-commit
+rounds (:mod:`xds_node.rounds`) with each other and with audit rows: the entries of every request
+in a round go in with one ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, and each partner's
+counter is moved once per round. A request whose keys are not all new (a resend, a replay, or two
+requests of one round sharing a key), or whose partner's counter refuses, has its entries of the
+round removed again and is decided after the commit by :meth:`DatabaseReplayStore.admit`, in a
+transaction of its own, exactly as before. The counter only counts up; it is reconciled with the
+table (expired entries deleted, the partner's rows counted) only when it reaches the quota, and a
+partner found full is not counted again before its earliest entry expires. Expired entries of every
+partner are deleted at most once a minute per process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import logging
@@ -52,6 +58,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from xds_node.db import insert_rows, metadata
+from xds_node.rounds import Db, GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +139,12 @@ class DatabaseReplayStore:
     """
 
     def __init__(self, engine: Engine, *, quota: int = 200_000, resend_window: float = 120.0,
-                 max_resends: int = 3) -> None:
+                 max_resends: int = 3, group: GroupCommit | None = None) -> None:
+        """``group``: the group commit :meth:`admit_async` joins (the node passes its audit
+        trail's, on the same database); without one, ``admit_async`` admits on a thread."""
         self.engine = engine
+        self.group = group
+        self._rounds = _Admissions(self)
         self.quota = quota
         self.resend_window = resend_window
         self.max_resends = max_resends
@@ -149,12 +160,35 @@ class DatabaseReplayStore:
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[replay_entries, replay_quota])
 
+    @staticmethod
+    def _count_positional(db: Db) -> str:
+        m = db.mark
+        return f"UPDATE replay_partner SET live = live + {m} WHERE partner = {m} AND live <= {m}"
+
+    @staticmethod
+    def _rows(partner: str, keys: Sequence[ReplayKey], request_digest: str | None, t: float) -> list[dict]:
+        return [{"partner": partner, "key_digest": _digest(k.text), "expires_at": _ts(k.expires),
+                 "first_seen": t, "request_digest": request_digest or "", "resends": 0}
+                for k in keys if _ts(k.expires) > t]
+
+    async def admit_async(self, partner: str, keys: Sequence[ReplayKey], request_digest: str | None,
+                          now: datetime) -> bool:
+        """:meth:`admit`, in this event loop's next group-commit round (see the module docstring);
+        what the round cannot decide alone is decided by :meth:`admit` on a thread afterwards."""
+        t = now.timestamp()
+        if t >= self._next_prune:  # housekeeping on a thread: never a lock wait on the loop
+            asyncio.get_running_loop().run_in_executor(None, self._maybe_prune, t)
+        rows = self._rows(partner, keys, request_digest, t)
+        if not rows:
+            return False
+        if self.group is not None and await self.group.submit(self._rounds, rows):
+            return False
+        return await asyncio.to_thread(self.admit, partner, keys, request_digest, now)
+
     def admit(self, partner: str, keys: Sequence[ReplayKey], request_digest: str | None,
               now: datetime) -> bool:
         t = now.timestamp()
-        rows = [{"partner": partner, "key_digest": _digest(k.text), "expires_at": _ts(k.expires),
-                 "first_seen": t, "request_digest": request_digest or "", "resends": 0}
-                for k in keys if _ts(k.expires) > t]
+        rows = self._rows(partner, keys, request_digest, t)
         self._maybe_prune(t)
         if not rows:
             return False
@@ -273,6 +307,85 @@ class DatabaseReplayStore:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(replay_entries).where(
                 and_(replay_entries.c.partner == partner, replay_entries.c.expires_at > t))).scalar_one()
+
+
+class ReplayUnavailable(RuntimeError):
+    """The round holding a message's replay entries was not committed: it cannot be admitted."""
+
+
+#: Rows per INSERT statement of a round (5 parameters each: well inside every backend's limit).
+_ROWS_PER_INSERT = 200
+
+
+class _Admissions:
+    """Replay admissions of a group-commit round (see the module docstring). A job is the rows
+    of one message (all of one partner); its result is True when the round admitted it, False
+    when :meth:`DatabaseReplayStore.admit` must decide it after the commit."""
+
+    relaxed = True  # see DatabaseReplayStore: entries of a never-answered request may be lost
+
+    def __init__(self, store: DatabaseReplayStore) -> None:
+        self.store = store
+        self._sql: dict[tuple[str, int], str] = {}
+
+    def _insert_sql(self, db: Db, n: int) -> str:
+        sql = self._sql.get((db.mark, n))
+        if sql is None:
+            one = "(" + ", ".join([db.mark] * 5) + ", 0)"
+            sql = self._sql[(db.mark, n)] = (
+                "INSERT INTO replay_entry (partner, key_digest, expires_at, first_seen, request_digest, resends) "
+                f"VALUES {', '.join([one] * n)} ON CONFLICT DO NOTHING RETURNING partner, key_digest")
+        return sql
+
+    def apply(self, db: Db, jobs: list[list[dict]]) -> list[bool]:
+        admitted = [True] * len(jobs)
+        claimed: set[tuple[str, str]] = set()
+        rows: list[dict] = []
+        for i, job in enumerate(jobs):
+            keys = [(r["partner"], r["key_digest"]) for r in job]
+            if any(k in claimed for k in keys):
+                admitted[i] = False  # another message of this round holds the key: decided after it
+                continue
+            claimed.update(keys)
+            rows.extend(job)
+        inserted: set[tuple[str, str]] = set()
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start:start + _ROWS_PER_INSERT]
+            params = [v for r in chunk for v in (r["partner"], r["key_digest"], r["expires_at"], r["first_seen"],
+                                                  r["request_digest"])]
+            inserted.update((p, k) for p, k in db.rows(self._insert_sql(db, len(chunk)), params))
+        counts: dict[str, int] = {}
+        for i, job in enumerate(jobs):
+            if not admitted[i]:
+                continue
+            mine = [(r["partner"], r["key_digest"]) for r in job if (r["partner"], r["key_digest"]) in inserted]
+            if len(mine) != len(job):  # some key was recorded before: a resend or a replay
+                admitted[i] = False
+                self._remove(db, mine)
+            else:
+                counts[job[0]["partner"]] = counts.get(job[0]["partner"], 0) + len(job)
+        quota = self.store.quota
+        for partner, n in counts.items():
+            if db.rowcount(self.store._count_positional(db), (n, partner, quota - n)) != 1:
+                # over the quota (or no counter row yet): this partner's messages of the round
+                # are decided one by one by admit(), which reconciles the counter
+                for i, job in enumerate(jobs):
+                    if admitted[i] and job[0]["partner"] == partner:
+                        admitted[i] = False
+                        self._remove(db, [(r["partner"], r["key_digest"]) for r in job])
+        return admitted
+
+    @staticmethod
+    def _remove(db: Db, keys: list[tuple[str, str]]) -> None:
+        for partner, key in keys:
+            db.rowcount(f"DELETE FROM replay_entry WHERE partner = {db.mark} AND key_digest = {db.mark}",
+                        (partner, key))
+
+    def failed(self, error: BaseException, size: int) -> BaseException:
+        return ReplayUnavailable(f"replay entries not committed ({size} in the transaction)")
+
+    def committed(self, payloads: list[list[dict]]) -> None:
+        return None
 
 
 class MemoryReplayStore:

@@ -50,13 +50,14 @@ re-checks that the signing certificate is still pinned, so removing a partner ta
 from __future__ import annotations
 
 import binascii
+import contextlib
 import functools
 import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -236,6 +237,52 @@ class _AssertionCache:
                 self._data.popitem(last=False)
 
 
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """A refusal is logged and raised as it is; any other error becomes a short, safe refusal
+    (an internal error's text could leak paths or data) and is logged in full."""
+    try:
+        yield
+    except SecurityFault as fault:
+        log.info("inbound security refused: %s", fault)
+        raise
+    except Exception:
+        log.exception("inbound security check failed unexpectedly")
+        raise SecurityFault("wsse:InvalidSecurity", "security header not acceptable") from None
+
+
+class Checked:
+    """A message that passed every check but replay: admitting it records its replay keys."""
+
+    __slots__ = ("_digest", "_keys", "_now", "_partner", "_store", "principal")
+
+    def __init__(self, principal: Principal, store: ReplayStore | ReplayCache, partner: str,
+                 keys: list[ReplayKey], request_digest: str | None, now: datetime) -> None:
+        self.principal = principal
+        self._store, self._partner, self._keys, self._digest, self._now = store, partner, keys, request_digest, now
+
+    def admit(self) -> Principal:
+        """Record the replay keys in their own transaction; the requester, or :class:`SecurityFault`."""
+        with _refusals():
+            try:
+                resend = self._store.admit(self._partner, self._keys, self._digest, self._now)
+            except ReplayRefused as refused:
+                raise SecurityFault("wsse:FailedAuthentication", refused.reason) from None
+            return replace(self.principal, resend=True) if resend else self.principal
+
+    async def admit_async(self) -> Principal:
+        """:meth:`admit` through the store's group commit when it has one (the request path)."""
+        admit_async = getattr(self._store, "admit_async", None)
+        if admit_async is None:
+            return self.admit()
+        with _refusals():
+            try:
+                resend = await admit_async(self._partner, self._keys, self._digest, self._now)
+            except ReplayRefused as refused:
+                raise SecurityFault("wsse:FailedAuthentication", refused.reason) from None
+            return replace(self.principal, resend=True) if resend else self.principal
+
+
 class InboundVerifier:
     """Verifies the ``wsse:Security`` header of inbound requests (see the module docstring)."""
 
@@ -266,18 +313,18 @@ class InboundVerifier:
         ``request_digest`` is the SHA-256 of the whole request as received
         (:attr:`xds_node.soap.envelope.SoapRequest.raw_digest`); without it no message is ever
         taken for a resend, so every reuse of a Security header is refused."""
-        try:
-            return self._verify(security_header, envelope, request_digest)
-        except SecurityFault as fault:
-            log.info("inbound security refused: %s", fault)
-            raise
-        except Exception:
-            # Never let an internal error become a fault text (it could leak paths or data).
-            log.exception("inbound security check failed unexpectedly")
-            raise SecurityFault("wsse:InvalidSecurity", "security header not acceptable") from None
+        return self.check(security_header, envelope, request_digest=request_digest).admit()
+
+    def check(self, security_header: _Element, envelope: _Element | None = None, *,
+              request_digest: str | None = None) -> Checked:
+        """Every check but replay: the caller admits the result (:meth:`Checked.admit` or, on the
+        request path, :meth:`Checked.admit_async`, which shares a group-commit round) once its
+        own checks (role, TLS binding) have passed too."""
+        with _refusals():
+            return self._check(security_header, envelope, request_digest)
 
     # -- steps --
-    def _verify(self, security: _Element, envelope: _Element | None, request_digest: str | None) -> Principal:
+    def _check(self, security: _Element, envelope: _Element | None, request_digest: str | None) -> Checked:
         if not isinstance(security.tag, str) or security.tag != f"{{{WSSE}}}Security":
             raise SecurityFault("wsse:InvalidSecurity", "Security header missing")
         policy = self.policy
@@ -300,8 +347,7 @@ class InboundVerifier:
         if msg.token_ref != claims.assertion_id:
             raise SecurityFault("wsse:SecurityTokenUnavailable", "signing token not found")
 
-        resend = self._check_replay(claims, ts, msg.signature_value, partner, now, request_digest)
-        return Principal(
+        principal = Principal(
             subject_id=claims.subject_id,
             organization=claims.organization,
             organization_id=claims.organization_id,
@@ -315,8 +361,9 @@ class InboundVerifier:
             issuer=claims.issuer,
             name_id=claims.name_id,
             not_on_or_after=claims.not_on_or_after,
-            resend=resend,
         )
+        return Checked(principal, self.replay_cache, partner.name, self._replay_keys(claims, ts, msg.signature_value),
+                       request_digest, now)
 
     def _verified_assertion(self, assertion: _Element, now: datetime) -> tuple[_Verified, Partner]:
         prefixes = reference_prefixes(assertion)
@@ -417,20 +464,13 @@ class InboundVerifier:
         if not partner.accepts_community(c.home_community_id):
             raise SecurityFault("wsse:FailedAuthentication", "home community not accepted")
 
-    def _check_replay(
-        self, c: _Claims, ts: Timestamp, signature_value: bytes, partner: Partner, now: datetime,
-        request_digest: str | None = None,
-    ) -> bool:
-        """Record the message's replay keys for its partner; True for an admitted resend."""
-        skew = self.policy.clock_skew
-        ts_until = ts.expires + skew
+    def _replay_keys(self, c: _Claims, ts: Timestamp, signature_value: bytes) -> list[ReplayKey]:
+        """The message's replay keys (see the module docstring)."""
+        ts_until = ts.expires + self.policy.clock_skew
         keys = [
             ReplayKey(f"sig:{hashlib.sha256(signature_value).hexdigest()}", ts_until),
             ReplayKey(f"ts:{c.assertion_id}|{ts.id}|{ts.created.isoformat()}", ts_until),
         ]
         if self.policy.reject_assertion_reuse:
-            keys.append(ReplayKey(f"assertion:{c.assertion_id}", c.not_on_or_after + skew))
-        try:
-            return self.replay_cache.admit(partner.name, keys, request_digest, now)
-        except ReplayRefused as refused:
-            raise SecurityFault("wsse:FailedAuthentication", refused.reason) from None
+            keys.append(ReplayKey(f"assertion:{c.assertion_id}", c.not_on_or_after + self.policy.clock_skew))
+        return keys
