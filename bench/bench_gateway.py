@@ -61,8 +61,10 @@ def prepare_database(url: str, reset: bool) -> None:
     """An external database must hold no node tables (or the caller allows dropping them)."""
     from sqlalchemy import inspect
 
-    import xds_node.node  # noqa: F401  (registers every table on the metadata)
-    from xds_node.db import make_test_engine, metadata
+    from xds_node.db import make_test_engine
+    from xds_node.migrations import target_metadata  # every table, the console's included
+
+    metadata = target_metadata()
 
     engine = make_test_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:
@@ -253,7 +255,7 @@ def tail_breakdown(probe: Path, start: float, end: float) -> str:
                  f"longest {max((ms for _, ms in gcs), default=0):.1f} ms)"]
         parts.append(f"database calls {len(db)}, {sum(ms for _, ms in db):.0f} ms = "
                      f"{sum(ms for _, ms in db) / 10 / max(end - start, 1e-9):.0f} % of the window")
-        for kind in ("commit", "execute", "executemany"):
+        for kind in ("round_on_loop", "commit", "execute", "executemany"):
             times = [ms for k, ms in db if k == kind]
             if times:
                 parts.append(f"{kind} p50 {_pct(times, 50):.2f} / p99 {_pct(times, 99):.1f} / max {max(times):.0f} ms")

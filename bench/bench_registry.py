@@ -94,8 +94,10 @@ def seeded_size(url: str, *, reset: bool) -> int | None:
 
 def empty_database(url: str) -> None:
     """Drop every node table (and the bench's marker) so the next seed starts from nothing."""
-    import xds_node.node  # noqa: F401  (registers every table on the metadata)
-    from xds_node.db import make_test_engine, metadata
+    from xds_node.db import make_test_engine
+    from xds_node.migrations import target_metadata  # every table, the console's included
+
+    metadata = target_metadata()
 
     engine = make_test_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     try:

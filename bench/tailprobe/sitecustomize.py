@@ -2,9 +2,9 @@
 
 Put this directory first on PYTHONPATH and set XDS_TAILPROBE_DIR: every Python process started so,
 the server's workers included, records its garbage-collector passes and the wall time of each
-database call (SQLAlchemy's DefaultDialect begin / execute / executemany / commit, which on SQLite
-run on the event loop and include any wait for the write lock), each with its wall-clock time, and
-writes them to ``<dir>/probe-<pid>.json`` when its server shuts down (uvicorn re-raises SIGTERM
+database call (SQLAlchemy's DefaultDialect begin / execute / executemany / commit, and each
+group-commit round committed on the event loop; on SQLite these include any wait for the write
+lock), each with its wall-clock time, and writes them to ``<dir>/probe-<pid>.json`` when its server shuts down (uvicorn re-raises SIGTERM
 after a graceful shutdown, so neither atexit nor multiprocessing's finalizers run in a worker) or,
 for other processes, at exit.
 """
@@ -46,6 +46,14 @@ if _DIR:
 
         for _name in ("do_begin", "do_execute", "do_executemany", "do_commit"):
             _timed(DefaultDialect, _name)
+    except ImportError:
+        pass
+    try:  # group-commit rounds (audit rows, replay entries) run on raw connections: time each round
+        from xds_node.rounds import GroupCommit
+
+        GroupCommit.do_round_on_loop = GroupCommit._commit_on_loop
+        _timed(GroupCommit, "do_round_on_loop")
+        GroupCommit._commit_on_loop = GroupCommit.do_round_on_loop
     except ImportError:
         pass
 
