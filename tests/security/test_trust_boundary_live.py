@@ -185,6 +185,39 @@ def test_byte_identical_resend_is_answered_again_and_audited_as_a_resend(world):
     assert sum("resend" in e.reason for e in rows) == 3
 
 
+def test_a_message_raced_at_every_worker_and_host_at_once_is_answered_a_bounded_number_of_times(world):
+    """Replay admission by group commit, attacked: the same signed message (a retry storm or a
+    captured copy) and the same header with another body, all fired at once on fresh connections at
+    two workers and a second host. Exactly one is the original, at most the allowed three resends
+    are answered again, every other copy is refused, and the other body is never answered."""
+    import concurrent.futures
+
+    hcid = _hcid()
+    world.add_partner("Racing Partner", hcid)
+    h = header(world, "Racing Partner", hcid=hcid)
+    data, other = message(world, h, patient=0), message(world, h, patient=1)
+    shots = [(world.a, data), (world.b, data)] * 6 + [(world.a, other), (world.b, other)] * 2
+    with concurrent.futures.ThreadPoolExecutor(len(shots)) as pool:
+        replies = list(pool.map(lambda shot: (shot[1], post(*shot)), shots))
+    same = [r for d, r in replies if d is data]
+    swapped = [r for d, r in replies if d is other]
+    assert all(answered(r) or refused(r, "replayed") for r in same + swapped), [r.raw[:300] for r in same + swapped]
+    ok = [r for r in same if answered(r)]
+    answered_other = [r for r in swapped if answered(r)]
+    # whichever body got in first is the original; only its byte-identical copies are resends (at
+    # most three), and the other body is refused every time
+    assert (not ok) != (not answered_other), (len(ok), len(answered_other))
+    assert 1 <= len(ok) + len(answered_other) <= 4
+    from xds_node.node import Node
+
+    node = Node(world.settings)
+    try:
+        rows = [e for e in node.audit.list(transaction="ITI-38", limit=1000) if e.partner_community == hcid]
+    finally:
+        node.close()
+    assert len(rows) == len(ok) + len(answered_other)  # every answer audited, no refusal counted as one
+
+
 def test_one_partner_over_its_quota_does_not_affect_another(world):
     flood, calm = _hcid(), _hcid()
     world.add_partner("Flooding Partner", flood)
