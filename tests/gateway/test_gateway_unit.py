@@ -263,14 +263,14 @@ def test_our_patient_is_named_to_partners_only_after_the_audit_row_is_committed(
     ("attempt") commits first, and when the trail cannot be written nothing is sent (fail closed)."""
 
     class BrokenTrail:
-        def record(self, event):
+        async def record_async(self, event):
             raise OSError("disk full")
 
     class Trail:
         def __init__(self):
             self.events = []
 
-        def record(self, event):
+        async def record_async(self, event):
             self.events.append(event)
             return event
 
@@ -289,6 +289,25 @@ def test_our_patient_is_named_to_partners_only_after_the_audit_row_is_committed(
     first, *rest = trail.events
     assert (first.outcome, first.transaction, first.patient_id) == ("attempt", "ITI-55", LOCAL.cx)
     assert "a" in first.reason and rest and all(e.outcome != "attempt" for e in rest)
+
+
+def test_a_fan_out_audits_every_partner_call_in_one_group_commit(keys, tmp_path):
+    """The intent row first (its own round, before anything is sent), then one row per partner
+    call, all committed together: a fan-out to many partners is not a transaction per partner."""
+    from xds_node.audit.store import AuditLog
+    from xds_node.db import make_engine
+
+    audit = AuditLog(make_engine(f"sqlite:///{tmp_path / 'audit.db'}"))
+    audit.create_schema()
+    names = [f"p{i}" for i in range(12)]
+    world = World(keys, {n: xcpd_answer(None) for n in names}, tmp=tmp_path, patients=_index(tmp_path, ALEX_HERE))
+    world.gw.audit = audit
+    before = audit.rounds
+    assert run(world.gw.discover(ALEX, CTX)).status == S.SUCCESS and len(world.messages) == len(names)
+    rows = audit.list(transaction="ITI-55", limit=100)
+    assert sorted(e.partner_organization for e in rows if e.outcome != "attempt") == sorted(names)
+    assert [e.outcome for e in rows].count("attempt") == 1
+    assert audit.rounds - before == 2  # the intent, then every partner's row together
 
 
 def test_discover_with_demographics_that_could_name_several_of_our_patients_needs_all_their_consent(

@@ -425,17 +425,15 @@ class InitiatingGateway:
                 if p.home_community_id != self.home and endpoint_url(p, kind)]
 
     async def _record(self, events: list[AuditEvent]) -> None:
+        """One row per partner call, all in the worker's group commit (a fan-out to 200 partners is
+        one transaction, not 200). The calls have been made: an audit failure is logged as an error
+        and must not lose the partners' answers."""
         if self.audit is None or not events:
             return
-
-        def write() -> None:
-            for ev in events:
-                try:
-                    self.audit.record(ev)
-                except Exception:  # an audit failure must not lose the partners' answers
-                    log.exception("could not audit an outbound %s", ev.transaction)
-
-        await asyncio.to_thread(write)
+        results = await asyncio.gather(*(self.audit.record_async(ev) for ev in events), return_exceptions=True)
+        for ev, result in zip(events, results, strict=True):
+            if isinstance(result, Exception):
+                log.error("could not audit an outbound %s", ev.transaction, exc_info=result)
 
     def _event(self, ctx: RequesterContext | None, partner: Partner, transaction: str, outcome: str, *,
                url: str, reason: str = "", patient_id: str | None = None, documents: Sequence[str] = (),
@@ -493,7 +491,7 @@ class InitiatingGateway:
             query_id=query_id, reason="sending to " + ", ".join(sorted({p.name for p in partners}))[:900],
             partner_community="", partner_organization="", partner_organization_id="")
         try:
-            await asyncio.to_thread(self.audit.record, event)
+            await self.audit.record_async(event)  # the worker's group commit; returns once committed
         except Exception:
             log.error("audit trail unavailable: outbound %s for %s not sent", transaction, patient_id, exc_info=True)
             return RegistryError(E.REGISTRY_ERROR, "the audit trail cannot be written: nothing was sent")
