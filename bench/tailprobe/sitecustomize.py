@@ -4,9 +4,9 @@ Put this directory first on PYTHONPATH and set XDS_TAILPROBE_DIR: every Python p
 the server's workers included, records its garbage-collector passes and the wall time of each
 database call (SQLAlchemy's DefaultDialect begin / execute / executemany / commit, and each
 group-commit round committed on the event loop; on SQLite these include any wait for the write
-lock), each with its wall-clock time, and writes them to ``<dir>/probe-<pid>.json`` when its server shuts down (uvicorn re-raises SIGTERM
-after a graceful shutdown, so neither atexit nor multiprocessing's finalizers run in a worker) or,
-for other processes, at exit.
+lock), each with its wall-clock time, and writes them to ``<dir>/probe-<pid>.json`` when its server
+shuts down (uvicorn re-raises SIGTERM after a graceful shutdown, so neither atexit nor
+multiprocessing's finalizers run in a worker) or, for other processes, at exit.
 """
 
 import atexit
