@@ -139,3 +139,21 @@ def test_a_round_that_cannot_commit_admits_nothing_and_fails_its_audit_rows(stor
     assert _entries(store, "p") == 2 and audit.list() == []
     # the same messages are admitted once the database writes again (nothing was half-recorded)
     assert _gather(*(store.admit_async("p", keys_for(f"m{i}"), f"d{i}", NOW) for i in range(5))) == [False] * 5
+
+
+def test_expired_entries_are_pruned_on_a_thread_once_due(stores):
+    _, store = stores
+    store.admit("p", keys_for("old", minutes=1), "d", NOW)
+    later = NOW + timedelta(minutes=2)  # "old" has expired; pruning is due (it last ran at NOW)
+    store._next_prune = later.timestamp()
+
+    async def run():
+        assert await store.admit_async("p", keys_for("new", minutes=10), "d2", later) is False
+        for _ in range(200):  # the prune runs on a thread of its own, not in the request's way
+            if _entries(store, "p") == 2:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(run())
+    assert _entries(store, "p") == 2  # the expired pair gone, the new pair kept
+    assert store._next_prune > later.timestamp()  # and not scheduled again before the interval

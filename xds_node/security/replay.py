@@ -140,8 +140,9 @@ class DatabaseReplayStore:
 
     def __init__(self, engine: Engine, *, quota: int = 200_000, resend_window: float = 120.0,
                  max_resends: int = 3, group: GroupCommit | None = None) -> None:
-        """``group``: the group commit :meth:`admit_async` joins (the node passes its audit
-        trail's, on the same database); without one, ``admit_async`` admits on a thread."""
+        """``group``: the group commit :meth:`admit_async` joins (the node passes the audit trail's
+        on SQLite, one of the admissions' own on PostgreSQL: see ``Node._replay_rounds``); without
+        one, ``admit_async`` admits on a thread."""
         self.engine = engine
         self.group = group
         self._rounds = _Admissions(self)
@@ -177,7 +178,8 @@ class DatabaseReplayStore:
         what the round cannot decide alone is decided by :meth:`admit` on a thread afterwards."""
         t = now.timestamp()
         if t >= self._next_prune:  # housekeeping on a thread: never a lock wait on the loop
-            asyncio.get_running_loop().run_in_executor(None, self._maybe_prune, t)
+            self._next_prune = t + PRUNE_INTERVAL  # scheduled once, not by every request until it runs
+            asyncio.get_running_loop().run_in_executor(None, self._prune, t)
         rows = self._rows(partner, keys, request_digest, t)
         if not rows:
             return False
@@ -290,10 +292,16 @@ class DatabaseReplayStore:
         return True
 
     def _maybe_prune(self, t: float) -> None:
-        if t < self._next_prune or not self._prune_lock.acquire(blocking=False):
+        if t < self._next_prune:
+            return
+        self._next_prune = t + PRUNE_INTERVAL
+        self._prune(t)
+
+    def _prune(self, t: float) -> None:
+        """Delete every partner's expired entries (one pass at a time per process)."""
+        if not self._prune_lock.acquire(blocking=False):
             return
         try:
-            self._next_prune = t + PRUNE_INTERVAL
             with self.engine.begin() as conn:
                 conn.execute(delete(replay_entries).where(replay_entries.c.expires_at <= t))
         except Exception:  # pruning is housekeeping; admission itself never depends on it
