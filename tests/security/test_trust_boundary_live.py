@@ -218,6 +218,50 @@ def test_a_message_raced_at_every_worker_and_host_at_once_is_answered_a_bounded_
     assert len(rows) == len(ok) + len(answered_other)  # every answer audited, no refusal counted as one
 
 
+_REPLAY_BROKEN = {
+    "sqlite": ["CREATE TRIGGER replay_disk_full BEFORE INSERT ON replay_entry "
+               "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION xds_test_replay_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full'; END $$",
+        "CREATE TRIGGER replay_disk_full BEFORE INSERT ON replay_entry FOR EACH ROW "
+        "EXECUTE FUNCTION xds_test_replay_full()",
+    ],
+}
+
+
+def test_replay_state_that_cannot_be_written_is_a_retry_later_not_a_security_refusal(world):
+    """The database refuses replay entries (a full disk): a good message is not admitted (nothing
+    disclosed) and its sender is told to retry (503 Receiver, Retry-After), not that its security
+    header is wrong; once the database writes again the very same message is answered."""
+    from sqlalchemy import text
+
+    from xds_node.db import make_engine
+
+    hcid = _hcid()
+    world.add_partner("Patient Partner", hcid)
+    data = message(world, header(world, "Patient Partner", hcid=hcid))
+    engine = make_engine(world.settings.audit_db_url)  # where replay state lives (its own file on SQLite)
+    dialect = engine.dialect.name
+    try:
+        with engine.begin() as conn:
+            for stmt in _REPLAY_BROKEN[dialect]:
+                conn.execute(text(stmt))
+        try:
+            for node in (world.a, world.b):
+                reply = post(node, data)
+                assert reply.http_status == 503 and reply.is_fault, reply.raw[:400]
+                assert b"Receiver" in reply.raw and b"RegistryObjectList" not in reply.raw
+                assert b"security header" not in reply.raw
+        finally:
+            with engine.begin() as conn:
+                conn.execute(text("DROP TRIGGER replay_disk_full" + (" ON replay_entry" if dialect == "postgresql"
+                                                                     else "")))
+        assert answered(post(world.a, data))  # nothing of it was recorded: now it is the original
+    finally:
+        engine.dispose()
+
+
 def test_one_partner_over_its_quota_does_not_affect_another(world):
     flood, calm = _hcid(), _hcid()
     world.add_partner("Flooding Partner", flood)

@@ -22,9 +22,11 @@ from xds_node.audit.store import AuditLog
 from xds_node.ebxml import vocabulary as v
 from xds_node.security.consent import ConsentPolicy
 from xds_node.security.policy import GATEWAY, AccessPolicy
+from xds_node.security.replay import ReplayUnavailable
 from xds_node.security.wss import SecurityFault
 from xds_node.soap.envelope import SoapRequest
 from xds_node.soap.fault import SoapFault
+from xds_node.transactions import audit_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +60,16 @@ class SecurityGate:
         try:
             principal = await self.policy.authenticate_async(req, self.kinds)
         except SecurityFault as fault:
-            await self._denied(req, fault)
+            await self._denied(req, fault.code, fault.reason)
             raise SoapFault("Sender", fault.reason, subcodes=[fault.qname]) from None
+        except ReplayUnavailable:
+            # the message may be perfectly good: "retry later" (503), not "your security is wrong"
+            await self._denied(req, "unavailable", "replay state could not be recorded")
+            raise audit_unavailable() from None
         req.principal = principal
         current_principal.set(principal)
 
-    async def _denied(self, req: SoapRequest, fault: SecurityFault) -> None:
+    async def _denied(self, req: SoapRequest, code: str, reason: str) -> None:
         """Audit a refusal (fields bounded by AuditEvent, so a stranger's 9 MB MessageID still
         leaves a row), in the worker's group commit: a flood of refused messages shares rounds
         instead of committing one by one on the event loop. A refusal discloses nothing, so if
@@ -75,7 +81,7 @@ class SecurityGate:
             await self.audit.record_async(AuditEvent(
                 transaction=TRANSACTION_OF_ACTION.get(req.action, req.action), outcome="denied",
                 caller_kind="anonymous", message_id=req.message_id or "", endpoint=req.path,
-                remote_address=_remote(req), reason=f"{fault.code}: {fault.reason}"))
+                remote_address=_remote(req), reason=f"{code}: {reason}"))
         except Exception:
             log.error("could not audit a refused request (it is refused anyway)", exc_info=True)
 

@@ -31,6 +31,7 @@ from cryptography import x509
 from lxml.etree import _Element
 
 from .principal import ANONYMOUS, INTERNAL, PARTNER, Principal
+from .replay import ReplayUnavailable
 from .saml import Checked, InboundVerifier
 from .wss import WSSE, SecurityFault
 
@@ -110,7 +111,7 @@ class AccessPolicy:
     def _checked(self, req, kinds: frozenset[str]) -> Principal | Checked:
         try:
             return self._authenticate(req, kinds)
-        except SecurityFault:
+        except (SecurityFault, ReplayUnavailable):
             raise
         except Exception:  # never let an internal error become a fault text, nor an admission
             log.exception("access policy failed unexpectedly")

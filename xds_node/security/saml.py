@@ -64,9 +64,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from lxml.etree import _Element
+from sqlalchemy.exc import SQLAlchemyError
 
 from .principal import NHIN_PURPOSE, Principal
-from .replay import MemoryReplayStore, ReplayKey, ReplayRefused, ReplayStore
+from .replay import MemoryReplayStore, ReplayKey, ReplayRefused, ReplayStore, ReplayUnavailable
 from .saml_claims import (
     MAX_CERT_B64,
     MAX_KEYINFO_CERTS,
@@ -239,13 +240,18 @@ class _AssertionCache:
 
 @contextlib.contextmanager
 def _refusals() -> Iterator[None]:
-    """A refusal is logged and raised as it is; any other error becomes a short, safe refusal
-    (an internal error's text could leak paths or data) and is logged in full."""
+    """A refusal is logged and raised as it is. Replay state that cannot be written (the database
+    is down or full) is :class:`ReplayUnavailable`: the caller's message may be fine, so it is told
+    to retry (a 503), not that its security header is wrong. Any other error becomes a short, safe
+    refusal (an internal error's text could leak paths or data) and is logged in full."""
     try:
         yield
     except SecurityFault as fault:
         log.info("inbound security refused: %s", fault)
         raise
+    except (ReplayUnavailable, SQLAlchemyError) as exc:
+        log.error("replay state unavailable: message not admitted (%s)", exc)
+        raise ReplayUnavailable("replay state unavailable") from exc
     except Exception:
         log.exception("inbound security check failed unexpectedly")
         raise SecurityFault("wsse:InvalidSecurity", "security header not acceptable") from None
