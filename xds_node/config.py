@@ -147,6 +147,9 @@ class Settings:
     console_proxy_trusted: list[str] = field(default_factory=list)
     #: Largest scanned consent form accepted (bytes).
     console_upload_max_bytes: int = 10 * 1024 * 1024
+    #: Host names the console answers to besides loopback and console_host (a name a browser uses
+    #: to reach it, e.g. behind a reverse proxy); any other Host header gets a 400 (DNS rebinding)
+    console_server_names: list[str] = field(default_factory=list)
 
     # C-CDA ingest (`xds-node load`): what the document header does not decide
     #: Which recordTarget id root becomes the XDS patient id (the affinity domain's assigning
@@ -194,6 +197,20 @@ class Settings:
                 p = Path(path)
                 return main.split("///", 1)[0] + "///" + str(p.with_name(p.stem + "-audit" + (p.suffix or ".db")))
         return main
+
+    @property
+    def console_hosts(self) -> list[str]:
+        """Host header names the console answers to: loopback, its listen address when it is a
+        specific one, and ``console_server_names``."""
+        names = ["127.0.0.1", "localhost", "::1"]
+        if self.console_host not in ("", "0.0.0.0", "::"):
+            names.append(self.console_host)
+        names += self.console_server_names
+        hosts = []
+        for name in names:
+            name = name.strip().strip("[]").lower()
+            hosts.append(f"[{name}]" if ":" in name else name)  # an IPv6 Host header keeps its brackets
+        return list(dict.fromkeys(hosts))
 
     @property
     def public_url(self) -> str:
@@ -273,6 +290,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "console_proxy_trusted": (lambda v: _are_networks(v), "IP networks in CIDR notation, e.g. [\"10.0.0.7/32\"]"),
     "console_proxy_user_header": (lambda v: not v or _is_header_name(v), "an HTTP header name such as X-Remote-User"),
     "console_upload_max_bytes": (lambda v: 1024 <= v <= 1 << 30, "1 KiB - 1 GiB"),
+    "console_server_names": (lambda v: all(_is_host_pattern(x) for x in v),
+                             'host names such as "console.example.org" or "*.example.org" (no port)'),
     "patient_id_root": (lambda v: not v or _is_oid(v), "an OID such as 2.16.840.1.113883.3.42.10001.100001.12"),
     "facility_type_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
     "practice_setting_code": (lambda v: _is_coded(v), "CODE^CODESYSTEM-OID^DISPLAY"),
@@ -294,6 +313,20 @@ def _are_networks(values: list[str]) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_host_pattern(value: str) -> bool:
+    """A DNS name or IP address, optionally with a leading ``*.`` (no port, no scheme)."""
+    import ipaddress
+    import re
+
+    name = value.strip().lower().removeprefix("*.")
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+        return bool(re.fullmatch(rf"(?=.{{1,253}}$){label}(\.{label})*", name))
 
 
 def _is_header_name(value: str) -> bool:

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -45,6 +46,7 @@ def console(node):
 
 
 def _client(app, role: str | None = None, address: str = "10.1.2.3", **kwargs) -> TestClient:
+    kwargs.setdefault("base_url", "http://127.0.0.1")  # a Host the console answers to (not "testserver")
     client = TestClient(app, follow_redirects=False, client=(address, 40000), **kwargs)
     if role is not None:
         page = client.get("/login")
@@ -264,3 +266,21 @@ def test_users_command(tmp_path):
     assert '"role": "privacy-officer"' in listing.stdout and "password_hash" not in listing.stdout
     assert users("remove", "ana").returncode == 0
     assert users("remove", "ana").returncode == 2
+
+
+def test_a_host_the_console_is_not_reached_by_gets_a_400_never_a_page(console):
+    """DNS rebinding: a page on another site points its own name at 127.0.0.1; the browser then
+    sends that name as Host. Loopback names, the listen address and console_server_names pass."""
+    app, node = console
+    for host in ("evil.example", "127.0.0.1.evil.example", "localhost.evil.example"):
+        client = _client(app, base_url=f"http://{host}")
+        for path in ("/login", "/dashboard", "/static/console.css"):
+            reply = client.get(path)
+            assert reply.status_code == 400 and "console" not in reply.text.lower(), (host, path)
+            assert reply.headers["content-security-policy"].startswith("default-src 'none'")
+        assert client.post("/login", data={"name": "administrator", "password": PASSWORD}).status_code == 400
+    for host in ("127.0.0.1:8081", "localhost", "[::1]:8081"):
+        assert _client(app, base_url=f"http://{host}").get("/login").status_code == 200, host
+    named = replace(node.settings, console_server_names=["console.hospital.example"])
+    client = _client(create_console_app(named, node), base_url="http://console.hospital.example")
+    assert client.get("/login").status_code == 200

@@ -51,6 +51,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -370,7 +372,10 @@ def create_console_app(settings: Any, node: Any = None) -> Any:
             routes.append(Route(page.url + croute.path, guarded(console, page, croute), methods=list(croute.methods),
                                 name=croute.name))
     routes.append(Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"))
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 500: _server_error})
+    # only the names the console is meant to be reached by: a page on another site that points its
+    # own name at 127.0.0.1 (DNS rebinding) gets a 400, never the console (Starlette's middleware)
+    trusted = Middleware(TrustedHostMiddleware, allowed_hosts=settings.console_hosts, www_redirect=False)
+    app = Starlette(routes=routes, middleware=[trusted], exception_handlers={404: _not_found, 500: _server_error})
     app.state.console = console
     return SecurityHeaders(app)
 
