@@ -47,6 +47,10 @@ def start(settings: Any, sock: socket.socket, tls: dict | None = None) -> multip
     from xds_node.config import effective_json
 
     options = {k: tls[k] for k in ("ssl_certfile", "ssl_keyfile") if tls and tls.get(k)}
+    if settings.console_host in ("0.0.0.0", "::") and not settings.console_server_names:
+        log.warning("the console listens on every address (console_host = %s) but answers only to loopback "
+                    "names: list the names browsers use to reach it in console_server_names (others get 400)",
+                    settings.console_host)
     proc = multiprocessing.get_context("spawn").Process(
         target=_main, args=(effective_json(settings), sock, options, os.getpid()), name="xds-node-console",
         daemon=True)
