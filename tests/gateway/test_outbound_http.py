@@ -445,3 +445,24 @@ def test_partners_add_proxy_from_the_command_line(tmp_path, capsys):
     assert TrustStore.load(tmp_path / "node" / "partners.toml").partner("hie").proxy == "http://u:pw2@proxy.example:3128"
     assert main(["partners", "replace", "hie", "--cert", str(cert), "--proxy", "direct", "--data-dir", data]) == 0
     assert TrustStore.load(tmp_path / "node" / "partners.toml").partner("hie").proxy == "direct"
+
+
+@pytest.mark.parametrize(("url", "direct"), [
+    ("https://10.1.2.3/xca", True),             # inside 10.0.0.0/8
+    ("https://11.0.0.1/xca", False),
+    ("https://a.hospital.example/xca", True),   # a subdomain of .hospital.example
+    ("https://hospital.example/xca", True),
+    ("https://partner.test:8443/xca", True),    # name with its port
+    ("https://partner.test:443/xca", False),    # ... another port is proxied
+    ("https://[::1]:9/xca", True),              # a bare IPv6 address (its colons are not a port)
+    ("https://[fd00::1]:443/xca", True),
+    ("https://[fd00::1]:8443/xca", False),
+    ("https://[fd12::7]/xca", True),            # inside fd12::/16
+    ("https://192.168.1.50/xca", False),        # an address is not a name suffix of 192.168.1.5
+    ("https://10.example/xca", False),          # names are not resolved against networks
+])
+def test_no_proxy_names_suffixes_ports_addresses_and_cidr_networks(url, direct):
+    proxies = ProxySettings({"https": "http://proxy.internal:3128"},
+                            "10.0.0.0/8, .hospital.example, partner.test:8443, ::1, [fd00::1]:443, fd12::/16, "
+                            "192.168.1.5, not/a/network")
+    assert proxies.for_url(url) == (None if direct else "http://proxy.internal:3128")

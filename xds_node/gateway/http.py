@@ -44,6 +44,7 @@ out as ``Proxy-Authorization: Basic`` and are masked (``***``) in every message 
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import re
 import ssl
 import sys
@@ -143,21 +144,45 @@ class ProxySettings:
         return proxy if "://" in proxy else f"http://{proxy}"
 
     def _bypass(self, host: str, port: int | None) -> bool:
+        """Whether ``NO_PROXY`` names the host: ``*``; a name (its subdomains too, with or without
+        a leading dot), optionally with ``:port``; an IP address; or, as curl reads it, an IP
+        network in CIDR notation (``10.0.0.0/8``, ``fd00::/8``) holding a host given as an address
+        (names are not resolved for this)."""
         if not self.no_proxy:
             return False
         host = host.lower().strip("[]")
+        address = _ip(host)
         for entry in (e.strip().lower() for e in self.no_proxy.split(",")):
             if not entry:
                 continue
             if entry == "*":
                 return True
-            name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+            if "/" in entry:
+                try:
+                    if address is not None and address in ipaddress.ip_network(entry.strip("[]"), strict=False):
+                        return True
+                except ValueError:
+                    pass
+                continue
+            if _ip(entry.strip("[]")) is not None:  # a bare address, IPv6 included (its colons are no port)
+                if address is not None and address == _ip(entry.strip("[]")):
+                    return True
+                continue
+            name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 or entry.startswith("[") \
+                else (entry, "", "")
             if entry_port and port is not None and entry_port != str(port):
                 continue
             name = name.lstrip(".").strip("[]")
             if host == name or host.endswith("." + name):
                 return True
         return False
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
 
 
 # --- decoding --------------------------------------------------------------------------------------
