@@ -284,3 +284,25 @@ def test_a_host_the_console_is_not_reached_by_gets_a_400_never_a_page(console):
     named = replace(node.settings, console_server_names=["console.hospital.example"])
     client = _client(create_console_app(named, node), base_url="http://console.hospital.example")
     assert client.get("/login").status_code == 200
+
+
+def test_a_conformance_run_whose_console_died_is_shown_interrupted_not_running_forever(console):
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert, select
+
+    from xds_node.console.pages.conformance import RUN_TIMEOUT
+    from xds_node.console.tables import conformance_runs as t
+
+    app, node = console
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with node.engine.begin() as conn:
+        for started in (now - timedelta(seconds=RUN_TIMEOUT + 600), now - timedelta(seconds=30)):
+            conn.execute(insert(t).values(target="http://x.example", suites="smoke", started_by="operator",
+                                          started_at=started, status="running", summary=""))
+    page = _client(app, "operator").get("/conformance")
+    assert page.status_code == 200 and "interrupted" in page.text
+    with node.engine.connect() as conn:
+        rows = conn.execute(select(t.c.started_at, t.c.status, t.c.finished_at).order_by(t.c.started_at)).all()
+    assert [r.status for r in rows] == ["interrupted", "running"]  # a run that may still be going is left alone
+    assert rows[0].finished_at is not None

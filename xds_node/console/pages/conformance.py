@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,6 +64,19 @@ def _run(engine, run_id: int, cmd: list[str], report: Path) -> None:
                 status=status, summary=summary, report_html=html, finished_at=_now()))
 
 
+def settle_interrupted(engine, now: datetime | None = None) -> int:
+    """Runs still marked ``running`` well past RUN_TIMEOUT cannot be running anywhere (every runner
+    stops its run at the timeout and records how it ended): their console process was stopped
+    or killed first. Mark them ``interrupted`` so they do not show as running forever."""
+    now = now or _now()
+    cutoff = now - timedelta(seconds=RUN_TIMEOUT + 120)
+    with engine.begin() as conn:
+        return conn.execute(update(conformance_runs).where(
+            conformance_runs.c.status == "running", conformance_runs.c.started_at < cutoff).values(
+            status="interrupted", finished_at=now,
+            summary="the console process stopped before this run finished; its result was not recorded")).rowcount
+
+
 def routes(console: Console) -> list:
     from conformance.cases import list_suites
 
@@ -72,6 +85,7 @@ def routes(console: Console) -> list:
 
     def runs() -> list[dict]:
         t = conformance_runs
+        settle_interrupted(engine)
         with engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(
                 select(t.c.id, t.c.target, t.c.suites, t.c.started_by, t.c.started_at, t.c.finished_at, t.c.status,
