@@ -49,6 +49,17 @@ LOCK_POLL_MAX = 0.002
 LOCK_WAIT = 1.0
 
 
+#: Times a round aborted by a deadlock or serialization failure is tried in all (PostgreSQL).
+ROUND_ATTEMPTS = 3
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether the database aborted the transaction for concurrency alone (nothing was written)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
 class Db:
     """What a :class:`Kind` gets to write with: driver-level SQL inside the round's transaction,
     over a DBAPI connection (SQLite on the loop) or a SQLAlchemy connection (a thread)."""
@@ -203,15 +214,23 @@ class GroupCommit:
         return results
 
     def _commit(self, items: list) -> list[Any]:
-        """One round in a transaction on a thread (PostgreSQL; SQLite after a long lock wait)."""
-        try:
-            with self.engine.begin() as conn:
-                if self._pg and all(kind.relaxed for kind, _, _ in items):
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                return self._apply(Db(conn.dialect, conn=conn), items)
-        except Exception:
-            self._failure()
-            raise
+        """One round in a transaction on a thread (PostgreSQL; SQLite after a long lock wait).
+        A round PostgreSQL aborted as a deadlock victim or serialization failure wrote nothing
+        and is run again (kinds take their rows in one order, so this is a second layer only)."""
+        for attempt in range(1, ROUND_ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as conn:
+                    if self._pg and all(kind.relaxed for kind, _, _ in items):
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                    return self._apply(Db(conn.dialect, conn=conn), items)
+            except Exception as exc:
+                if attempt < ROUND_ATTEMPTS and _transient(exc):
+                    log.warning("group-commit round aborted by the database (%s): running it again",
+                                type(getattr(exc, "orig", exc)).__name__)
+                    continue
+                self._failure()
+                raise
+        raise AssertionError("unreachable")
 
     async def _commit_inline(self, batch: _Batch, items: list) -> list[Any]:
         """SQLite: commit ``items`` on the loop. While another worker holds the write lock, wait

@@ -117,3 +117,11 @@ def test_unknown_keys_rejected(tmp_path):
     (tmp_path / "p.toml").write_text('[[partner]]\nname = "x"\nhome_community_id = "1.2"\nallow_sha = true\n')
     with pytest.raises(ValueError):
         TrustStore.load(tmp_path / "p.toml")
+
+
+def test_a_partner_name_longer_than_the_replay_state_holds_is_refused_when_configured():
+    """Replay state is keyed by the partner's name (200 characters): a longer name would make every
+    group-commit round its messages join fail, other partners' requests with them."""
+    assert Partner("x" * 200, "1.2.3", []).name
+    with pytest.raises(ValueError, match="longer than 200"):
+        Partner("x" * 201, "1.2.3", [])

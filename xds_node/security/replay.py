@@ -170,7 +170,7 @@ class DatabaseReplayStore:
     def _rows(partner: str, keys: Sequence[ReplayKey], request_digest: str | None, t: float) -> list[dict]:
         return [{"partner": partner, "key_digest": _digest(k.text), "expires_at": _ts(k.expires),
                  "first_seen": t, "request_digest": request_digest or "", "resends": 0}
-                for k in keys if _ts(k.expires) > t]
+                for k in keys if _ts(k.expires) >= t]  # still valid at its last instant: recorded
 
     async def admit_async(self, partner: str, keys: Sequence[ReplayKey], request_digest: str | None,
                           now: datetime) -> bool:
@@ -204,7 +204,9 @@ class DatabaseReplayStore:
                         # every worker and host admitting for this partner waits on, so it is held
                         # only from its UPDATE to the commit (counter first serialised each
                         # partner's admissions on the INSERT too).
-                        insert_rows(conn, replay_entries, rows)
+                        # keys in the order rounds take them (see _Admissions.apply); ``rows``
+                        # itself keeps the signature key first for _conflict
+                        insert_rows(conn, replay_entries, sorted(rows, key=lambda r: r["key_digest"]))
                         n, limit = len(rows), self.quota - len(rows)
                         counted = conn.exec_driver_sql(
                             self._count_sql, {"n": n, "p": partner, "lim": limit} if self._named
@@ -356,6 +358,11 @@ class _Admissions:
                 continue
             claimed.update(keys)
             rows.extend(job)
+        # One lock order for every transaction that writes entries (rounds on every worker and
+        # host, and admit()): by (partner, key), then the counters by partner. Rounds taking the
+        # same rows in opposite orders deadlocked on PostgreSQL, which aborted one of them with
+        # every request in it (tests/security/test_replay_rounds_lock_order.py).
+        rows.sort(key=lambda r: (r["partner"], r["key_digest"]))
         inserted: set[tuple[str, str]] = set()
         for start in range(0, len(rows), _ROWS_PER_INSERT):
             chunk = rows[start:start + _ROWS_PER_INSERT]
@@ -373,7 +380,7 @@ class _Admissions:
             else:
                 counts[job[0]["partner"]] = counts.get(job[0]["partner"], 0) + len(job)
         quota = self.store.quota
-        for partner, n in counts.items():
+        for partner, n in sorted(counts.items()):
             if db.rowcount(self.store._count_positional(db), (n, partner, quota - n)) != 1:
                 # over the quota (or no counter row yet): this partner's messages of the round
                 # are decided one by one by admit(), which reconciles the counter
@@ -415,7 +422,7 @@ class MemoryReplayStore:
     def admit(self, partner: str, keys: Sequence[ReplayKey], request_digest: str | None,
               now: datetime) -> bool:
         t = now.timestamp()
-        rows = [(_digest(k.text), _ts(k.expires)) for k in keys if _ts(k.expires) > t]
+        rows = [(_digest(k.text), _ts(k.expires)) for k in keys if _ts(k.expires) >= t]
         with self._lock:
             entries = self._entries.setdefault(partner, {})
             heap = self._heaps.setdefault(partner, [])

@@ -184,6 +184,11 @@ def _cert_fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+#: Longest partner (or internal client) name: replay state is keyed by it in a 200-character column,
+#: where a longer name would fail every group-commit round its messages joined.
+MAX_PARTNER_NAME = 200
+
+
 @dataclass
 class Partner:
     """One trusted partner (a VA/DoD gateway, an HIE or implementer serving member communities).
@@ -210,6 +215,8 @@ class Partner:
     def __post_init__(self) -> None:
         if not self.name or not self.name.strip():
             raise ValueError("partner needs a name")
+        if len(self.name) > MAX_PARTNER_NAME:  # replay_entry.partner and replay_partner.partner hold 200
+            raise ValueError(f"partner name {self.name[:40]!r}... is longer than {MAX_PARTNER_NAME} characters")
         members: list[str] = []
         for c in ([self.home_community_id] if self.home_community_id else []) + list(self.communities):
             norm = valid_hcid(c)
