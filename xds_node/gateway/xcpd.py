@@ -14,16 +14,9 @@ from lxml import etree
 from lxml.etree import _Element
 
 from xds_node.patients.hl7v3 import HL7, INTERACTION_ROOT, REQUESTED_ATTRIBUTE, read_issue_codes
+from xds_node.patients.hl7v3 import hl7_child as _h
 from xds_node.patients.index import read_addr, read_name
 from xds_node.patients.model import Demographics, Patient, PatientId, normalize_date, normalize_gender
-
-
-def _h(parent: _Element, tag: str, **attrs: str | None) -> _Element:
-    el = etree.SubElement(parent, f"{{{HL7}}}{tag}")
-    for k, val in attrs.items():
-        if val is not None:
-            el.set(k, val)
-    return el
 
 
 def _device(parent: _Element, tag: str, type_code: str, oid: str) -> None:

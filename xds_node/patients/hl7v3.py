@@ -228,12 +228,16 @@ def read_issue_codes(el: _Element) -> list[str]:
 # --- writing -------------------------------------------------------------------------------------
 
 
-def _sub(parent: _Element, path: str, **attrs: str | None) -> _Element:
+def hl7_child(parent: _Element, path: str, **attrs: str | None) -> _Element:
+    """A new HL7 v3 child element with the given attributes (None ones left out)."""
     el = etree.SubElement(parent, f"{{{HL7}}}{path}")
     for k, v in attrs.items():
         if v is not None:
             el.set(k, v)
     return el
+
+
+_sub = hl7_child
 
 
 def _id(parent: _Element, tag: str, ii: II | None) -> _Element:
