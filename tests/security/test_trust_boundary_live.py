@@ -150,6 +150,28 @@ def test_reused_security_header_is_refused_on_every_worker_and_host(world):
         assert refused(reply, "replayed"), reply.raw[:400]
 
 
+def test_a_captured_header_is_refused_on_every_other_partner_endpoint(world):
+    """Replay state is the partner's, not the endpoint's: a Security header answered on ITI-38 and
+    put on an ITI-39 retrieve or an XCPD query (another endpoint, another action, another worker or
+    host) is refused as replayed before anything is read or disclosed."""
+    from xds_node.ebxml import xdsb
+
+    hcid = _hcid()
+    world.add_partner("Endpoint Partner", hcid)
+    h = header(world, "Endpoint Partner", hcid=hcid)
+    assert answered(post(world.a, message(world, h)))
+    retrieve = xdsb.write_retrieve_request([xdsb.DocumentRequest(world.settings.repository_unique_id, "1.2.3.4")])
+    xcpd = etree.fromstring(
+        b'<PRPA_IN201305UV02 xmlns="urn:hl7-org:v3" ITSVersion="XML_1.0"><id root="1.2.3" extension="x"/>'
+        b'</PRPA_IN201305UV02>')
+    for node, path, action, body in ((world.b, "/xca/retrieve", v.Action.ITI39, retrieve),
+                                     (world.a, "/xcpd", v.Action.ITI55, xcpd)):
+        payload, ct, _ = build_request(action, body, to=f"http://node{path}", headers=[h])
+        with httpx.Client(timeout=60) as c:
+            reply = _parse(c.post(node.url + path, content=payload, headers={"Content-Type": ct}))
+        assert refused(reply, "replayed"), (path, reply.raw[:400])
+
+
 def test_captured_security_header_with_another_body_is_refused(world):
     hcid = _hcid()
     world.add_partner("Body Partner", hcid)
