@@ -71,38 +71,31 @@ class Db:
         #: the placeholder of one positional parameter in this dialect's SQL
         self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
 
-    def exec_driver_sql(self, sql: str, params: Any) -> None:
-        """A list of rows is an executemany (what :func:`xds_node.db.insert_rows` calls)."""
+    def _run(self, sql: str, params: Any, fetch: bool) -> tuple[list[tuple], int]:
+        """(rows, rowcount) of one statement; a list of rows as ``params`` is an executemany."""
         if self._conn is not None:
-            self._conn.exec_driver_sql(sql, params)
-            return
+            result = self._conn.exec_driver_sql(sql, params)
+            return ([tuple(r) for r in result.all()] if fetch else []), result.rowcount
         cur = self._dbapi.cursor()
         try:
             if isinstance(params, list):
                 cur.executemany(sql, params)
             else:
                 cur.execute(sql, params)
+            return (cur.fetchall() if fetch else []), cur.rowcount
         finally:
             cur.close()
+
+    def exec_driver_sql(self, sql: str, params: Any) -> None:
+        """What :func:`xds_node.db.insert_rows` calls (a list of rows: an executemany)."""
+        self._run(sql, params, False)
 
     def rows(self, sql: str, params: Sequence[Any]) -> list[tuple]:
         """Run one statement with positional ``params`` and fetch every row it returns."""
-        if self._conn is not None:
-            return [tuple(r) for r in self._conn.exec_driver_sql(sql, tuple(params)).all()]
-        cur = self._dbapi.cursor()
-        try:
-            return cur.execute(sql, tuple(params)).fetchall()
-        finally:
-            cur.close()
+        return self._run(sql, tuple(params), True)[0]
 
     def rowcount(self, sql: str, params: Sequence[Any]) -> int:
-        if self._conn is not None:
-            return self._conn.exec_driver_sql(sql, tuple(params)).rowcount
-        cur = self._dbapi.cursor()
-        try:
-            return cur.execute(sql, tuple(params)).rowcount
-        finally:
-            cur.close()
+        return self._run(sql, tuple(params), False)[1]
 
 
 class Kind(Protocol):
@@ -166,11 +159,6 @@ class GroupCommit:
             batch.flusher = loop.create_task(self._flush(batch))
         return await fut
 
-    def run(self, kind: Kind, payloads: list[Any]) -> list[Any]:
-        """One round of ``payloads`` in its own transaction, synchronously (tools, the CLI)."""
-        with self.engine.begin() as conn:
-            return kind.apply(Db(conn.dialect, conn=conn), payloads)
-
     async def _flush(self, batch: _Batch) -> None:
         """Commit queued jobs, one transaction per round, until the queue is empty."""
         try:
@@ -201,13 +189,18 @@ class GroupCommit:
             batch.queue = []
 
     @staticmethod
-    def _apply(db: Db, items: list[tuple[Kind, Any, asyncio.Future[Any]]]) -> list[Any]:
-        """Every kind's jobs of the round, each kind at once; results in the items' order."""
+    def _by_kind(items: list[tuple[Kind, Any, asyncio.Future[Any]]]) -> list[tuple[Kind, list[int]]]:
+        """Each kind of the round with the positions of its jobs, in order of first appearance."""
         by_kind: dict[int, tuple[Kind, list[int]]] = {}
         for i, (kind, _, _) in enumerate(items):
             by_kind.setdefault(id(kind), (kind, []))[1].append(i)
+        return list(by_kind.values())
+
+    @classmethod
+    def _apply(cls, db: Db, items: list[tuple[Kind, Any, asyncio.Future[Any]]]) -> list[Any]:
+        """Every kind's jobs of the round, each kind at once; results in the items' order."""
         results: list[Any] = [None] * len(items)
-        for kind, idx in by_kind.values():
+        for kind, idx in cls._by_kind(items):
             out = kind.apply(db, [items[i][1] for i in idx])
             for i, r in zip(idx, out, strict=True):
                 results[i] = r
@@ -303,17 +296,14 @@ class GroupCommit:
             with contextlib.suppress(Exception):
                 conn.invalidate()
 
-    @staticmethod
-    def _settle(items: list[tuple[Kind, Any, asyncio.Future[Any]]], results: list[Any] | None,
+    @classmethod
+    def _settle(cls, items: list[tuple[Kind, Any, asyncio.Future[Any]]], results: list[Any] | None,
                 error: BaseException | None) -> None:
         """Wake each waiter of a round with its own result, or its own error when it failed."""
         if error is None:
             assert results is not None
-            committed: dict[int, tuple[Kind, list[Any]]] = {}
-            for kind, payload, _ in items:
-                committed.setdefault(id(kind), (kind, []))[1].append(payload)
-            for kind, payloads in committed.values():
-                kind.committed(payloads)
+            for kind, idx in cls._by_kind(items):
+                kind.committed([items[i][1] for i in idx])
         for i, (kind, _, fut) in enumerate(items):
             if fut.done():  # the request went away (cancelled); its job's fate is the round's
                 continue

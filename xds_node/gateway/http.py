@@ -164,8 +164,8 @@ class ProxySettings:
                 except ValueError:
                     pass
                 continue
-            if _ip(entry.strip("[]")) is not None:  # a bare address, IPv6 included (its colons are no port)
-                if address is not None and address == _ip(entry.strip("[]")):
+            if (listed := _ip(entry.strip("[]"))) is not None:  # a bare address, IPv6 included (colons no port)
+                if address == listed:
                     return True
                 continue
             name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 or entry.startswith("[") \

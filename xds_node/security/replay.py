@@ -31,6 +31,7 @@ partner are deleted at most once a minute per process.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import logging
@@ -153,18 +154,10 @@ class DatabaseReplayStore:
         self._prune_lock = threading.Lock()
         # The hot path is driver-level SQL (no statement objects built per request).
         self._pg = engine.dialect.name == "postgresql"
-        self._named = engine.dialect.paramstyle in ("pyformat", "named")
-        self._count_sql = ("UPDATE replay_partner SET live = live + %(n)s WHERE partner = %(p)s AND live <= %(lim)s"
-                           if self._named else
-                           "UPDATE replay_partner SET live = live + ? WHERE partner = ? AND live <= ?")
+        self._count_sql = _count_sql("?" if engine.dialect.paramstyle == "qmark" else "%s")
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[replay_entries, replay_quota])
-
-    @staticmethod
-    def _count_positional(db: Db) -> str:
-        m = db.mark
-        return f"UPDATE replay_partner SET live = live + {m} WHERE partner = {m} AND live <= {m}"
 
     @staticmethod
     def _rows(partner: str, keys: Sequence[ReplayKey], request_digest: str | None, t: float) -> list[dict]:
@@ -208,9 +201,7 @@ class DatabaseReplayStore:
                         # itself keeps the signature key first for _conflict
                         insert_rows(conn, replay_entries, sorted(rows, key=lambda r: r["key_digest"]))
                         n, limit = len(rows), self.quota - len(rows)
-                        counted = conn.exec_driver_sql(
-                            self._count_sql, {"n": n, "p": partner, "lim": limit} if self._named
-                            else (n, partner, limit)).rowcount
+                        counted = conn.exec_driver_sql(self._count_sql, (n, partner, limit)).rowcount
                         if counted == 1:
                             return False
                         raise _OverQuota
@@ -319,6 +310,12 @@ class DatabaseReplayStore:
                 and_(replay_entries.c.partner == partner, replay_entries.c.expires_at > t))).scalar_one()
 
 
+@functools.cache
+def _count_sql(mark: str) -> str:
+    """Move a partner's counter by n unless that would pass its quota (positional: n, partner, limit)."""
+    return f"UPDATE replay_partner SET live = live + {mark} WHERE partner = {mark} AND live <= {mark}"
+
+
 class ReplayUnavailable(RuntimeError):
     """The round holding a message's replay entries was not committed: it cannot be admitted."""
 
@@ -381,7 +378,7 @@ class _Admissions:
                 counts[job[0]["partner"]] = counts.get(job[0]["partner"], 0) + len(job)
         quota = self.store.quota
         for partner, n in sorted(counts.items()):
-            if db.rowcount(self.store._count_positional(db), (n, partner, quota - n)) != 1:
+            if db.rowcount(_count_sql(db.mark), (n, partner, quota - n)) != 1:
                 # over the quota (or no counter row yet): this partner's messages of the round
                 # are decided one by one by admit(), which reconciles the counter
                 for i, job in enumerate(jobs):

@@ -269,24 +269,28 @@ class Checked:
 
     def admit(self) -> Principal:
         """Record the replay keys in their own transaction; the requester, or :class:`SecurityFault`."""
-        with _refusals():
-            try:
-                resend = self._store.admit(self._partner, self._keys, self._digest, self._now)
-            except ReplayRefused as refused:
-                raise SecurityFault("wsse:FailedAuthentication", refused.reason) from None
-            return replace(self.principal, resend=True) if resend else self.principal
+        with _refusals(), _replays():
+            return self._principal(self._store.admit(self._partner, self._keys, self._digest, self._now))
 
     async def admit_async(self) -> Principal:
         """:meth:`admit` through the store's group commit when it has one (the request path)."""
         admit_async = getattr(self._store, "admit_async", None)
         if admit_async is None:
             return self.admit()
-        with _refusals():
-            try:
-                resend = await admit_async(self._partner, self._keys, self._digest, self._now)
-            except ReplayRefused as refused:
-                raise SecurityFault("wsse:FailedAuthentication", refused.reason) from None
-            return replace(self.principal, resend=True) if resend else self.principal
+        with _refusals(), _replays():
+            return self._principal(await admit_async(self._partner, self._keys, self._digest, self._now))
+
+    def _principal(self, resend: bool) -> Principal:
+        return replace(self.principal, resend=True) if resend else self.principal
+
+
+@contextlib.contextmanager
+def _replays() -> Iterator[None]:
+    """The store's refusal ("replayed", "replay quota exceeded") as the SecurityFault partners get."""
+    try:
+        yield
+    except ReplayRefused as refused:
+        raise SecurityFault("wsse:FailedAuthentication", refused.reason) from None
 
 
 class InboundVerifier:
